@@ -1,0 +1,162 @@
+"""Frozen configuration of tables and stores (the core never sees YAML or pydantic).
+
+>>> table = TableConfig("ads", dim=8, optimizer=OptimizerConfig("rowwise_adagrad", lr=0.05))
+>>> table.state_dim
+1
+>>> StoreConfig(path="/tmp/x", tables=(table,), num_shards=4).table("ads").dim
+8
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+from embedding_store.errors import ConfigError, UnknownTableError
+
+OptimizerKind = Literal["sgd", "adagrad", "rowwise_adagrad", "adam", "ftrl"]
+OPTIMIZER_KINDS: tuple[OptimizerKind, ...] = ("sgd", "adagrad", "rowwise_adagrad", "adam", "ftrl")
+
+
+class Unadmitted(Enum):
+    """What a lookup returns for an id that has not been admitted yet."""
+
+    INITIAL = "initial"
+    ZEROS = "zeros"
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """A sparse optimizer fused into ``apply_gradients``.
+
+    ``lr`` is the step size (FTRL's alpha); ``eps`` guards divisions; ``beta1``/``beta2``
+    are Adam's decay rates; ``l1``/``l2``/``beta`` are FTRL-Proximal's; ``initial_accumulator``
+    seeds Adagrad's and FTRL's squared-gradient sums.
+    """
+
+    kind: OptimizerKind = "rowwise_adagrad"
+    lr: float = 0.01
+    eps: float = 1e-8
+    beta1: float = 0.9
+    beta2: float = 0.999
+    l1: float = 0.0
+    l2: float = 0.0
+    beta: float = 1.0
+    initial_accumulator: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in OPTIMIZER_KINDS:
+            raise ConfigError(f"optimizer kind {self.kind!r} not in {OPTIMIZER_KINDS}")
+        if not self.lr > 0:
+            raise ConfigError(f"optimizer lr must be > 0, got {self.lr}")
+        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
+            raise ConfigError(f"Adam betas must lie in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.l1 < 0 or self.l2 < 0 or self.eps < 0 or self.initial_accumulator < 0:
+            raise ConfigError("optimizer l1, l2, eps and initial_accumulator must be >= 0")
+
+    def state_dim(self, dim: int) -> int:
+        """Width of the per-row optimizer state for an embedding of ``dim`` floats."""
+        return {"sgd": 0, "adagrad": dim, "rowwise_adagrad": 1, "adam": 2 * dim + 1, "ftrl": 2 * dim}[
+            self.kind
+        ]
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """One embedding table.
+
+    A row's first value is a deterministic function of ``(seed, id)`` drawn uniformly from
+    ``[-init_scale, init_scale]``. ``hot_rows`` bounds the DRAM tier (all shards together;
+    ``None`` keeps every row in DRAM). An id gets a row after ``admit_after`` sightings;
+    rows not seen for ``expire_after_steps`` steps or ``expire_after_seconds`` seconds may
+    be expired by :meth:`EmbeddingStore.expire`.
+    """
+
+    name: str
+    dim: int
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    seed: int = 0
+    init_scale: float = 0.05
+    hot_rows: int | None = None
+    hot_bytes: int | None = None
+    admit_after: int = 1
+    unadmitted: Unadmitted = Unadmitted.INITIAL
+    expire_after_steps: int | None = None
+    expire_after_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"table name {self.name!r} must be non-empty [A-Za-z0-9_-]")
+        if not 1 <= self.dim <= 65536:
+            raise ConfigError(f"table {self.name!r}: dim must be in [1, 65536], got {self.dim}")
+        if self.hot_rows is not None and self.hot_rows < 0:
+            raise ConfigError(f"table {self.name!r}: hot_rows must be >= 0")
+        if self.hot_bytes is not None and self.hot_bytes < 0:
+            raise ConfigError(f"table {self.name!r}: hot_bytes must be >= 0")
+        if self.admit_after < 1:
+            raise ConfigError(f"table {self.name!r}: admit_after must be >= 1")
+        if self.init_scale < 0:
+            raise ConfigError(f"table {self.name!r}: init_scale must be >= 0")
+
+    @property
+    def state_dim(self) -> int:
+        """Width of the optimizer state of one row."""
+        return self.optimizer.state_dim(self.dim)
+
+    def hot_budget_rows(self, row_bytes: int) -> int | None:
+        """The DRAM budget in rows (the tighter of ``hot_rows`` and ``hot_bytes``)."""
+        budgets = [b for b in (self.hot_rows,) if b is not None]
+        if self.hot_bytes is not None:
+            budgets.append(self.hot_bytes // max(row_bytes, 1))
+        return min(budgets) if budgets else None
+
+    def schema(self) -> dict[str, object]:
+        """What must match for a directory written with this table to be reopened."""
+        return {
+            "dim": self.dim,
+            "optimizer": self.optimizer.kind,
+            "state_dim": self.state_dim,
+            "seed": self.seed,
+            "init_scale": self.init_scale,
+        }
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """A store: where it lives, its tables, and how it is sharded.
+
+    ``staleness`` is the bound S on how many versions behind a read may be (0: synchronous).
+    ``lfu_decay`` ages access counts by this factor at every :meth:`EmbeddingStore.age`.
+    ``evict_slack`` evicts a little below the budget so eviction runs in batches.
+    """
+
+    path: str
+    tables: tuple[TableConfig, ...]
+    num_shards: int = 4
+    staleness: int = 0
+    lfu_decay: float = 0.5
+    evict_slack: float = 0.05
+    parallel_shards: bool = True
+    write_buffer_bytes: int = 16 << 20
+    sync_writes: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_shards <= 1024:
+            raise ConfigError(f"num_shards must be in [1, 1024], got {self.num_shards}")
+        names = [t.name for t in self.tables]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"duplicate table names in {names}")
+        if self.staleness < 0:
+            raise ConfigError("staleness must be >= 0")
+        if not 0.0 < self.lfu_decay <= 1.0:
+            raise ConfigError(f"lfu_decay must be in (0, 1], got {self.lfu_decay}")
+        if not 0.0 <= self.evict_slack < 1.0:
+            raise ConfigError(f"evict_slack must be in [0, 1), got {self.evict_slack}")
+
+    def table(self, name: str) -> TableConfig:
+        """The table called ``name``."""
+        for t in self.tables:
+            if t.name == name:
+                return t
+        raise UnknownTableError(name, [t.name for t in self.tables])

@@ -1,0 +1,230 @@
+"""The RocksDB (cold) tier, through rocksdict, embedded and on local disk.
+
+One RocksDB instance per shard, one column family per table plus ``_meta``::
+
+    <store>/shard-0003/        RocksDB instance of shard 3
+        cf "t.ads"             key: id as big-endian int64   value: RowLayout bytes
+        cf "t.users"
+        cf "_meta"             store state (step, aging epochs, tombstones)
+
+rocksdict releases the GIL inside multi-get and write-batch calls, so a prefetch or
+write-back thread overlaps with training.
+
+>>> import tempfile, numpy as np
+>>> from embedding_store.rows import RowLayout
+>>> with tempfile.TemporaryDirectory() as d:
+...     db = RocksShard(d + "/s0", ["ads"])
+...     db.open()
+...     tier = db.tier("ads", RowLayout(2, 0))
+...     rows = tier.layout.empty(1); rows["emb"] = [[1.5, 2.5]]
+...     tier.put(np.array([42], dtype=np.int64), rows)
+...     found, got = tier.get(np.array([42, 7], dtype=np.int64))
+...     db.close()
+>>> found.tolist(), got["emb"][0].tolist()
+([True, False], [1.5, 2.5])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import numpy as np
+from rocksdict import AccessType, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+
+from embedding_store.errors import StorageError, StoreClosedError, StoreNotOpenError
+from embedding_store.rows import RowLayout, decode_keys, encode_keys
+from embedding_store.tier import RowBlock
+from embedding_store.types import BoolArray, IdArray
+
+META_CF = "_meta"
+T = TypeVar("T")
+
+
+def table_cf(table: str) -> str:
+    """Column family name of ``table``."""
+    return f"t.{table}"
+
+
+class RocksShard:
+    """One RocksDB instance holding a shard of every table."""
+
+    def __init__(
+        self,
+        path: str,
+        tables: list[str],
+        write_buffer_bytes: int = 16 << 20,
+        sync_writes: bool = False,
+        read_only: bool = False,
+    ) -> None:
+        self.path = path
+        self.tables = list(tables)
+        self.write_buffer_bytes = write_buffer_bytes
+        self.sync_writes = sync_writes
+        self.read_only = read_only
+        self._db: Rdict | None = None
+        self._cfs: dict[str, Rdict] = {}
+        self._closed = False
+
+    def _options(self) -> Options:
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.create_missing_column_families(True)
+        opts.set_write_buffer_size(self.write_buffer_bytes)
+        opts.set_max_open_files(256)
+        return opts
+
+    def open(self) -> None:
+        """Open (creating if needed) the instance and its column families."""
+        if not self.read_only:
+            os.makedirs(self.path, exist_ok=True)
+        names = [table_cf(t) for t in self.tables] + [META_CF]
+        opts = self._options()
+        access = AccessType.read_only(False) if self.read_only else AccessType.read_write()
+        try:
+            self._db = Rdict(
+                self.path, opts, column_families={n: self._options() for n in names},
+                access_type=access,
+            )
+            self._cfs = {n: self._db.get_column_family(n) for n in names}
+        except Exception as err:
+            raise StorageError(self.path, "open", err) from err
+        if self.sync_writes:
+            wo = WriteOptions()
+            wo.sync = True
+            self._db.set_write_options(wo)
+
+    def cf(self, name: str) -> Rdict:
+        """The column family ``name`` (a table's via :func:`table_cf`)."""
+        if self._closed:
+            raise StoreClosedError(f"RocksDB shard {self.path!r}")
+        if self._db is None:
+            raise StoreNotOpenError(f"RocksDB shard {self.path!r}")
+        return self._cfs[name]
+
+    def tier(self, table: str, layout: RowLayout) -> RocksTier:
+        """The cold tier of ``table`` in this shard."""
+        return RocksTier(self, table, layout)
+
+    def call(self, operation: str, fn: Callable[[], T]) -> T:
+        """Run a RocksDB call, turning its failures into :class:`StorageError`."""
+        if self._closed:
+            raise StoreClosedError(f"RocksDB shard {self.path!r}")
+        try:
+            return fn()
+        except (StoreClosedError, StoreNotOpenError):
+            raise
+        except Exception as err:
+            raise StorageError(self.path, operation, err) from err
+
+    def write(self, batch: WriteBatch) -> None:
+        """Apply a write batch atomically."""
+        db = self._db
+        if db is None:
+            raise StoreNotOpenError(f"RocksDB shard {self.path!r}")
+        self.call("write", lambda: db.write(batch))
+
+    def batch(self, name: str) -> WriteBatch:
+        """A write batch whose default column family is ``name``."""
+        db = self._db
+        if db is None:
+            raise StoreNotOpenError(f"RocksDB shard {self.path!r}")
+        wb = WriteBatch(raw_mode=True)
+        wb.set_default_column_family(db.get_column_family_handle(name))
+        return wb
+
+    def get_meta(self, key: str) -> bytes | None:
+        """A value of the ``_meta`` column family."""
+        cf = self.cf(META_CF)
+        value: Any = self.call("read meta", lambda: cf.get(key.encode()))
+        return None if value is None else bytes(value)
+
+    def put_meta(self, items: dict[str, bytes]) -> None:
+        """Write ``_meta`` values atomically."""
+        wb = self.batch(META_CF)
+        for k, v in items.items():
+            wb.put(k.encode(), v)
+        self.write(wb)
+
+    def flush(self) -> None:
+        """Flush memtables and the WAL to disk."""
+        db = self._db
+        if db is None or self._closed:
+            return
+        self.call("flush", lambda: (db.flush(True), db.flush_wal(True)))
+
+    def close(self) -> None:
+        """Close the instance (idempotent)."""
+        if self._db is not None and not self._closed:
+            self._cfs = {}
+            try:
+                self._db.close()
+            finally:
+                self._closed = True
+
+
+class RocksTier:
+    """Rows of one table in one shard, in RocksDB."""
+
+    def __init__(self, shard: RocksShard, table: str, layout: RowLayout) -> None:
+        self.shard = shard
+        self.table = table
+        self.layout = layout
+        self._cf_name = table_cf(table)
+
+    def get(self, ids: IdArray) -> tuple[BoolArray, RowBlock]:
+        """Multi-get ``ids``."""
+        out = self.layout.empty(len(ids))
+        if not len(ids):
+            return np.zeros(0, dtype=np.bool_), out
+        cf = self.shard.cf(self._cf_name)
+        keys = encode_keys(ids)
+        values: list[bytes | None] = self.shard.call("multi-get", lambda: cf.get(keys))
+        found = np.fromiter((v is not None for v in values), dtype=np.bool_, count=len(values))
+        if found.any():
+            out[found] = self.layout.decode([v for v in values if v is not None])
+        return found, out
+
+    def put(self, ids: IdArray, rows: RowBlock) -> None:
+        """Write rows in one atomic batch."""
+        if not len(ids):
+            return
+        wb = self.shard.batch(self._cf_name)
+        for k, v in zip(encode_keys(ids), self.layout.encode(rows), strict=True):
+            wb.put(k, v)
+        self.shard.write(wb)
+
+    def delete(self, ids: IdArray) -> None:
+        """Delete rows in one atomic batch."""
+        if not len(ids):
+            return
+        wb = self.shard.batch(self._cf_name)
+        for k in encode_keys(ids):
+            wb.delete(k)
+        self.shard.write(wb)
+
+    def iterate(self, chunk: int = 65536) -> Iterator[tuple[IdArray, RowBlock]]:
+        """Every row, in key order, from a consistent RocksDB snapshot."""
+        cf = self.shard.cf(self._cf_name)
+        it = self.shard.call("iterate", lambda: cf.iter(ReadOptions()))
+        it.seek_to_first()
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        while it.valid():
+            keys.append(it.key())
+            values.append(it.value())
+            if len(keys) >= chunk:
+                yield decode_keys(keys), self.layout.decode(values)
+                keys, values = [], []
+            it.next()
+        if keys:
+            yield decode_keys(keys), self.layout.decode(values)
+
+    def count(self) -> int:
+        """Exact row count (iterates keys)."""
+        cf = self.shard.cf(self._cf_name)
+        return sum(1 for _ in self.shard.call("count", lambda: cf.keys()))
+
+    def close(self) -> None:
+        """Tiers share their shard's instance; the shard closes it."""

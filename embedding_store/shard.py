@@ -1,0 +1,410 @@
+"""One table in one shard: the DRAM tier over the RocksDB tier, with LFU, pins and admission.
+
+::
+
+    fetch(ids) ─► DRAM hit? ──yes──────────────────────────► gather, count, pin
+                     │no
+                     ▼
+                 RocksDB multi-get ─found─► insert into DRAM ─┘
+                     │absent
+                     ▼
+                 admitted (seen k times)? ─yes─► initial row ─┘
+                     │no
+                     ▼
+                 initial value or zeros, nothing stored
+
+Eviction (``enforce_budget``, ``demote``) writes dirty rows back to RocksDB before freeing
+their slots; pinned rows are never evicted. LFU counts age lazily: a row's effective count
+is ``freq * decay ** (epoch_now - epoch)``.
+
+>>> import tempfile, numpy as np
+>>> from embedding_store.config import TableConfig
+>>> from embedding_store.rocks import RocksShard
+>>> with tempfile.TemporaryDirectory() as d:
+...     db = RocksShard(d, ["t"]); db.open()
+...     shard = ShardTable(TableConfig("t", dim=2), db, budget_rows=1, decay=0.5)
+...     emb, slots = shard.fetch(np.array([1, 2], dtype=np.int64), step=1, now=0.0)
+...     shard.unpin(slots); moved = shard.enforce_budget(slack=0.0)
+...     counts = shard.hot.count(), shard.cold.count()
+...     db.close()
+>>> emb.shape, moved, counts
+((2, 2), 1, (1, 1))
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from embedding_store import optimizers
+from embedding_store.config import TableConfig, Unadmitted
+from embedding_store.dram import DramTier
+from embedding_store.index import SlotIndex
+from embedding_store.initializers import initial_values
+from embedding_store.rocks import RocksShard
+from embedding_store.rows import RowLayout
+from embedding_store.tier import RowBlock
+from embedding_store.types import FloatArray, IdArray, SlotArray
+
+_LOG_COMPACT_AT = 64
+
+
+@dataclass
+class ShardCounters:
+    """Running counters of one shard-table."""
+
+    hits: int = 0
+    misses: int = 0
+    cold_reads: int = 0
+    created: int = 0
+    evicted: int = 0
+    written_back: int = 0
+    prefetched: int = 0
+
+
+class ShardTable:
+    """Hot over cold tier for one table in one shard. Every public method takes the lock."""
+
+    def __init__(
+        self, table: TableConfig, db: RocksShard, budget_rows: int | None, decay: float
+    ) -> None:
+        self.table = table
+        self.layout = RowLayout(table.dim, table.state_dim)
+        self.hot = DramTier(self.layout)
+        self.cold = db.tier(table.name, self.layout)
+        self.budget_rows = budget_rows
+        self.decay = np.float32(decay)
+        self.epoch = 0
+        self.lock = threading.RLock()
+        self.counters = ShardCounters()
+        self.evict_generation = 0
+        self._seen = SlotIndex()
+        self._seen_counts = np.zeros(1024, dtype=np.int32)
+        self._seen_n = 0
+        # write log: (max version, ids written) chunks; a superset, filtered by row version
+        self._log: list[tuple[int, IdArray]] = []
+
+    # -- reading -------------------------------------------------------------
+    def fetch(
+        self, ids: IdArray, step: int, now: float, pin: bool = True
+    ) -> tuple[FloatArray, SlotArray]:
+        """Embeddings of unique ``ids`` and their DRAM slots (-1: not admitted, not stored)."""
+        with self.lock:
+            slots = self.hot.find(ids)
+            miss = np.flatnonzero(slots < 0)
+            self.counters.hits += len(ids) - len(miss)
+            self.counters.misses += len(miss)
+            if len(miss):
+                slots[miss] = self._load(ids[miss], step)
+            stored = slots >= 0
+            out = np.empty((len(ids), self.table.dim), dtype=np.float32)
+            s = slots[stored]
+            self._touch(s, step, now)
+            if pin:
+                self.hot.pins[s] += 1
+            out[stored] = self.hot.rows["emb"][s]
+            if not stored.all():
+                out[~stored] = self._unadmitted_values(ids[~stored])
+            return out, slots
+
+    def _load(self, ids: IdArray, step: int) -> SlotArray:
+        """Bring missing ids into DRAM from RocksDB or as new rows; -1 where not admitted."""
+        found, rows = self.cold.get(ids)
+        self.counters.cold_reads += len(ids)
+        slots = np.full(len(ids), -1, dtype=np.int64)
+        if found.any():
+            slots[found] = self.hot.insert(ids[found], rows[found], dirty=False)
+        new = np.flatnonzero(~found)
+        if len(new):
+            admit = self._admit(ids[new])
+            new = new[admit]
+            if len(new):
+                slots[new] = self.hot.insert(ids[new], self._initial_rows(ids[new]), dirty=True)
+                self.counters.created += len(new)
+        return slots
+
+    def _admit(self, ids: IdArray) -> npt.NDArray[np.bool_]:
+        k = self.table.admit_after
+        if k <= 1:
+            return np.ones(len(ids), dtype=np.bool_)
+        pos = self._seen.lookup(ids)
+        unknown = np.flatnonzero(pos < 0)
+        if len(unknown):
+            fresh = np.arange(self._seen_n, self._seen_n + len(unknown), dtype=np.int64)
+            if self._seen_n + len(unknown) > len(self._seen_counts):
+                grown = np.zeros(max(2 * len(self._seen_counts), self._seen_n + len(unknown)), np.int32)
+                grown[: self._seen_n] = self._seen_counts[: self._seen_n]
+                self._seen_counts = grown
+            self._seen.insert(ids[unknown], fresh)
+            self._seen_n += len(unknown)
+            pos[unknown] = fresh
+        self._seen_counts[pos] += 1
+        return self._seen_counts[pos] >= k  # type: ignore[no-any-return]
+
+    def _initial_rows(self, ids: IdArray) -> RowBlock:
+        t = self.table
+        rows = self.layout.empty(len(ids))
+        emb = initial_values(ids, t.dim, t.seed, t.init_scale)
+        rows["emb"] = emb
+        if self.layout.state_dim:
+            rows["state"] = optimizers.initial_state(emb, t.optimizer)
+        rows["version"] = 0
+        rows["freq"] = 0.0
+        rows["epoch"] = self.epoch
+        rows["last_step"] = 0
+        rows["last_time"] = 0.0
+        return rows
+
+    def _unadmitted_values(self, ids: IdArray) -> FloatArray:
+        t = self.table
+        if t.unadmitted is Unadmitted.ZEROS:
+            return np.zeros((len(ids), t.dim), dtype=np.float32)
+        return initial_values(ids, t.dim, t.seed, t.init_scale)
+
+    def _touch(self, slots: SlotArray, step: int, now: float) -> None:
+        rows = self.hot.rows
+        rows["freq"][slots] = self.effective_freq(slots) + np.float32(1.0)
+        rows["epoch"][slots] = self.epoch
+        rows["last_step"][slots] = step
+        rows["last_time"][slots] = now
+        self.hot.dirty[slots] = True
+
+    def effective_freq(self, slots: SlotArray) -> FloatArray:
+        """Aged LFU counts of DRAM rows."""
+        rows = self.hot.rows
+        age = (self.epoch - rows["epoch"][slots]).astype(np.float32)
+        return (rows["freq"][slots] * np.power(self.decay, age)).astype(np.float32)
+
+    def _cold_effective_freq(self, rows: RowBlock) -> FloatArray:
+        age = (self.epoch - rows["epoch"]).astype(np.float32)
+        return (rows["freq"] * np.power(self.decay, age)).astype(np.float32)
+
+    # -- writing -------------------------------------------------------------
+    def apply(self, ids: IdArray, grads: FloatArray, version: int, step: int, now: float) -> int:
+        """Apply the optimizer to unique ``ids``; unadmitted ids' gradients are dropped."""
+        with self.lock:
+            slots = self.hot.find(ids)
+            miss = np.flatnonzero(slots < 0)
+            if len(miss):  # gradients without a prior lookup this step
+                slots[miss] = self._load(ids[miss], step)
+                ok = slots[miss] >= 0
+                self._touch(slots[miss][ok], step, now)
+            keep = slots >= 0
+            s = slots[keep]
+            if not len(s):
+                return 0
+            rows = self.hot.rows
+            emb = rows["emb"][s]
+            state = self.layout.state(rows[s])
+            new_emb, new_state = optimizers.update(emb, state, grads[keep], self.table.optimizer)
+            rows["emb"][s] = new_emb
+            if self.layout.state_dim:
+                rows["state"][s] = new_state
+            rows["version"][s] = version
+            self.hot.dirty[s] = True
+            self._log_written(ids[keep], version)
+            return len(s)
+
+    def _log_written(self, ids: IdArray, version: int) -> None:
+        self._log.append((version, ids.copy()))
+        if len(self._log) > _LOG_COMPACT_AT:
+            top = max(v for v, _ in self._log)
+            self._log = [(top, np.unique(np.concatenate([i for _, i in self._log])))]
+
+    def unpin(self, slots: SlotArray) -> None:
+        """Release one pin on each stored slot."""
+        with self.lock:
+            s = slots[slots >= 0]
+            np.subtract.at(self.hot.pins, s, 1)
+
+    # -- placement -----------------------------------------------------------
+    def enforce_budget(self, slack: float) -> int:
+        """Evict down to ``budget * (1 - slack)`` rows if over budget; returns rows evicted."""
+        with self.lock:
+            if self.budget_rows is None or self.hot.count() <= self.budget_rows:
+                return 0
+            target = int(self.budget_rows * (1.0 - slack))
+            return self._evict(self.hot.count() - target)
+
+    def _evict(self, n: int) -> int:
+        live = self.hot.live_slots()
+        cand = live[self.hot.pins[live] == 0]
+        n = min(n, len(cand))
+        if n <= 0:
+            return 0
+        freq = self.effective_freq(cand)
+        victims = cand[np.argpartition(freq, n - 1)[:n]] if n < len(cand) else cand
+        self._write_back(victims)
+        self.hot.remove(victims)
+        self.evict_generation += 1
+        self.counters.evicted += n
+        return n
+
+    def _write_back(self, slots: SlotArray) -> None:
+        dirty = slots[self.hot.dirty[slots]]
+        if len(dirty):
+            self.cold.put(self.hot.ids[dirty], self.hot.rows[dirty])
+            self.hot.dirty[dirty] = False
+            self.counters.written_back += len(dirty)
+
+    def flush(self) -> int:
+        """Write every dirty DRAM row to RocksDB; returns rows written."""
+        with self.lock:
+            live = self.hot.live_slots()
+            before = self.counters.written_back
+            self._write_back(live)
+            return self.counters.written_back - before
+
+    def demote(self, n: int) -> int:
+        """Move the ``n`` least-used unpinned rows to RocksDB."""
+        with self.lock:
+            return self._evict(n)
+
+    def migrate(self, scan_limit: int | None = None) -> tuple[int, int]:
+        """Swap cold rows used more than the least-used hot rows, within the budget.
+
+        Returns ``(promoted, demoted)``. Reads RocksDB through a consistent iterator.
+        """
+        with self.lock:
+            budget = self.budget_rows
+            room = (budget - self.hot.count()) if budget is not None else None
+            best_ids: list[IdArray] = []
+            best_freq: list[FloatArray] = []
+            limit = budget if budget is not None else 0
+            scanned = 0
+            for ids, rows in self.cold.iterate():
+                present = self.hot.find(ids) >= 0
+                ids, rows = ids[~present], rows[~present]
+                f = self._cold_effective_freq(rows)
+                best_ids.append(ids)
+                best_freq.append(f)
+                if limit and sum(len(x) for x in best_ids) > 2 * limit:
+                    ids_all, f_all = np.concatenate(best_ids), np.concatenate(best_freq)
+                    top = np.argpartition(-f_all, limit - 1)[:limit]
+                    best_ids, best_freq = [ids_all[top]], [f_all[top]]
+                scanned += len(ids)
+                if scan_limit is not None and scanned >= scan_limit:
+                    break
+            if room is None or not best_ids:
+                return 0, 0
+            cids, cfreq = np.concatenate(best_ids), np.concatenate(best_freq)
+            order = np.argsort(-cfreq, kind="stable")
+            cids, cfreq = cids[order], cfreq[order]
+            live = self.hot.live_slots()
+            cand = live[self.hot.pins[live] == 0]
+            hfreq = self.effective_freq(cand)
+            horder = np.argsort(hfreq, kind="stable")
+            cand, hfreq = cand[horder], hfreq[horder]
+            # fill free room first, then swap while the cold row beats the hot one
+            fill = min(max(room, 0), len(cids))
+            m = min(len(cids) - fill, len(cand))
+            # cfreq falls and hfreq rises, so the winning swaps are a prefix
+            k = int(np.count_nonzero(cfreq[fill : fill + m] > hfreq[:m]))
+            demoted = 0
+            if k:
+                self._write_back(cand[:k])
+                self.hot.remove(cand[:k])
+                self.evict_generation += 1
+                demoted = k
+            promote = cids[: fill + k]
+            if len(promote):
+                found, rows = self.cold.get(promote)
+                self.hot.insert(promote[found], rows[found], dirty=False)
+            return int(found.sum()) if len(promote) else 0, demoted
+
+    def prefetch(self, ids: IdArray) -> SlotArray:
+        """Load ids' stored rows into DRAM and pin them; cold reads happen outside the lock."""
+        with self.lock:
+            slots = self.hot.find(ids)
+            self.hot.pins[slots[slots >= 0]] += 1
+            miss = ids[slots < 0]
+            generation = self.evict_generation
+        if not len(miss):
+            return slots[slots >= 0]
+        found, rows = self.cold.get(miss)  # the GIL is released in here
+        with self.lock:
+            if self.evict_generation != generation:  # rows may have been written back since
+                found, rows = self.cold.get(miss)
+            now_slots = self.hot.find(miss)
+            fresh = found & (now_slots < 0)
+            if fresh.any():
+                now_slots[fresh] = self.hot.insert(miss[fresh], rows[fresh], dirty=False)
+                self.counters.prefetched += int(fresh.sum())
+            already = ~fresh & (now_slots >= 0)
+            self.hot.pins[now_slots[fresh | already]] += 1
+            return np.concatenate([slots[slots >= 0], now_slots[now_slots >= 0]])
+
+    # -- maintenance ---------------------------------------------------------
+    def expire(self, min_step: int | None, min_time: float | None) -> IdArray:
+        """Delete rows last seen before ``min_step`` / ``min_time``; returns their ids."""
+        with self.lock:
+            expired: list[IdArray] = []
+            live = self.hot.live_slots()
+            live = live[self.hot.pins[live] == 0]
+            old = self._stale(self.hot.rows[live], min_step, min_time)
+            if old.any():
+                gone = live[old]
+                expired.append(self.hot.ids[gone].copy())
+                self.hot.remove(gone)
+            for ids, rows in self.cold.iterate():
+                old = self._stale(rows, min_step, min_time) & (self.hot.find(ids) < 0)
+                if old.any():
+                    expired.append(ids[old])
+            out = np.unique(np.concatenate(expired)) if expired else np.empty(0, np.int64)
+            self.cold.delete(out)
+            return out
+
+    @staticmethod
+    def _stale(rows: RowBlock, min_step: int | None, min_time: float | None) -> npt.NDArray[np.bool_]:
+        old = np.zeros(len(rows), dtype=np.bool_)
+        if min_step is not None:
+            old |= rows["last_step"] < min_step
+        if min_time is not None:
+            old |= rows["last_time"] < min_time
+        return old
+
+    def advance_epoch(self) -> None:
+        """Age every LFU count by one decay step (O(1): counts age lazily)."""
+        with self.lock:
+            self.epoch += 1
+
+    # -- export --------------------------------------------------------------
+    def written_since(self, version: int) -> tuple[IdArray, RowBlock]:
+        """Rows whose version is greater than ``version``."""
+        with self.lock:
+            cands = [ids for v, ids in self._log if v > version]
+            if not cands:
+                return np.empty(0, np.int64), self.layout.empty(0)
+            ids = np.unique(np.concatenate(cands))
+            found, rows = self.read(ids)
+            keep = found & (rows["version"] > version)
+            return ids[keep], rows[keep]
+
+    def truncate_log(self, version: int) -> None:
+        """Forget write-log entries at or below ``version``."""
+        with self.lock:
+            self._log = [(v, i) for v, i in self._log if v > version]
+
+    def read(self, ids: IdArray) -> tuple[npt.NDArray[np.bool_], RowBlock]:
+        """Rows of ``ids`` from whichever tier holds them, without counting or pinning."""
+        with self.lock:
+            found, rows = self.hot.get(ids)
+            rest = np.flatnonzero(~found)
+            if len(rest):
+                cfound, crows = self.cold.get(ids[rest])
+                rows[rest[cfound]] = crows[cfound]
+                found[rest[cfound]] = True
+            return found, rows
+
+    def write(self, ids: IdArray, rows: RowBlock) -> None:
+        """Overwrite rows (import): DRAM copies are dropped, RocksDB gets the new value."""
+        with self.lock:
+            slots = self.hot.find(ids)
+            self.hot.remove(slots[slots >= 0])
+            self.evict_generation += 1
+            self.cold.put(ids, rows)
+            if len(ids):
+                self._log_written(ids, int(rows["version"].max()))
