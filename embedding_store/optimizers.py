@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from embedding_store.config import OptimizerConfig
 
@@ -55,15 +56,26 @@ def update(emb: F32, state: F32, grad: F32, cfg: OptimizerConfig) -> tuple[F32, 
     g = grad.astype(np.float32, copy=False)
     if cfg.kind == "sgd":
         return (emb - lr * g).astype(np.float32), state
-    if cfg.kind == "adagrad":
-        acc = state + g * g
-        return (emb - lr * g / (np.sqrt(acc) + eps)).astype(np.float32), acc
-    if cfg.kind == "rowwise_adagrad":
-        acc = state + np.mean(g * g, axis=1, keepdims=True, dtype=np.float32)
-        return (emb - lr * g / (np.sqrt(acc) + eps)).astype(np.float32), acc
+    if cfg.kind in ("adagrad", "rowwise_adagrad"):
+        return _adagrad(emb, state, g, cfg)
     if cfg.kind == "adam":
         return _adam(emb, state, g, cfg)
     return _ftrl(emb, state, g, cfg)
+
+
+def _adagrad(emb: F32, state: F32, g: F32, cfg: OptimizerConfig) -> tuple[F32, F32]:
+    # torch kernels in torch.optim.Adagrad's order (addcmul_, sqrt, add_, addcdiv_), so the
+    # store's rows are bit-identical to an nn.Embedding trained with torch's Adagrad.
+    w = torch.from_numpy(np.array(emb, dtype=np.float32))
+    acc = torch.from_numpy(np.array(state, dtype=np.float32))
+    gt = torch.from_numpy(np.ascontiguousarray(g))
+    if cfg.kind == "adagrad":
+        acc.addcmul_(gt, gt, value=1.0)
+    else:
+        acc.add_((gt * gt).mean(dim=1, keepdim=True))
+    std = acc.sqrt().add_(cfg.eps)
+    w.addcdiv_(gt, std, value=-cfg.lr)
+    return w.numpy(), acc.numpy()
 
 
 def _adam(emb: F32, state: F32, g: F32, cfg: OptimizerConfig) -> tuple[F32, F32]:

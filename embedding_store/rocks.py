@@ -172,13 +172,19 @@ class RocksTier:
         self.table = table
         self.layout = layout
         self._cf_name = table_cf(table)
+        self._closed = False
+
+    def _cf(self) -> Rdict:
+        if self._closed:
+            raise StoreClosedError(f"RocksDB tier of table {self.table!r} at {self.shard.path!r}")
+        return self.shard.cf(self._cf_name)
 
     def get(self, ids: IdArray) -> tuple[BoolArray, RowBlock]:
         """Multi-get ``ids``."""
         out = self.layout.empty(len(ids))
         if not len(ids):
             return np.zeros(0, dtype=np.bool_), out
-        cf = self.shard.cf(self._cf_name)
+        cf = self._cf()
         keys = encode_keys(ids)
         values: list[bytes | None] = self.shard.call("multi-get", lambda: cf.get(keys))
         found = np.fromiter((v is not None for v in values), dtype=np.bool_, count=len(values))
@@ -190,6 +196,7 @@ class RocksTier:
         """Write rows in one atomic batch."""
         if not len(ids):
             return
+        self._cf()
         wb = self.shard.batch(self._cf_name)
         for k, v in zip(encode_keys(ids), self.layout.encode(rows), strict=True):
             wb.put(k, v)
@@ -199,6 +206,7 @@ class RocksTier:
         """Delete rows in one atomic batch."""
         if not len(ids):
             return
+        self._cf()
         wb = self.shard.batch(self._cf_name)
         for k in encode_keys(ids):
             wb.delete(k)
@@ -206,7 +214,7 @@ class RocksTier:
 
     def iterate(self, chunk: int = 65536) -> Iterator[tuple[IdArray, RowBlock]]:
         """Every row, in key order, from a consistent RocksDB snapshot."""
-        cf = self.shard.cf(self._cf_name)
+        cf = self._cf()
         it = self.shard.call("iterate", lambda: cf.iter(ReadOptions()))
         it.seek_to_first()
         keys: list[bytes] = []
@@ -223,8 +231,9 @@ class RocksTier:
 
     def count(self) -> int:
         """Exact row count (iterates keys)."""
-        cf = self.shard.cf(self._cf_name)
+        cf = self._cf()
         return sum(1 for _ in self.shard.call("count", lambda: cf.keys()))
 
     def close(self) -> None:
-        """Tiers share their shard's instance; the shard closes it."""
+        """Stop using this tier (the shard's instance, shared by tables, is closed by the shard)."""
+        self._closed = True

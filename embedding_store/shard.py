@@ -217,8 +217,8 @@ class ShardTable:
     def unpin(self, slots: SlotArray) -> None:
         """Release one pin on each stored slot."""
         with self.lock:
-            s = slots[slots >= 0]
-            np.subtract.at(self.hot.pins, s, 1)
+            s = slots[slots >= 0]  # unique per call, so plain fancy indexing is exact
+            self.hot.pins[s] -= 1
 
     # -- placement -----------------------------------------------------------
     def enforce_budget(self, slack: float) -> int:
