@@ -1,0 +1,1 @@
+"""Freshet's benchmarks: each prints and saves JSON and a PNG plot."""

@@ -1,0 +1,1 @@
+"""Pydantic models of Freshet's YAML configuration (the edge; the core gets dataclasses)."""

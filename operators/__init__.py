@@ -1,0 +1,1 @@
+"""Scheduled maintenance operators (tier migration, checkpoints, expiry, publishing)."""

@@ -1,0 +1,49 @@
+"""The ``freshet`` command line.
+
+Each subcommand lives in its own module and registers itself here; ``freshet --help``
+lists them. Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand -> (module, help); each module has ``add_arguments(parser)`` and ``run(args) -> int``
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pipeline.demo", "run the end-to-end demo on built-in synthetic streams"),
+    "bench": ("benchmarks.cli", "run a benchmark (store, sweep, memory, ...)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(prog="freshet", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="log line format"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``freshet`` console script."""
+    from pipeline.logging import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_format)
+    mod = importlib.import_module(args._module)
+    code: int = mod.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
