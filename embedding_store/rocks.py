@@ -77,12 +77,12 @@ class RocksShard:
 
     def open(self) -> None:
         """Open (creating if needed) the instance and its column families."""
-        if not self.read_only:
-            os.makedirs(self.path, exist_ok=True)
         names = [table_cf(t) for t in self.tables] + [META_CF]
         opts = self._options()
         access = AccessType.read_only(False) if self.read_only else AccessType.read_write()
         try:
+            if not self.read_only:
+                os.makedirs(self.path, exist_ok=True)
             self._db = Rdict(
                 self.path, opts, column_families={n: self._options() for n in names},
                 access_type=access,
