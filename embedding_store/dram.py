@@ -6,6 +6,8 @@
     live  [  1 |  1 |  0 | 1 | ... ]   slot in use
     dirty [  0 |  1 |  0 | 1 | ... ]   changed since last written to the next tier
     pins  [  0 |  2 |  0 | 0 | ... ]   pending batches that need the row in DRAM
+    evict [  0 |  0 |  0 | 1 | ... ]   chosen for eviction, being written back
+    prov  [  0 |  0 |  0 | 0 | ... ]   created ahead by prefetch, not yet looked up (invisible)
     rows  [ row| row| -- |row| ... ]   RowLayout records
     index: id -> slot (SlotIndex; stale entries validated against ids/live)
 
@@ -45,6 +47,8 @@ class DramTier:
         self.live = np.zeros(self._capacity, dtype=np.bool_)
         self.dirty = np.zeros(self._capacity, dtype=np.bool_)
         self.pins = np.zeros(self._capacity, dtype=np.int32)
+        self.evicting = np.zeros(self._capacity, dtype=np.bool_)
+        self.provisional = np.zeros(self._capacity, dtype=np.bool_)
         self._index = SlotIndex(self._capacity)
         self._free = np.empty(0, dtype=np.int64)
         self._high = 0
@@ -63,7 +67,9 @@ class DramTier:
         slots[bad] = -1
         return slots
 
-    def insert(self, ids: IdArray, rows: RowBlock, dirty: bool = True) -> SlotArray:
+    def insert(
+        self, ids: IdArray, rows: RowBlock, dirty: bool = True, provisional: bool = False
+    ) -> SlotArray:
         """Add rows for ids that are not in the tier; returns their slots."""
         self._check()
         n = len(ids)
@@ -73,6 +79,8 @@ class DramTier:
         self.live[slots] = True
         self.dirty[slots] = dirty
         self.pins[slots] = 0
+        self.evicting[slots] = False
+        self.provisional[slots] = provisional
         self._index.insert(ids, slots)
         self._live_count += n
         return slots
@@ -85,6 +93,8 @@ class DramTier:
         self.live[slots] = False
         self.dirty[slots] = False
         self.pins[slots] = 0
+        self.evicting[slots] = False
+        self.provisional[slots] = False
         self._free = np.concatenate([self._free, slots.astype(np.int64)])
         self._live_count -= len(slots)
         if self._index.entries > 2 * max(self._live_count, 1024):
@@ -108,10 +118,12 @@ class DramTier:
 
     def _grow(self, need: int) -> None:
         cap = max(need, int(self._capacity * 1.5))
-        for name in ("rows", "ids", "live", "dirty", "pins"):
+        for name in ("rows", "ids", "live", "dirty", "pins", "evicting", "provisional"):
             old = getattr(self, name)
-            new = np.empty(cap, dtype=old.dtype) if name in ("rows", "ids") else np.zeros(
-                cap, dtype=old.dtype
+            new = (
+                np.empty(cap, dtype=old.dtype)
+                if name in ("rows", "ids")
+                else np.zeros(cap, dtype=old.dtype)
             )
             new[: self._high] = old[: self._high]
             setattr(self, name, new)
@@ -154,7 +166,7 @@ class DramTier:
 
     def nbytes(self) -> int:
         """Bytes allocated for rows, ids, flags and the index."""
-        per_slot = self.layout.row_bytes + 8 + 1 + 1 + 4
+        per_slot = self.layout.row_bytes + 8 + 1 + 1 + 4 + 1 + 1
         return self._capacity * per_slot + self._index.nbytes()
 
     def close(self) -> None:

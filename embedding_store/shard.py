@@ -13,8 +13,11 @@
                      ▼
                  initial value or zeros, nothing stored
 
-Eviction (``enforce_budget``, ``demote``) writes dirty rows back to RocksDB before freeing
-their slots; pinned rows are never evicted. LFU counts age lazily: a row's effective count
+Eviction runs in two halves: ``start_eviction`` (at a step boundary, on the training thread)
+marks the least-used unpinned rows; ``finish_eviction`` (on the write-back thread) copies the
+dirty ones, writes them to RocksDB outside the lock, then frees the slots of rows nobody touched
+or pinned meanwhile. Until then the rows stay readable in DRAM, so no read ever sees RocksDB
+older than DRAM. ``demote``/``migrate`` evict synchronously. Pinned rows are never evicted. LFU counts age lazily: a row's effective count
 is ``freq * decay ** (epoch_now - epoch)``.
 
 >>> import tempfile, numpy as np
@@ -102,6 +105,7 @@ class ShardTable:
             stored = slots >= 0
             out = np.empty((len(ids), self.table.dim), dtype=np.float32)
             s = slots[stored]
+            self.counters.created += int(self.hot.provisional[s].sum())
             self._touch(s, step, now)
             if pin:
                 self.hot.pins[s] += 1
@@ -171,6 +175,8 @@ class ShardTable:
         rows["last_step"][slots] = step
         rows["last_time"][slots] = now
         self.hot.dirty[slots] = True
+        self.hot.evicting[slots] = False
+        self.hot.provisional[slots] = False
 
     def effective_freq(self, slots: SlotArray) -> FloatArray:
         """Aged LFU counts of DRAM rows."""
@@ -196,6 +202,9 @@ class ShardTable:
             s = slots[keep]
             if not len(s):
                 return 0
+            prov = s[self.hot.provisional[s]]
+            if len(prov):  # prefetched ahead but never looked up: make them real now
+                self._touch(prov, step, now)
             rows = self.hot.rows
             emb = rows["emb"][s]
             state = self.layout.state(rows[s])
@@ -222,12 +231,53 @@ class ShardTable:
 
     # -- placement -----------------------------------------------------------
     def enforce_budget(self, slack: float) -> int:
-        """Evict down to ``budget * (1 - slack)`` rows if over budget; returns rows evicted."""
+        """Evict down to ``budget * (1 - slack)`` rows now if over budget; returns rows evicted."""
         with self.lock:
-            if self.budget_rows is None or self.hot.count() <= self.budget_rows:
+            over = self._over_budget(slack)
+            return self._evict(over) if over > 0 else 0
+
+    def _over_budget(self, slack: float) -> int:
+        if self.budget_rows is None or self.hot.count() <= self.budget_rows:
+            return 0
+        return self.hot.count() - int(self.budget_rows * (1.0 - slack))
+
+    def start_eviction(self, slack: float) -> int:
+        """Mark rows for a background eviction down to the budget; returns rows marked."""
+        with self.lock:
+            over = self._over_budget(slack)
+            if over <= 0:
                 return 0
-            target = int(self.budget_rows * (1.0 - slack))
-            return self._evict(self.hot.count() - target)
+            live = self.hot.live_slots()
+            cand = live[(self.hot.pins[live] == 0) & ~self.hot.evicting[live]]
+            over -= int(self.hot.evicting[live].sum())
+            n = min(over, len(cand))
+            if n <= 0:
+                return 0
+            freq = self.effective_freq(cand)
+            victims = cand[np.argpartition(freq, n - 1)[:n]] if n < len(cand) else cand
+            self.hot.evicting[victims] = True
+            return n
+
+    def finish_eviction(self) -> int:
+        """Write marked rows back (RocksDB call outside the lock) and free them; returns freed."""
+        with self.lock:
+            live = self.hot.live_slots()
+            marked = live[self.hot.evicting[live]]
+            marked_ids = self.hot.ids[marked].copy()
+            dirty = marked[self.hot.dirty[marked]]
+            ids, rows = self.hot.ids[dirty].copy(), self.hot.rows[dirty].copy()
+        self.cold.put(ids, rows)  # releases the GIL; rows stay readable in DRAM meanwhile
+        with self.lock:
+            still = (
+                self.hot.live[marked] & self.hot.evicting[marked]
+                & (self.hot.ids[marked] == marked_ids) & (self.hot.pins[marked] == 0)
+            )
+            gone = marked[still]
+            self.hot.remove(gone)
+            self.evict_generation += 1
+            self.counters.evicted += len(gone)
+            self.counters.written_back += len(ids)
+            return len(gone)
 
     def _evict(self, n: int) -> int:
         live = self.hot.live_slots()
@@ -319,7 +369,9 @@ class ShardTable:
         """Load ids' stored rows into DRAM and pin them; cold reads happen outside the lock."""
         with self.lock:
             slots = self.hot.find(ids)
-            self.hot.pins[slots[slots >= 0]] += 1
+            have = slots[slots >= 0]
+            self.hot.pins[have] += 1
+            self.hot.evicting[have] = False
             miss = ids[slots < 0]
             generation = self.evict_generation
         if not len(miss):
@@ -333,8 +385,15 @@ class ShardTable:
             if fresh.any():
                 now_slots[fresh] = self.hot.insert(miss[fresh], rows[fresh], dirty=False)
                 self.counters.prefetched += int(fresh.sum())
-            already = ~fresh & (now_slots >= 0)
-            self.hot.pins[now_slots[fresh | already]] += 1
+            new = ~found & (now_slots < 0)
+            if new.any() and self.table.admit_after <= 1:
+                # new ids: build their rows now, invisible until a lookup makes them real
+                now_slots[new] = self.hot.insert(
+                    miss[new], self._initial_rows(miss[new]), dirty=False, provisional=True
+                )
+            got = now_slots >= 0
+            self.hot.pins[now_slots[got]] += 1
+            self.hot.evicting[now_slots[got]] = False
             return np.concatenate([slots[slots >= 0], now_slots[now_slots >= 0]])
 
     # -- maintenance ---------------------------------------------------------
@@ -344,6 +403,9 @@ class ShardTable:
             expired: list[IdArray] = []
             live = self.hot.live_slots()
             live = live[self.hot.pins[live] == 0]
+            prov = self.hot.provisional[live]
+            self.hot.remove(live[prov])  # never real: dropped without a tombstone
+            live = live[~prov]
             old = self._stale(self.hot.rows[live], min_step, min_time)
             if old.any():
                 gone = live[old]
@@ -391,7 +453,11 @@ class ShardTable:
     def read(self, ids: IdArray) -> tuple[npt.NDArray[np.bool_], RowBlock]:
         """Rows of ``ids`` from whichever tier holds them, without counting or pinning."""
         with self.lock:
-            found, rows = self.hot.get(ids)
+            slots = self.hot.find(ids)
+            found = slots >= 0
+            found[found] = ~self.hot.provisional[slots[found]]
+            rows = self.layout.empty(len(ids))
+            rows[found] = self.hot.rows[slots[found]]
             rest = np.flatnonzero(~found)
             if len(rest):
                 cfound, crows = self.cold.get(ids[rest])

@@ -60,6 +60,7 @@ from embedding_store.rows import RowLayout
 from embedding_store.shard import ShardTable
 from embedding_store.tier import RowBlock
 from embedding_store.types import FloatArray, IdArray, SlotArray
+from embedding_store.writeback import WriteBack
 
 FORMAT_VERSION = 1
 SHARD_SALT = 0x5EED_5A1D
@@ -121,6 +122,7 @@ class EmbeddingStore:
         self._boundary = threading.RLock()
         self._pool: ThreadPoolExecutor | None = None
         self._prefetcher: Prefetcher | None = None
+        self._writeback = WriteBack()
         self._opened = False
         self._closed = False
         self.prefetch_stall_seconds = 0.0
@@ -172,6 +174,7 @@ class EmbeddingStore:
             if self._prefetcher is not None:
                 self._prefetcher.stop()
             self.flush()
+            self._writeback.stop()
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
@@ -398,7 +401,12 @@ class EmbeddingStore:
             self._version += 1
             slack = self.config.evict_slack
             for sts in self._tables.values():
-                self._map(lambda i, s=sts: s[i].enforce_budget(slack), len(sts))  # type: ignore[misc]
+                for st in sts:
+                    if st.start_eviction(slack):
+                        self._writeback.submit(st)
+                    budget = st.budget_rows
+                    if budget is not None and st.hot.count() > 2 * budget + 4096:
+                        self._writeback.drain()  # back-pressure: the writer fell behind
 
     # -- prefetch ------------------------------------------------------------
     def prefetch(self, batches: Sequence[Mapping[str, object]]) -> PrefetchTicket:
@@ -422,6 +430,7 @@ class EmbeddingStore:
         """Hold off ``end_step`` while the body reads a consistent state; yields the version."""
         self._check_open()
         with self._boundary:
+            self._writeback.drain()
             yield self._version
 
     def migrate(self, scan_limit: int | None = None) -> MigrationReport:
