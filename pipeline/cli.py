@@ -15,6 +15,8 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pipeline.demo", "run the end-to-end demo on built-in synthetic streams"),
     "bench": ("benchmarks.cli", "run a benchmark (store, sweep, memory, ...)"),
+    "broker": ("pipeline.broker_cmd", "run the embedded dev Kafka broker until Ctrl-C"),
+    "replay": ("pipeline.replay_cmd", "produce a file or a generated stream into a Kafka topic"),
 }
 
 

@@ -271,6 +271,7 @@ class KafkaSource:
         self._seek: Offsets = {}
         self._trained: Offsets = {}
         self._fetched: Offsets = {}
+        self._unsettled: set[PartitionKey] = set()
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         self._buffer: deque[SourceBatch] = deque()
@@ -325,8 +326,9 @@ class KafkaSource:
     def snapshot(self) -> Offsets:
         """Next offset per partition after the last batch passed to :meth:`mark_trained`.
 
-        Starts as the offsets given to :meth:`seek`. Offsets only grow, so snapshots of several
-        sources on one topic merge by taking the largest offset per partition.
+        Starts as the offsets given to :meth:`seek`, plus where each partition assigned since
+        started (its group commit or ``auto_offset_reset``). Offsets only grow, so snapshots of
+        several sources on one topic merge by taking the largest offset per partition.
         """
         with self._lock:
             return dict(self._trained)
@@ -405,10 +407,12 @@ class KafkaSource:
                     raise SourceError(f"topic {topic!r} does not exist (or has no partitions)")
                 found.extend((topic, p) for p in sorted(parts))
             wanted = tuple(found)
-        self._consumer.assign([TopicPartition(t, p) for t, p in wanted])
+        assigned = [TopicPartition(t, p) for t, p in wanted]
+        self._consumer.assign(assigned)
         for (topic, partition), offset in self._seek.items():
             if (topic, partition) in wanted:
                 self._consumer.seek(TopicPartition(topic, partition), offset)
+        self._unsettled.update(wanted)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop the polling thread and close the clients; buffered batches are dropped."""
@@ -536,6 +540,8 @@ class KafkaSource:
                 for partition_records in records.values():
                     for record in partition_records:
                         self._ingest(builder, record)
+                if self._unsettled:
+                    self._settle_start_positions()
                 expired = builder.events and (
                     (time.monotonic() - builder.opened_at) * 1000 >= cfg.max_wait_ms
                 )
@@ -554,8 +560,24 @@ class KafkaSource:
             self._fail_commands(SourceError("the source stopped before the commit ran"))
             self._close_clients()
 
+    def _settle_start_positions(self) -> None:
+        """Put where each newly assigned partition starts into the snapshot.
+
+        So a checkpoint names every partition, even one nothing was trained from yet; else a
+        restart would start that one at the group's commit, not where this run started it.
+        """
+        for key in sorted(self._unsettled):
+            position = self._consumer.position(TopicPartition(*key))
+            with self._lock:
+                self._trained.setdefault(key, position)
+        self._unsettled.clear()
+
     def _ingest(self, builder: _BatchBuilder, record: Any) -> None:
         key = (record.topic, record.partition)
+        if key in self._unsettled:  # its first record: the partition started here
+            with self._lock:
+                self._trained.setdefault(key, record.offset)
+            self._unsettled.discard(key)
         self._fetched[key] = record.offset + 1
         builder.offsets[key] = record.offset + 1
         try:
@@ -671,12 +693,17 @@ class KafkaSource:
                 log.exception("closing the dead-letter producer failed")
 
     def _on_assigned(self, partitions: list[Any]) -> None:
-        """Group callback (polling thread): seek each new partition to where we left it."""
+        """Group callback: seek each new partition to where this source left it, if it did.
+
+        kafka-python 3 calls it on its I/O thread while the polling thread waits in ``poll()``;
+        nothing here may block (no ``position()``), see :meth:`_settle_start_positions`.
+        """
         for tp in partitions:
             key = (tp.topic, tp.partition)
             offset = self._fetched.get(key, self._seek.get(key))
             if offset is not None:
                 self._consumer.seek(tp, offset)
+            self._unsettled.add(key)
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
     def __repr__(self) -> str:
