@@ -64,6 +64,16 @@ def find_tansu() -> Path | None:
     return Path(on_path) if on_path else None
 
 
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -135,6 +145,9 @@ class EmbeddedBroker:
         for attempt in range(1, attempts + 1):
             if not fixed_port:
                 self._port = _free_port(self._host)
+            elif _port_taken(self._host, self._port or 0):
+                # else the readiness probe would reach whatever listens there
+                raise BrokerError(f"port {self._port} on {self._host} is already in use")
             self._launch(binary)
             try:
                 self._wait_ready()
@@ -173,6 +186,8 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
                 raise BrokerError(f"tansu exited at start-up; its log:\n{self._log_tail()}")
+            if "AddrInUse" in self._log_tail():  # tansu may panic in a worker and live on
+                raise BrokerError(f"port {self._port} is in use; tansu's log:\n{self._log_tail()}")
             try:
                 admin = KafkaAdminClient(
                     bootstrap_servers=self.bootstrap, request_timeout_ms=2000, client_id="probe"
