@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedding_store.dedup import unique_inverse
 from embedding_store.errors import InvalidIdsError, ShapeError
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class StoreEmbeddingBag(nn.Module):
         if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64:
             raise InvalidIdsError(self.table, f"got {getattr(ids, 'dtype', type(ids))}")
         flat = ids.reshape(-1).detach().cpu().numpy()
-        uniq, inverse = np.unique(flat, return_inverse=True)
+        uniq, inverse = unique_inverse(flat)
         rows = self.store._lookup_unique(self.table, uniq, pin=True)
         weight = torch.from_numpy(rows)
         if torch.is_grad_enabled() and self.training:

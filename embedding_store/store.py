@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from embedding_store.config import StoreConfig, TableConfig
+from embedding_store.dedup import unique, unique_inverse
 from embedding_store.errors import (
     InvalidIdsError,
     SchemaMismatchError,
@@ -321,7 +322,7 @@ class EmbeddingStore:
         Rows read are pinned in DRAM until ``end_step`` unless ``pin`` is False.
         """
         arr = self._ids(table, ids)
-        uniq, inverse = np.unique(arr, return_inverse=True)
+        uniq, inverse = unique_inverse(arr)
         out = self._lookup_unique(table, uniq, pin)
         return torch.from_numpy(out[inverse])
 
@@ -356,7 +357,7 @@ class EmbeddingStore:
             raise ShapeError(table, f"gradients must be float32, got {getattr(g, 'dtype', type(g))}")
         if g.shape != (len(arr), dim):
             raise ShapeError(table, f"gradients must have shape ({len(arr)}, {dim}), got {g.shape}")
-        uniq, inverse = np.unique(arr, return_inverse=True)
+        uniq, inverse = unique_inverse(arr)
         if len(uniq) != len(arr):
             summed = torch.zeros((len(uniq), dim), dtype=torch.float32)
             summed.index_add_(0, torch.from_numpy(inverse), torch.from_numpy(g))
@@ -422,7 +423,7 @@ class EmbeddingStore:
                 arr = self._ids(table, ids)
                 self._shard_tables(table)
                 wanted[table] = np.concatenate([wanted.get(table, np.empty(0, np.int64)), arr])
-        return self._prefetcher.submit({t: np.unique(i) for t, i in wanted.items()})
+        return self._prefetcher.submit({t: unique(i) for t, i in wanted.items()})
 
     # -- maintenance at step boundaries -------------------------------------
     @contextmanager
