@@ -57,9 +57,13 @@ class OptimizerConfig:
 
     def state_dim(self, dim: int) -> int:
         """Width of the per-row optimizer state for an embedding of ``dim`` floats."""
-        return {"sgd": 0, "adagrad": dim, "rowwise_adagrad": 1, "adam": 2 * dim + 1, "ftrl": 2 * dim}[
-            self.kind
-        ]
+        return {
+            "sgd": 0,
+            "adagrad": dim,
+            "rowwise_adagrad": 1,
+            "adam": 2 * dim + 1,
+            "ftrl": 2 * dim,
+        }[self.kind]
 
 
 @dataclass(frozen=True)

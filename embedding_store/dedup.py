@@ -25,4 +25,5 @@ def unique_inverse(ids: IdArray) -> tuple[IdArray, SlotArray]:
 
 def unique(ids: IdArray) -> IdArray:
     """Sorted unique ids."""
-    return torch.unique(torch.from_numpy(np.ascontiguousarray(ids))).numpy()
+    out: IdArray = torch.unique(torch.from_numpy(np.ascontiguousarray(ids))).numpy()
+    return out

@@ -28,7 +28,7 @@ def splitmix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
         z = x + _GOLDEN
         z = (z ^ (z >> np.uint64(30))) * _M1
         z = (z ^ (z >> np.uint64(27))) * _M2
-        return z ^ (z >> np.uint64(31))  # type: ignore[no-any-return]
+        return z ^ (z >> np.uint64(31))
 
 
 def hash_ids(ids: IdArray, salt: int = 0) -> npt.NDArray[np.uint64]:
@@ -39,7 +39,9 @@ def hash_ids(ids: IdArray, salt: int = 0) -> npt.NDArray[np.uint64]:
 
 def initial_values(ids: IdArray, dim: int, seed: int, scale: float) -> npt.NDArray[np.float32]:
     """Uniform ``[-scale, scale]`` values, shape ``(len(ids), dim)``, a function of (seed, id)."""
-    base = hash_ids(np.asarray(ids, dtype=np.int64), salt=splitmix64(np.array([seed], np.uint64))[0])
+    base = hash_ids(
+        np.asarray(ids, dtype=np.int64), salt=splitmix64(np.array([seed], np.uint64))[0]
+    )
     with np.errstate(over="ignore"):
         cols = np.arange(dim, dtype=np.uint64) * _GOLDEN
         bits = splitmix64(base[:, None] ^ cols[None, :])

@@ -52,7 +52,6 @@ def initial_state(emb: F32, cfg: OptimizerConfig) -> F32:
 def update(emb: F32, state: F32, grad: F32, cfg: OptimizerConfig) -> tuple[F32, F32]:
     """One optimizer step on gathered rows; returns the new ``(emb, state)``."""
     lr = np.float32(cfg.lr)
-    eps = np.float32(cfg.eps)
     g = grad.astype(np.float32, copy=False)
     if cfg.kind == "sgd":
         return (emb - lr * g).astype(np.float32), state
@@ -99,5 +98,7 @@ def _ftrl(emb: F32, state: F32, g: F32, cfg: OptimizerConfig) -> tuple[F32, F32]
     sigma = (np.sqrt(n_new) - np.sqrt(n)) / alpha
     z_new = z + g - sigma * emb
     shrunk = z_new - np.sign(z_new) * l1
-    w = np.where(np.abs(z_new) <= l1, np.float32(0.0), -shrunk / ((beta + np.sqrt(n_new)) / alpha + l2))
+    w = np.where(
+        np.abs(z_new) <= l1, np.float32(0.0), -shrunk / ((beta + np.sqrt(n_new)) / alpha + l2)
+    )
     return w.astype(np.float32), np.concatenate([z_new, n_new], axis=1).astype(np.float32)

@@ -30,8 +30,6 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-
-
 from embedding_store.types import IdArray, SlotArray
 
 if TYPE_CHECKING:
@@ -102,7 +100,7 @@ class Prefetcher:
                 return
             try:
                 self._load(ticket)
-            except BaseException as err:  # noqa: BLE001 - handed to the waiting trainer
+            except BaseException as err:
                 ticket.error = err
             finally:
                 ticket._event.set()
@@ -124,5 +122,3 @@ class Prefetcher:
         if thread is not None:
             self._queue.put(None)
             thread.join()
-
-

@@ -84,7 +84,9 @@ class RocksShard:
             if not self.read_only:
                 os.makedirs(self.path, exist_ok=True)
             self._db = Rdict(
-                self.path, opts, column_families={n: self._options() for n in names},
+                self.path,
+                opts,
+                column_families={n: self._options() for n in names},
                 access_type=access,
             )
             self._cfs = {n: self._db.get_column_family(n) for n in names}
@@ -152,7 +154,12 @@ class RocksShard:
         db = self._db
         if db is None or self._closed:
             return
-        self.call("flush", lambda: (db.flush(True), db.flush_wal(True)))
+
+        def flush() -> None:
+            db.flush(True)
+            db.flush_wal(True)
+
+        self.call("flush", flush)
 
     def close(self) -> None:
         """Close the instance (idempotent)."""
@@ -186,7 +193,7 @@ class RocksTier:
             return np.zeros(0, dtype=np.bool_), out
         cf = self._cf()
         keys = encode_keys(ids)
-        values: list[bytes | None] = self.shard.call("multi-get", lambda: cf.get(keys))
+        values: list[bytes | None] = self.shard.call("multi-get", lambda: cf.get(keys))  # type: ignore[arg-type, return-value]
         found = np.fromiter((v is not None for v in values), dtype=np.bool_, count=len(values))
         if found.any():
             out[found] = self.layout.decode([v for v in values if v is not None])
@@ -232,7 +239,7 @@ class RocksTier:
     def count(self) -> int:
         """Exact row count (iterates keys)."""
         cf = self._cf()
-        return sum(1 for _ in self.shard.call("count", lambda: cf.keys()))
+        return sum(1 for _ in self.shard.call("count", cf.keys))
 
     def close(self) -> None:
         """Stop using this tier (the shard's instance, shared by tables, is closed by the shard)."""

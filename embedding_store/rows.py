@@ -52,7 +52,7 @@ class RowLayout:
         ]
         if self.state_dim:
             fields.append(("state", "<f4", (self.state_dim,)))
-        return np.dtype(fields)  # type: ignore[call-overload,no-any-return]
+        return np.dtype(fields)
 
     @property
     def row_bytes(self) -> int:
@@ -66,7 +66,7 @@ class RowLayout:
     def state(self, block: npt.NDArray[np.void]) -> npt.NDArray[np.float32]:
         """The optimizer-state columns of ``block`` (shape ``(n, state_dim)``, maybe 0 wide)."""
         if self.state_dim:
-            return block["state"]  # type: ignore[no-any-return]
+            return block["state"]
         return np.zeros((len(block), 0), dtype=np.float32)
 
     def encode(self, block: npt.NDArray[np.void]) -> list[bytes]:

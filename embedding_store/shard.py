@@ -17,8 +17,8 @@ Eviction runs in two halves: ``start_eviction`` (at a step boundary, on the trai
 marks the least-used unpinned rows; ``finish_eviction`` (on the write-back thread) copies the
 dirty ones, writes them to RocksDB outside the lock, then frees the slots of rows nobody touched
 or pinned meanwhile. Until then the rows stay readable in DRAM, so no read ever sees RocksDB
-older than DRAM. ``demote``/``migrate`` evict synchronously. Pinned rows are never evicted. LFU counts age lazily: a row's effective count
-is ``freq * decay ** (epoch_now - epoch)``.
+older than DRAM. ``demote``/``migrate`` evict synchronously. Pinned rows are never evicted.
+LFU counts age lazily: a row's effective count is ``freq * decay ** (epoch_now - epoch)``.
 
 >>> import tempfile, numpy as np
 >>> from embedding_store.config import TableConfig
@@ -139,14 +139,16 @@ class ShardTable:
         if len(unknown):
             fresh = np.arange(self._seen_n, self._seen_n + len(unknown), dtype=np.int64)
             if self._seen_n + len(unknown) > len(self._seen_counts):
-                grown = np.zeros(max(2 * len(self._seen_counts), self._seen_n + len(unknown)), np.int32)
+                grown = np.zeros(
+                    max(2 * len(self._seen_counts), self._seen_n + len(unknown)), np.int32
+                )
                 grown[: self._seen_n] = self._seen_counts[: self._seen_n]
                 self._seen_counts = grown
             self._seen.insert(ids[unknown], fresh)
             self._seen_n += len(unknown)
             pos[unknown] = fresh
         self._seen_counts[pos] += 1
-        return self._seen_counts[pos] >= k  # type: ignore[no-any-return]
+        return self._seen_counts[pos] >= k
 
     def _initial_rows(self, ids: IdArray) -> RowBlock:
         t = self.table
@@ -269,8 +271,10 @@ class ShardTable:
         self.cold.put(ids, rows)  # releases the GIL; rows stay readable in DRAM meanwhile
         with self.lock:
             still = (
-                self.hot.live[marked] & self.hot.evicting[marked]
-                & (self.hot.ids[marked] == marked_ids) & (self.hot.pins[marked] == 0)
+                self.hot.live[marked]
+                & self.hot.evicting[marked]
+                & (self.hot.ids[marked] == marked_ids)
+                & (self.hot.pins[marked] == 0)
             )
             gone = marked[still]
             self.hot.remove(gone)
@@ -325,10 +329,10 @@ class ShardTable:
             best_freq: list[FloatArray] = []
             limit = budget if budget is not None else 0
             scanned = 0
-            for ids, rows in self.cold.iterate():
-                present = self.hot.find(ids) >= 0
-                ids, rows = ids[~present], rows[~present]
-                f = self._cold_effective_freq(rows)
+            for chunk_ids, chunk_rows in self.cold.iterate():
+                absent = self.hot.find(chunk_ids) < 0
+                ids = chunk_ids[absent]
+                f = self._cold_effective_freq(chunk_rows[absent])
                 best_ids.append(ids)
                 best_freq.append(f)
                 if limit and sum(len(x) for x in best_ids) > 2 * limit:
@@ -420,7 +424,9 @@ class ShardTable:
             return out
 
     @staticmethod
-    def _stale(rows: RowBlock, min_step: int | None, min_time: float | None) -> npt.NDArray[np.bool_]:
+    def _stale(
+        rows: RowBlock, min_step: int | None, min_time: float | None
+    ) -> npt.NDArray[np.bool_]:
         old = np.zeros(len(rows), dtype=np.bool_)
         if min_step is not None:
             old |= rows["last_step"] < min_step

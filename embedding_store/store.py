@@ -55,7 +55,7 @@ from embedding_store.errors import (
     UnknownTableError,
 )
 from embedding_store.initializers import hash_ids
-from embedding_store.prefetch import PrefetchTicket, Prefetcher
+from embedding_store.prefetch import Prefetcher, PrefetchTicket
 from embedding_store.rocks import RocksShard
 from embedding_store.rows import RowLayout
 from embedding_store.shard import ShardTable
@@ -144,7 +144,9 @@ class EmbeddingStore:
         names = [t.name for t in cfg.tables]
         self._shards = [
             RocksShard(
-                os.path.join(cfg.path, f"shard-{i:04d}"), names, cfg.write_buffer_bytes,
+                os.path.join(cfg.path, f"shard-{i:04d}"),
+                names,
+                cfg.write_buffer_bytes,
                 cfg.sync_writes,
             )
             for i in range(cfg.num_shards)
@@ -187,7 +189,9 @@ class EmbeddingStore:
         return self.open()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()
@@ -205,7 +209,9 @@ class EmbeddingStore:
                 stored = json.load(fh)
             if stored.get("num_shards") != cfg.num_shards:
                 raise SchemaMismatchError(
-                    cfg.path, "*", f"num_shards={stored.get('num_shards')}",
+                    cfg.path,
+                    "*",
+                    f"num_shards={stored.get('num_shards')}",
                     f"num_shards={cfg.num_shards}",
                 )
             for name, schema in wanted["tables"].items():  # type: ignore[attr-defined]
@@ -354,7 +360,9 @@ class EmbeddingStore:
         dim = sts[0].table.dim
         g = grads.detach().cpu().numpy() if isinstance(grads, torch.Tensor) else grads
         if not isinstance(g, np.ndarray) or g.dtype != np.float32:
-            raise ShapeError(table, f"gradients must be float32, got {getattr(g, 'dtype', type(g))}")
+            raise ShapeError(
+                table, f"gradients must be float32, got {getattr(g, 'dtype', type(g))}"
+            )
         if g.shape != (len(arr), dim):
             raise ShapeError(table, f"gradients must have shape ({len(arr)}, {dim}), got {g.shape}")
         uniq, inverse = unique_inverse(arr)
@@ -378,7 +386,7 @@ class EmbeddingStore:
         return int(sum(self._map(one, len(sts))))
 
     def register(self, table: str, uniq_ids: IdArray, weight: torch.Tensor) -> None:
-        """Remember a leaf tensor of rows whose ``.grad`` ``step()`` will apply (used by modules)."""
+        """Remember a leaf tensor of rows whose ``.grad`` ``step()`` will apply (for modules)."""
         self._step.pending.append(_Pending(table, uniq_ids, weight))
 
     def step(self) -> int:
@@ -467,10 +475,12 @@ class EmbeddingStore:
             for t in self.config.tables:
                 if t.expire_after_steps is None and t.expire_after_seconds is None:
                     continue
-                min_step = None if t.expire_after_steps is None else self._version - t.expire_after_steps
+                min_step = (
+                    None if t.expire_after_steps is None else self._version - t.expire_after_steps
+                )
                 min_time = None if t.expire_after_seconds is None else now - t.expire_after_seconds
                 sts = self._tables[t.name]
-                parts = self._map(lambda i, s=sts: s[i].expire(min_step, min_time), len(sts))  # type: ignore[misc]
+                parts = [st.expire(min_step, min_time) for st in sts]
                 ids = np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
                 if len(ids):
                     self._tombstones[t.name].append((self._version, ids))

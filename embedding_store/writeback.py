@@ -54,7 +54,7 @@ class WriteBack:
                 t0 = time.perf_counter()
                 st.finish_eviction()
                 self.busy_seconds += time.perf_counter() - t0
-            except BaseException as err:  # noqa: BLE001 - re-raised on the training thread
+            except BaseException as err:
                 self._error = err
             finally:
                 self._queue.task_done()

@@ -22,7 +22,9 @@ LAYOUT = RowLayout(dim=3, state_dim=2)
 
 @pytest.fixture(params=sorted(TIER_FACTORIES))
 def tier(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tier]:
-    factory: Callable[[str, RowLayout], tuple[Tier, Callable[[], None]]] = TIER_FACTORIES[request.param]
+    factory: Callable[[str, RowLayout], tuple[Tier, Callable[[], None]]] = TIER_FACTORIES[
+        request.param
+    ]
     t, cleanup = factory(str(tmp_path), LAYOUT)
     yield t
     cleanup()

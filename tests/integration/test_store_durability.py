@@ -21,7 +21,8 @@ CHILD = r"""
 import sys, time, numpy as np
 from embedding_store import EmbeddingStore, StoreConfig, TableConfig, OptimizerConfig
 path, out = sys.argv[1], sys.argv[2]
-cfg = StoreConfig(path, (TableConfig("t", 8, OptimizerConfig("adam", lr=0.01), hot_rows=50),), num_shards=4)
+table = TableConfig("t", 8, OptimizerConfig("adam", lr=0.01), hot_rows=50)
+cfg = StoreConfig(path, (table,), num_shards=4)
 store = EmbeddingStore(cfg).open()
 rng = np.random.default_rng(0)
 for step in range(30):
@@ -47,7 +48,8 @@ def test_sigkill_after_flush_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "expected.npz"
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(tmp_path / "store"), str(out)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()

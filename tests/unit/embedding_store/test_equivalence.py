@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, StoreEmbeddingBag, TableConfig
+from embedding_store import (
+    EmbeddingStore,
+    OptimizerConfig,
+    StoreConfig,
+    StoreEmbeddingBag,
+    TableConfig,
+)
 from embedding_store.initializers import initial_values
 from tests.conftest import zipf_ids
 
@@ -77,14 +83,18 @@ def train_torch(opt: OptimizerConfig):
     dense_opt = torch.optim.Adam(tower.parameters(), lr=0.01)
     emb = nn.Embedding(VOCAB, DIM)
     with torch.no_grad():
-        emb.weight.copy_(torch.from_numpy(initial_values(np.arange(VOCAB, dtype=np.int64), DIM, 3, 0.05)))
+        emb.weight.copy_(
+            torch.from_numpy(initial_values(np.arange(VOCAB, dtype=np.int64), DIM, 3, 0.05))
+        )
     if opt.kind == "sgd":
         sparse_opt: torch.optim.Optimizer = torch.optim.SGD(emb.parameters(), lr=opt.lr)
     else:
         sparse_opt = torch.optim.Adagrad(emb.parameters(), lr=opt.lr, eps=opt.eps)
     for ids, dense, y in data:
         pooled = F.embedding_bag(torch.from_numpy(ids), emb.weight, offsets, mode="mean")
-        loss = F.binary_cross_entropy_with_logits(tower(pooled, torch.from_numpy(dense)), torch.from_numpy(y))
+        loss = F.binary_cross_entropy_with_logits(
+            tower(pooled, torch.from_numpy(dense)), torch.from_numpy(y)
+        )
         dense_opt.zero_grad()
         sparse_opt.zero_grad()
         loss.backward()

@@ -25,12 +25,16 @@ from embedding_store import (
 
 @pytest.fixture
 def store(tmp_path: Path):
-    with EmbeddingStore(StoreConfig(str(tmp_path / "s"), (TableConfig("ads", 4),), num_shards=2)) as s:
+    with EmbeddingStore(
+        StoreConfig(str(tmp_path / "s"), (TableConfig("ads", 4),), num_shards=2)
+    ) as s:
         yield s
 
 
 def test_unknown_table(store: EmbeddingStore) -> None:
-    with pytest.raises(UnknownTableError, match="unknown table 'clicks'; known tables: \\['ads'\\]"):
+    with pytest.raises(
+        UnknownTableError, match="unknown table 'clicks'; known tables: \\['ads'\\]"
+    ):
         store.lookup("clicks", np.array([1], dtype=np.int64))
 
 

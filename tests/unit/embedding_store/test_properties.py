@@ -85,8 +85,10 @@ def test_placement_ops_preserve_rows(ops: list[tuple[str, object]], shards: int)
                     kept = ~np.isin(before["ids"], gone)
                     assert np.array_equal(after["ids"], before["ids"][kept])
                     assert np.array_equal(after["emb"], before["emb"][kept])
-                    assert np.array_equal(tiered.tombstones_since("t", -1), np.unique(
-                        np.concatenate([tiered.tombstones_since("t", -1), gone])))
+                    assert np.array_equal(
+                        tiered.tombstones_since("t", -1),
+                        np.unique(np.concatenate([tiered.tombstones_since("t", -1), gone])),
+                    )
                 else:
                     if name == "migrate":
                         tiered.migrate()
@@ -105,8 +107,9 @@ def test_placement_ops_preserve_rows(ops: list[tuple[str, object]], shards: int)
                         tiered.age()
                     assert_same(contents(tiered), before)
                 assert_same(contents(tiered), contents(ref))
-                assert tiered.stats("t").hot_rows <= max(
-                    TABLE.hot_rows or 0, sum(len(t.wanted["t"]) for t in tickets) + 40
-                ) + 40
+                assert (
+                    tiered.stats("t").hot_rows
+                    <= max(TABLE.hot_rows or 0, sum(len(t.wanted["t"]) for t in tickets) + 40) + 40
+                )
             for ticket in tickets:
                 ticket.release()
