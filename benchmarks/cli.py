@@ -1,0 +1,52 @@
+"""``freshet bench BENCHMARK [--quick] --out FILE.json``: run one benchmark, save JSON + PNG.
+
+Benchmarks register in ``BENCHMARKS`` (name -> module, help); each module has
+``add_arguments(parser)`` and ``run(args) -> int``, so later ones (``pipeline``, ``serve``)
+add one line here. ``python -m benchmarks.cli BENCHMARK ...`` runs one without the rest of
+the ``freshet`` command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "store": ("benchmarks.store_bench", "tiered vs all-DRAM vs EmbeddingBag vs naive RocksDB"),
+    "sweep": ("benchmarks.sweep", "throughput and hit ratio over DRAM budgets and Zipf exponents"),
+    "memory": ("benchmarks.memory", "DRAM bytes per hot row against the row's raw bytes"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register every benchmark as a sub-command of ``freshet bench``."""
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, (module, help_text) in BENCHMARKS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--quick", action="store_true", help="small and fast (under a minute)")
+        p.add_argument("--out", required=True, help="result JSON path (a PNG is written beside)")
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_bench_module=module)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen benchmark; 0 on success (targets missed still exit 0), 1 on failure."""
+    mod = importlib.import_module(args._bench_module)
+    code: int = mod.run(args)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.cli BENCHMARK ...`` (the same as ``freshet bench ...``)."""
+    parser = argparse.ArgumentParser(prog="freshet bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

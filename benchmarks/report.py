@@ -1,0 +1,56 @@
+"""Writing results: the JSON file and a short text summary for the terminal.
+
+>>> print(mib(3 * 1024 * 1024))
+3.0 MiB
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def mib(n: float | None) -> str:
+    """Bytes as MiB with one decimal."""
+    return "-" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    """Write ``result`` to ``path`` (parents created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def format_targets(targets: list[dict[str, Any]]) -> list[str]:
+    """One line per target: ratio, bound, MET or MISSED."""
+    return [
+        f"  {t['name']}: {t['ratio']:.2f}x (target {t['op']} {t['bound']}x) "
+        f"{'MET' if t['met'] else 'MISSED'}"
+        for t in targets
+    ]
+
+
+def format_store(result: dict[str, Any]) -> str:
+    """The store benchmark as a table, then its ratios and targets."""
+    lines = [
+        f"{'system':<20} {'samples/s':>10} {'peak RSS':>12} {'train peak':>12} {'hit':>6} "
+        f"{'dram hit':>8} {'stall ms/step':>13}"
+    ]
+    for name, s in result["systems"].items():
+        lines.append(
+            f"{name:<20} {s['samples_per_s']:>10.0f} {mib(s['peak_rss_bytes']):>12} "
+            f"{mib(s.get('train_peak_rss_bytes')):>12} {_fmt(s.get('hit_ratio'), '.3f'):>6} "
+            f"{_fmt(s.get('dram_hit_ratio'), '.3f'):>8} "
+            f"{_fmt(s.get('prefetch_stall_ms_per_step'), '.1f'):>13}"
+        )
+    lines.append("ratios:")
+    lines += [f"  {k}: {_fmt(v, '.2f')}x" for k, v in result["ratios"].items()]
+    lines.append("targets:")
+    lines += format_targets(result["targets"])
+    return "\n".join(lines)

@@ -1,0 +1,159 @@
+"""Freshet's store behind ``StoreEmbeddingBag``: tiered (DRAM budget) or all-DRAM.
+
+::
+
+    prepare:  import every id's row into RocksDB (store.import_rows, ascending ids)
+              load the hot set: the ``hot_rows`` most popular ids (all ids when all-DRAM)
+              by lookups, so the run starts where LFU would settle
+    step i:   prefetch(batch i+K) ─► wait(ticket i) ─► bag(ids) ─► MLP ─► backward
+              ─► dense step ─► store.step() ─► release(ticket i)
+
+Pre-warm rows are random values in [-0.05, 0.05] written with ``import_rows`` (a table that
+was trained before); creating them through lookups would run the store's deterministic
+initializer for every row, which is not what a steady-state step does.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from benchmarks.systems.base import SPARSE_LR, DenseHead, SystemContext, id_chunks, random_rows
+from benchmarks.workload import Workload
+from embedding_store import (
+    EmbeddingStore,
+    OptimizerConfig,
+    PrefetchTicket,
+    StoreConfig,
+    StoreEmbeddingBag,
+    TableConfig,
+)
+from embedding_store.rows import RowLayout
+
+TABLE = "emb"
+IMPORT_CHUNK = 250_000
+
+
+class FreshetSystem:
+    """One Freshet store; ``hot_fraction=None`` keeps every row in DRAM."""
+
+    def __init__(
+        self,
+        ctx: SystemContext,
+        hot_fraction: float | None = 0.1,
+        lookahead: int = 2,
+        num_shards: int = 4,
+        prewarm: Literal["all", "hot", "none"] = "all",
+        store_path: str | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.hot_fraction = hot_fraction
+        self.lookahead = lookahead if hot_fraction is not None else 0
+        self.num_shards = num_shards
+        self.prewarm = prewarm
+        w = ctx.workload
+        self.hot_rows = None if hot_fraction is None else max(1, int(w.num_ids * hot_fraction))
+        self.table = table_config(w.dim, self.hot_rows)
+        path = store_path or str(ctx.workdir / "store")
+        self.config = StoreConfig(path, (self.table,), num_shards=num_shards)
+        self.store = EmbeddingStore(self.config)
+        self.bag = StoreEmbeddingBag(self.store, TABLE)
+        self.dense = DenseHead(w)
+        self._tickets: deque[tuple[int, PrefetchTicket]] = deque()
+        self._issued = 0
+        layout = RowLayout(w.dim, self.table.state_dim)
+        self.notes = [
+            f"{num_shards} shards, row-wise Adagrad (lr {SPARSE_LR}), row of {layout.row_bytes} B",
+            "one table shared by all features; ids of every feature from one Zipf, no offsets",
+            {
+                "all": "pre-warm: every id's row imported into RocksDB, then the hot set loaded",
+                "hot": "pre-warm: store already holds every id's row; the hot set loaded",
+                "none": "no pre-warm: rows are created on first sight",
+            }[prewarm],
+        ]
+        if self.lookahead:
+            self.notes.append(f"look-ahead prefetch of the next {self.lookahead} batches")
+
+    def prepare(self) -> None:
+        """Open the store, import every row (``all``), load the hot set (``all``, ``hot``)."""
+        store = self.store
+        store.open()
+        if self.prewarm == "all":
+            import_all_rows(store, self.ctx.workload)
+        if self.prewarm in ("all", "hot"):
+            hot = self.ctx.ranked_ids[: self.hot_rows] if self.hot_rows else self.ctx.ranked_ids
+            if self.hot_rows is None or self.hot_rows >= len(hot):
+                hot = np.sort(hot)  # every id: ascending reads RocksDB in key order
+            for start in range(0, len(hot), IMPORT_CHUNK):
+                part = np.ascontiguousarray(hot[start : start + IMPORT_CHUNK])
+                store.lookup(TABLE, part, pin=False)
+                store.end_step()
+
+    def _issue(self, upto: int) -> None:
+        n = len(self.ctx.batches)
+        while self._issued < min(upto, n):
+            ids = self.ctx.batches.grid(self._issued).reshape(-1)
+            self._tickets.append((self._issued, self.store.prefetch([{TABLE: ids}])))
+            self._issued += 1
+
+    def train_step(self, i: int) -> float:
+        """Train batch ``i`` (prefetching ``lookahead`` batches ahead when tiered)."""
+        ticket = None
+        if self.lookahead:
+            self._issue(i + 1 + self.lookahead)
+            while self._tickets and self._tickets[0][0] < i:  # batches skipped: drop their pins
+                self._tickets.popleft()[1].release()
+            if self._tickets and self._tickets[0][0] == i:
+                ticket = self._tickets.popleft()[1]
+                ticket.wait()
+        batches = self.ctx.batches
+        emb = self.bag(torch.from_numpy(batches.grid(i)))
+        loss = self.dense.backward(emb, batches.label(i))
+        self.store.step()
+        if ticket is not None:
+            ticket.release()
+        return loss
+
+    def counters(self) -> dict[str, float]:
+        """Hits, misses and prefetch loads of the table; prefetch stall seconds."""
+        s = self.store.stats(TABLE)
+        return {
+            "hits": float(s.hits),
+            "misses": float(s.misses),
+            "prefetched": float(s.prefetched),
+            "evicted": float(s.evicted),
+            "written_back": float(s.written_back),
+            "prefetch_stall_seconds": float(self.store.prefetch_stall_seconds),
+        }
+
+    def finish(self) -> dict[str, Any]:
+        """Release pending tickets; the store is not closed (its final flush is not measured)."""
+        while self._tickets:
+            self._tickets.popleft()[1].release()
+        s = self.store.stats(TABLE)
+        return {"hot_rows": s.hot_rows, "hot_budget_rows": self.hot_rows, "shards": self.num_shards}
+
+
+def table_config(dim: int, hot_rows: int | None) -> TableConfig:
+    """The benchmark's one table: row-wise Adagrad, ``hot_rows`` DRAM budget."""
+    return TableConfig(
+        TABLE, dim, OptimizerConfig("rowwise_adagrad", lr=SPARSE_LR), hot_rows=hot_rows
+    )
+
+
+def import_all_rows(store: EmbeddingStore, workload: Workload) -> None:
+    """Write a row for every id into RocksDB (random embeddings, zero optimizer state)."""
+    table = store.config.table(TABLE)
+    layout = RowLayout(workload.dim, table.state_dim)
+    rng = np.random.default_rng(workload.seed + 1)
+    for ids in id_chunks(workload.num_ids, IMPORT_CHUNK):
+        rows = layout.empty(len(ids))
+        for name in ("version", "last_step", "last_time", "freq", "epoch"):
+            rows[name] = 0
+        rows["emb"] = random_rows(rng, len(ids), workload.dim)
+        rows["state"] = 0.0
+        store.import_rows(TABLE, ids, rows)
+    store.truncate_write_log(store.version)  # imports are not training writes
