@@ -59,9 +59,9 @@ _LOG_COMPACT_AT = 64
 class ShardCounters:
     """Running counters of one shard-table."""
 
-    hits: int = 0
-    misses: int = 0
-    cold_reads: int = 0
+    hits: int = 0  # ids a lookup found in DRAM
+    misses: int = 0  # ids a lookup had to read from RocksDB or create (on the step's path)
+    cold_reads: int = 0  # ids looked for in RocksDB, by lookups or by prefetch
     created: int = 0
     evicted: int = 0
     written_back: int = 0
@@ -378,6 +378,7 @@ class ShardTable:
             self.hot.evicting[have] = False
             miss = ids[slots < 0]
             generation = self.evict_generation
+            self.counters.cold_reads += len(miss)
         if not len(miss):
             return slots[slots >= 0]
         found, rows = self.cold.get(miss)  # the GIL is released in here

@@ -75,16 +75,26 @@ class TableStats:
     cold_rows: int | None
     hits: int
     misses: int
+    cold_reads: int
     created: int
     evicted: int
     written_back: int
     prefetched: int
 
     @property
+    def lookups(self) -> int:
+        """Ids requested by lookups."""
+        return self.hits + self.misses
+
+    @property
     def hit_ratio(self) -> float:
-        """Fraction of looked-up ids found in DRAM."""
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0
+        """Fraction of looked-up ids served without consulting RocksDB (by prefetch or step)."""
+        return max(0.0, 1.0 - self.cold_reads / self.lookups) if self.lookups else 0.0
+
+    @property
+    def step_hit_ratio(self) -> float:
+        """Fraction of looked-up ids already in DRAM when the step asked (prefetch counts)."""
+        return self.hits / self.lookups if self.lookups else 0.0
 
 
 @dataclass(frozen=True)
@@ -280,6 +290,7 @@ class EmbeddingStore:
             cold_rows=sum(s.cold.count() for s in sts) if count_cold else None,
             hits=sum(s.counters.hits for s in sts),
             misses=sum(s.counters.misses for s in sts),
+            cold_reads=sum(s.counters.cold_reads for s in sts),
             created=sum(s.counters.created for s in sts),
             evicted=sum(s.counters.evicted for s in sts),
             written_back=sum(s.counters.written_back for s in sts),

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 # subcommand -> (module, help); each module has ``add_arguments(parser)`` and ``run(args) -> int``
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("pipeline.demo", "run the end-to-end demo on built-in synthetic streams"),
+    "demo": ("pipeline.store_demo", "run the demo on a built-in synthetic stream"),
     "bench": ("benchmarks.cli", "run a benchmark (store, sweep, memory, ...)"),
     "broker": ("pipeline.broker_cmd", "run the embedded dev Kafka broker until Ctrl-C"),
     "replay": ("pipeline.replay_cmd", "produce a file or a generated stream into a Kafka topic"),
