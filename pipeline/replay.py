@@ -68,8 +68,8 @@ def replay(
     limit: int | None = None,
     total: int | None = None,
     client_config: Mapping[str, Any] | None = None,
-    linger_ms: int = 20,
-    batch_size: int = 256 * 1024,
+    linger_ms: int = 50,
+    batch_size: int = 1024 * 1024,
 ) -> int:
     """Send ``messages`` to ``topic`` and return how many were sent (all acknowledged).
 

@@ -131,8 +131,21 @@ class SourceState(StrEnum):
 class SourceConfig:
     """What a :class:`KafkaSource` needs; frozen, checked on construction.
 
-    ``client_config`` passes security options (``security_protocol``, ``sasl_*``, ``ssl_*``)
-    through to every kafka-python client the source creates.
+    ======================  =====================================================================
+    bootstrap_servers       ``"host:port"`` or several
+    topics                  topics to read, all of one event ``kind`` (``"ctr"``, ...)
+    group_id                consumer group (needed for ``group`` assignment and ``commit()``)
+    assignment, partitions  ``group`` (subscribe) or ``manual`` (these partitions, or all)
+    max_events              a batch closes at this many events ...
+    max_wait_ms             ... or this long after its first event
+    queue_batches           closed batches buffered ahead of the trainer
+    dead_letter_topic       where bad messages go (default ``<topic>.dlq``), created at start
+                            unless ``create_dead_letter_topics`` is false
+    session_timeout_ms      group session (tansu makes a join wait about half of it)
+    fetch_max_wait_ms, ...  kafka-python fetch tuning (tansu needs fetch_max_wait_ms >= 1)
+    client_config           security options only (``security_protocol``, ``sasl_*``,
+                            ``ssl_*``), passed to every kafka-python client the source creates
+    ======================  =====================================================================
 
     >>> SourceConfig(bootstrap_servers="k:9092", topics=("t",), max_events=0)
     Traceback (most recent call last):
@@ -155,6 +168,7 @@ class SourceConfig:
     session_timeout_ms: int = 10_000
     max_poll_interval_ms: int = 300_000
     fetch_max_wait_ms: int = 100
+    max_partition_fetch_bytes: int = 8 * 1024 * 1024
     client_id: str = "freshet-source"
     client_config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -165,7 +179,13 @@ class SourceConfig:
             raise ConfigError(
                 "kind", f"unknown event kind {self.kind!r}; known: {list(EVENT_KINDS)}"
             )
-        for name in ("max_events", "max_wait_ms", "queue_batches", "fetch_max_wait_ms"):
+        for name in (
+            "max_events",
+            "max_wait_ms",
+            "queue_batches",
+            "fetch_max_wait_ms",
+            "max_partition_fetch_bytes",
+        ):
             value = getattr(self, name)
             if value < 1:  # tansu refuses fetch_max_wait_ms=0
                 raise ConfigError(name, f"must be at least 1, got {value}")
@@ -378,6 +398,8 @@ class KafkaSource:
                 max_poll_interval_ms=cfg.max_poll_interval_ms,
                 fetch_max_wait_ms=cfg.fetch_max_wait_ms,
                 max_poll_records=cfg.max_events,
+                max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+                fetch_max_bytes=max(cfg.max_partition_fetch_bytes, 50 * 1024 * 1024),
                 **security,
             )
             if cfg.assignment is Assignment.GROUP:
