@@ -472,6 +472,14 @@ class ShardTable:
                 found[rest[cfound]] = True
             return found, rows
 
+    def remove_rows(self, ids: IdArray) -> None:
+        """Delete ``ids`` from both tiers."""
+        with self.lock:
+            slots = self.hot.find(ids)
+            self.hot.remove(slots[slots >= 0])
+            self.evict_generation += 1
+            self.cold.delete(ids)
+
     def write(self, ids: IdArray, rows: RowBlock) -> None:
         """Overwrite rows (import): DRAM copies are dropped, RocksDB gets the new value."""
         with self.lock:

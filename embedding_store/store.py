@@ -542,6 +542,33 @@ class EmbeddingStore:
             for i, pos in enumerate(self._split(arr)):
                 sts[i].write(arr[pos], rows[pos])
 
+    def delete_rows(self, table: str, ids: object) -> None:
+        """Remove rows of ``table`` from every tier (restoring a checkpoint's tombstones)."""
+        arr = self._ids(table, ids)
+        sts = self._shard_tables(table)
+        with self.step_boundary():
+            for i, pos in enumerate(self._split(arr)):
+                sts[i].remove_rows(arr[pos])
+
+    def state(self) -> dict[str, object]:
+        """The store's small state: version and LFU aging epochs (for checkpoints)."""
+        with self.step_boundary():
+            return {
+                "version": self._version,
+                "epochs": {name: sts[0].epoch for name, sts in self._tables.items()},
+            }
+
+    def load_state(self, state: Mapping[str, object]) -> None:
+        """Restore what :meth:`state` returned (at a step boundary, e.g. after a restore)."""
+        with self.step_boundary():
+            self._version = int(state["version"])  # type: ignore[call-overload]
+            epochs = state.get("epochs", {})
+            assert isinstance(epochs, Mapping)
+            for name, epoch in epochs.items():
+                for st in self._tables.get(name, []):
+                    st.epoch = int(epoch)
+            self._save_meta()
+
     def read_rows(self, table: str, ids: object) -> tuple[np.ndarray[Any, Any], RowBlock]:
         """Full rows of ``ids`` without counting, pinning or creating them: ``(found, rows)``."""
         arr = self._ids(table, ids)

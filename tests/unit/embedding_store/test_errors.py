@@ -88,3 +88,18 @@ def test_disk_error_names_path_and_operation(tmp_path: Path) -> None:
     (path / "shard-0000").write_text("not a directory")
     with pytest.raises(StorageError, match=r"failed at '.*shard-0000'"):
         EmbeddingStore(StoreConfig(str(path), (TableConfig("ads", 4),), num_shards=1)).open()
+
+
+def test_state_roundtrip_and_delete_rows(store: EmbeddingStore) -> None:
+    ids = np.arange(5, dtype=np.int64)
+    store.lookup("ads", ids)
+    store.apply_gradients("ads", ids, np.ones((5, 4), np.float32))
+    store.end_step()
+    store.age()
+    state = store.state()
+    assert state == {"version": 1, "epochs": {"ads": 1}}
+    store.delete_rows("ads", ids[:2])
+    found, _ = store.read_rows("ads", ids)
+    assert found.tolist() == [False, False, True, True, True]
+    store.load_state({"version": 7, "epochs": {"ads": 3}})
+    assert store.version == 7 and store.state()["epochs"] == {"ads": 3}
