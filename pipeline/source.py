@@ -59,7 +59,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.structs import OffsetAndMetadata
 
 from pipeline.broker import ensure_topics
-from pipeline.errors import ConfigError, DecodeError, SourceError, SourceStateError
+from pipeline.errors import BrokerError, ConfigError, DecodeError, SourceError, SourceStateError
 from pipeline.events import EVENT_KINDS, Event, decode
 
 __all__ = [
@@ -202,9 +202,9 @@ class SourceConfig:
         security_options(self.client_config)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SourceBatch:
-    """One closed mini-batch of decoded events, in partition offset order.
+    """One closed mini-batch of decoded events, in partition offset order (compared by identity).
 
     ``offsets`` holds, for every partition read since the previous batch, the next offset after
     this batch's last message (dead-lettered messages included), so a checkpoint taken after
@@ -378,7 +378,10 @@ class KafkaSource:
         security = security_options(cfg.client_config)
         if cfg.create_dead_letter_topics:
             dlqs = {dead_letter_topic_for(t, cfg.dead_letter_topic): 1 for t in cfg.topics}
-            ensure_topics(_bootstrap_str(cfg.bootstrap_servers), dlqs, client_config=security)
+            try:
+                ensure_topics(_bootstrap_str(cfg.bootstrap_servers), dlqs, client_config=security)
+            except BrokerError as err:  # e.g. no permission: the topic may exist all the same
+                log.warning("could not ensure dead-letter topics %s: %s", sorted(dlqs), err)
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=cfg.bootstrap_servers,
