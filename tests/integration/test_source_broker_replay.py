@@ -35,8 +35,10 @@ def test_broker_life_cycle(kafka_broker: EmbeddedBroker) -> None:
         assert broker.bootstrap != kafka_broker.bootstrap
         assert ensure_topics(broker.bootstrap, {"a": 3, "b": 1}) == {"a": 3, "b": 1}
         assert ensure_topics(broker.bootstrap, {"a": 3}) == {"a": 3}  # idempotent
-        assert broker.log_path is not None and "tansu" in broker.log_path.read_text()
+        log_path = broker.log_path
+        assert log_path is not None and "tansu" in log_path.read_text()
     assert not broker.running
+    assert not log_path.exists()  # a log the broker chose itself goes with it
     broker.stop()  # safe to repeat
 
 
