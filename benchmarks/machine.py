@@ -50,8 +50,6 @@ def _version(package: str) -> str | None:
 
 def machine_info() -> dict[str, Any]:
     """CPU, cores, RAM, load, OS and the versions of the libraries that matter."""
-    import torch
-
     return {
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count() or 1,
@@ -59,8 +57,7 @@ def machine_info() -> dict[str, Any]:
         "load_average": list(os.getloadavg()),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        "torch": _version("torch"),
         "numpy": _version("numpy"),
         "pandas": _version("pandas"),
         "rocksdict": _version("rocksdict"),

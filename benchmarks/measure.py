@@ -12,6 +12,7 @@ from __future__ import annotations
 import resource
 import statistics
 import sys
+import time
 from typing import Any
 
 import psutil
@@ -26,6 +27,11 @@ def peak_rss_bytes() -> int:
 def current_rss_bytes() -> int:
     """Resident set size now."""
     return int(psutil.Process().memory_info().rss)
+
+
+def process_age_seconds() -> float:
+    """Seconds since this process started."""
+    return max(0.0, time.time() - psutil.Process().create_time())
 
 
 def reset_peak_rss() -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from benchmarks import measure
 from benchmarks.workload import Batches, Workload
@@ -71,6 +72,7 @@ def run(spec: RunSpec) -> dict[str, Any]:
     from benchmarks.systems import build
     from benchmarks.systems.base import SystemContext
 
+    started = time.time() - measure.process_age_seconds()
     batches = Batches.load(spec.batch_paths)
     ranked = np.load(spec.ranked_ids_path, mmap_mode="r")
     needed = spec.warmup + spec.windows * spec.steps_per_window
@@ -102,6 +104,7 @@ def run(spec: RunSpec) -> dict[str, Any]:
     train_peak = measure.peak_rss_since_reset() if reset_ok else None
     rss_end = measure.current_rss_bytes()
     info = system.finish()
+    total_s = time.time() - started
     timed_steps = spec.windows * spec.steps_per_window
     result: dict[str, Any] = {
         "label": spec.label,
@@ -111,6 +114,8 @@ def run(spec: RunSpec) -> dict[str, Any]:
         **_ratios(before, after),
         "warmup_steps": spec.warmup,
         "timed_steps": timed_steps,
+        "process_seconds": total_s,
+        "torch_threads": torch.get_num_threads(),
         "prepare_seconds": prepare_s,
         "warmup_seconds": warmup_s,
         "peak_rss_bytes": measure.peak_rss_bytes(),

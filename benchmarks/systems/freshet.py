@@ -15,7 +15,10 @@ initializer for every row, which is not what a steady-state step does.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections import deque
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -34,7 +37,7 @@ from embedding_store import (
 from embedding_store.rows import RowLayout
 
 TABLE = "emb"
-IMPORT_CHUNK = 250_000
+IMPORT_CHUNK = 65_536
 
 
 class FreshetSystem:
@@ -70,7 +73,8 @@ class FreshetSystem:
             "one table shared by all features; ids of every feature from one Zipf, no offsets",
             {
                 "all": "pre-warm: every id's row imported into RocksDB, then the hot set loaded",
-                "hot": "pre-warm: store already holds every id's row; the hot set loaded",
+                "hot": "pre-warm: the store directory (built beforehand by import_rows) holds "
+                "every id's row; the hot set is loaded by lookups",
                 "none": "no pre-warm: rows are created on first sight",
             }[prewarm],
         ]
@@ -157,3 +161,26 @@ def import_all_rows(store: EmbeddingStore, workload: Workload) -> None:
         rows["state"] = 0.0
         store.import_rows(TABLE, ids, rows)
     store.truncate_write_log(store.version)  # imports are not training writes
+
+
+def build_store(path: Path, workload: Workload, num_shards: int = 4) -> None:
+    """A closed, flushed store directory holding a row for every id of ``workload``."""
+    cfg = StoreConfig(str(path), (table_config(workload.dim, None),), num_shards=num_shards)
+    with EmbeddingStore(cfg) as store:
+        import_all_rows(store, workload)
+
+
+def clone_store(src: Path, dst: Path) -> None:
+    """Copy a closed store directory; RocksDB's immutable ``.sst`` files are hard-linked.
+
+    This is how RocksDB's own checkpoints copy a database: SST files are never modified in
+    place, so each clone can be trained (and compacted) without touching the others.
+    """
+    for dirpath, _, files in os.walk(src):
+        target = dst / Path(dirpath).relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if name.endswith(".sst"):
+                os.link(Path(dirpath, name), target / name)
+            else:
+                shutil.copy2(Path(dirpath, name), target / name)
