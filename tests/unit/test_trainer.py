@@ -95,7 +95,8 @@ def test_events_as_dicts_or_pydantic_models_train_identically(tmp_path: Path) ->
     models = [decode("transaction", json.dumps(e).encode()) for e in events]
     spec = ModelSpec(kind="deepfm", embedding_dim=4, hidden=(8,), bottom=(8,))
     results: list[list[np.ndarray]] = []
-    for i, stream in enumerate((events, models)):
+    streams: list[list[Any]] = [events, models]
+    for i, stream in enumerate(streams):
         for trainer in make_trainer(tmp_path / str(i), FRAUD, spec):
             results.append([trainer.train_batch(stream[k : k + 100]).scores for k in (0, 100, 200)])
     for a, b in zip(*results, strict=True):
