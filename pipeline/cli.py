@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 # subcommand -> (module, help); each module has ``add_arguments(parser)`` and ``run(args) -> int``
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("pipeline.store_demo", "run the demo on a built-in synthetic stream"),
+    "demo": ("pipeline.demo", "run the main job end to end on a built-in synthetic stream"),
+    "store-demo": ("pipeline.store_demo", "train a synthetic stream through the store alone"),
+    "train": ("pipeline.train_cmd", "train online from Kafka with a job config"),
     "bench": ("benchmarks.cli", "run a benchmark (store, sweep, memory, ...)"),
     "broker": ("pipeline.broker_cmd", "run the embedded dev Kafka broker until Ctrl-C"),
     "replay": ("pipeline.replay_cmd", "produce a file or a generated stream into a Kafka topic"),

@@ -33,3 +33,5 @@ def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # kafka-python logs every connection and fetch at INFO
+    logging.getLogger("kafka").setLevel(max(level, logging.WARNING))

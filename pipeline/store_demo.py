@@ -87,7 +87,7 @@ def run_store_demo(
             logits = model(bag(torch.from_numpy(ids)).reshape(batch, -1)).squeeze(1)
             loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(y))
             dense_opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             dense_opt.step()
             store.step()
             ticket.release()

@@ -1,0 +1,161 @@
+"""The whole training job in one validated YAML file (the edge: the core gets dataclasses).
+
+::
+
+    kind: transaction                 # event kind: transaction | ctr
+    source:   {bootstrap_servers: [...], topic: events, group_id: freshet, max_events: 1024}
+    store:    {path: ./freshet-data/store, num_shards: 4}
+    training: {prefetch_batches: 2}
+    features: {...}                   # configs.features.FeaturesConfig
+    model:    {...}                   # configs.features.ModelConfig
+    baseline: {...}                   # optional, for the prequential benchmark
+
+Every section forbids unknown keys and bounds every field. Environment variables override
+the file: ``FRESHET_SOURCE__TOPIC=clicks`` sets ``source.topic`` (``__`` separates levels).
+
+>>> cfg = JobConfig.model_validate({"kind": "ctr", "source": {"topic": "t"},
+...     "features": {"sparse": [{"type": "categorical", "name": "c1", "table": "cat",
+...     "field": "c1"}]}, "model": {"type": "logistic"}})
+>>> cfg.source.topic, cfg.store.num_shards
+('t', 4)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from configs.features import FeaturesConfig, ModelConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecurityConfig(_Section):
+    """Kafka client security settings, passed through to kafka-python unchanged.
+
+    Secrets come from the environment or a file, never from the YAML itself.
+    """
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="kafka-python security_protocol"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = (
+        Field(default=None, description="SASL mechanism")
+    )
+    sasl_plain_username: str | None = Field(default=None, max_length=256, description="user")
+    sasl_password_env: str | None = Field(
+        default=None, max_length=128, description="environment variable holding the password"
+    )
+    ssl_cafile: str | None = Field(default=None, max_length=4096, description="CA bundle path")
+    ssl_certfile: str | None = Field(default=None, max_length=4096, description="client cert")
+    ssl_keyfile: str | None = Field(default=None, max_length=4096, description="client key")
+
+    def client_config(self) -> dict[str, Any]:
+        """The kafka-python keyword arguments (password read from the environment now)."""
+        out: dict[str, Any] = {"security_protocol": self.security_protocol}
+        for key in (
+            "sasl_mechanism",
+            "sasl_plain_username",
+            "ssl_cafile",
+            "ssl_certfile",
+            "ssl_keyfile",
+        ):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.sasl_password_env:
+            secret = SecretStr(os.environ.get(self.sasl_password_env, ""))
+            out["sasl_plain_password"] = secret.get_secret_value()
+        return out
+
+
+class SourceSection(_Section):
+    """Where events come from."""
+
+    bootstrap_servers: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1:9092"],
+        min_length=1,
+        max_length=64,
+        description="Kafka bootstrap servers host:port",
+    )
+    topic: str = Field(min_length=1, max_length=249, description="events topic")
+    group_id: str = Field(default="freshet", min_length=1, max_length=255, description="group")
+    assignment: Literal["group", "manual"] = Field(
+        default="group", description="consumer group or manual partition assignment"
+    )
+    max_events: int = Field(default=1024, ge=1, le=1_000_000, description="events per batch")
+    max_wait_ms: int = Field(default=200, ge=1, le=600_000, description="close a batch after")
+    queue_batches: int = Field(default=8, ge=1, le=1024, description="batches polled ahead")
+    dead_letter_topic: str | None = Field(
+        default=None, max_length=249, description="dead letters (default <topic>.dlq)"
+    )
+    session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000, description="group")
+    security: SecurityConfig = Field(default_factory=SecurityConfig, description="TLS / SASL")
+
+
+class StoreSection(_Section):
+    """Where and how the embedding store lives."""
+
+    path: str = Field(default="./freshet-data/store", max_length=4096, description="directory")
+    num_shards: int = Field(default=4, ge=1, le=1024, description="shards by id hash")
+    hot_rows: int | None = Field(
+        default=None, ge=0, description="DRAM budget per table in rows (none: all in DRAM)"
+    )
+    lfu_decay: float = Field(default=0.5, gt=0, le=1, description="LFU aging factor")
+    write_buffer_mb: int = Field(default=16, ge=1, le=4096, description="RocksDB memtable")
+
+
+class TrainingSection(_Section):
+    """How the trainer consumes batches."""
+
+    prefetch_batches: int = Field(default=2, ge=0, le=64, description="look-ahead batches")
+    idle_timeout_s: float = Field(
+        default=0.0, ge=0, le=86_400, description="stop after this long without events (0: never)"
+    )
+    max_events: int | None = Field(default=None, ge=1, description="stop after this many")
+    auc_window: int = Field(default=10_000, ge=10, le=10_000_000, description="sliding AUC")
+
+
+class JobConfig(BaseSettings):
+    """A training job: source, store, training, features, model (and optional baseline)."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, env_prefix="FRESHET_", env_nested_delimiter="__"
+    )
+
+    kind: Literal["transaction", "ctr"] = Field(description="event kind of the source topic")
+    source: SourceSection = Field(description="Kafka source")
+    store: StoreSection = Field(default_factory=StoreSection, description="embedding store")
+    training: TrainingSection = Field(default_factory=TrainingSection, description="trainer")
+    features: FeaturesConfig = Field(description="feature spec")
+    model: ModelConfig = Field(description="the model trained online")
+    baseline: ModelConfig | None = Field(default=None, description="comparison model")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Order the sources: environment first, then the YAML file."""
+        # the environment overrides the file (which arrives as init arguments)
+        return env_settings, init_settings
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> JobConfig:
+        """Load and validate ``path``; environment variables override its values."""
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: the top level must be a mapping of sections")
+        return cls(**raw)
