@@ -54,3 +54,14 @@ def format_store(result: dict[str, Any]) -> str:
     lines.append("targets:")
     lines += format_targets(result["targets"])
     return "\n".join(lines)
+
+
+def format_profile(label: str, profile: dict[str, Any], top: int = 25) -> str:
+    """Where one system's training phase spent its samples (all threads)."""
+    threads = ", ".join(f"{k} {v:.0%}" for k, v in profile["threads"].items())
+    lines = [f"profile of {label}: {profile['samples']} samples; threads: {threads}",
+             "  inclusive:"]
+    lines += [f"    {share:6.1%}  {name}" for name, share in profile["inclusive"][:top]]
+    lines.append("  self:")
+    lines += [f"    {share:6.1%}  {name}" for name, share in profile["self"][:top]]
+    return "\n".join(lines)

@@ -82,9 +82,9 @@ INFO_RATIOS = (
 def default_setup(quick: bool) -> tuple[Workload, Timing]:
     """The full workload of DESIGN.md, or the quick one (1M ids, fewer steps)."""
     if quick:
-        timing = Timing(warmup=2, windows=5, steps_per_window=2)
+        timing = Timing(warmup=2, windows=5, steps_per_window=1)
         return Workload(num_ids=1_000_000, steps=timing.steps), timing
-    timing = Timing(warmup=10, windows=6, steps_per_window=8)
+    timing = Timing(warmup=6, windows=6, steps_per_window=5)
     return Workload(num_ids=10_000_000, steps=timing.steps), timing
 
 
@@ -131,6 +131,7 @@ def prepare_data(
 def run_store_bench(
     out: Path, quick: bool = False, workload: Workload | None = None, timing: Timing | None = None,
     hot_fraction: float = 0.1, lookahead: int = 2, scratch: Path | None = None,
+    profile: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run the four systems, write ``out`` (JSON) and its PNG; returns the result."""
     from benchmarks.plot import plot_store
@@ -147,7 +148,12 @@ def run_store_bench(
         base = root / "freshet-base"
         build_store(base, workload)
         systems: dict[str, dict[str, Any]] = {}
-        for spec in system_specs(workload, timing, data, root, hot_fraction, lookahead):
+        specs = [
+            replace(s, profile_path=str(out.with_suffix(f".{s.label}.pyspy.txt")))
+            if s.label in profile else s
+            for s in system_specs(workload, timing, data, root, hot_fraction, lookahead)
+        ]
+        for spec in specs:
             if spec.kind == "freshet":
                 clone_store(base, Path(spec.options["store_path"]))
             systems[spec.label] = run_worker(spec)
@@ -181,6 +187,8 @@ def run_store_bench(
             "had to read RocksDB",
         ],
     )
+    if profile:
+        result["notes"].append(f"{', '.join(profile)} ran under py-spy (100 Hz, --nonblocking)")
     write_json(result, out)
     plot_store(result, out.with_suffix(".png"))
     return result
@@ -195,6 +203,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_size_arguments(parser)
     parser.add_argument("--hot-fraction", type=float, default=0.1, help="tiered DRAM budget")
     parser.add_argument("--lookahead", type=int, default=2, help="batches prefetched ahead")
+    parser.add_argument(
+        "--profile", nargs="+", default=[], choices=[TIERED, DRAM, TORCH, NAIVE],
+        help="sample these systems' training phase with py-spy (FILE.<system>.pyspy.txt)",
+    )
 
 
 def add_size_arguments(parser: argparse.ArgumentParser) -> None:
@@ -227,14 +239,20 @@ def apply_overrides(
 
 def run(args: argparse.Namespace) -> int:
     """``freshet bench store``."""
-    from benchmarks.report import format_store
+    from benchmarks.profile import pyspy_path
+    from benchmarks.report import format_profile, format_store
 
+    if args.profile and pyspy_path() is None:
+        print("--profile needs py-spy: pip install py-spy")
+        return 2
     workload, timing = apply_overrides(*default_setup(args.quick), args)
     out = Path(args.out)
     result = run_store_bench(
         out, args.quick, workload, timing, args.hot_fraction, args.lookahead,
-        Path(args.scratch) if args.scratch else None,
+        Path(args.scratch) if args.scratch else None, tuple(args.profile),
     )
     print(format_store(result))
+    for label in args.profile:
+        print(format_profile(label, result["systems"][label]["profile"]))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

@@ -41,6 +41,7 @@ class RunSpec:
     windows: int
     steps_per_window: int
     options: dict[str, Any] = field(default_factory=dict)
+    profile_path: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict."""
@@ -86,6 +87,12 @@ def run(spec: RunSpec) -> dict[str, Any]:
     prepare_s = time.perf_counter() - t0
     rss_prepared = measure.current_rss_bytes()
     reset_ok = measure.reset_peak_rss()
+    profiler = None
+    if spec.profile_path:
+        from benchmarks.profile import Profiler
+
+        profiler = Profiler(spec.profile_path)
+        profiler.start()
     loss = float("nan")
     t0 = time.perf_counter()
     for i in range(spec.warmup):
@@ -101,6 +108,8 @@ def run(spec: RunSpec) -> dict[str, Any]:
             step += 1
         seconds.append(time.perf_counter() - t0)
     after = system.counters()
+    if profiler is not None:
+        profiler.stop()
     train_peak = measure.peak_rss_since_reset() if reset_ok else None
     rss_end = measure.current_rss_bytes()
     info = system.finish()
@@ -127,6 +136,10 @@ def run(spec: RunSpec) -> dict[str, Any]:
         "info": info,
         "notes": system.notes,
     }
+    if spec.profile_path:
+        from benchmarks.profile import summarise
+
+        result["profile"] = {"raw": spec.profile_path, **summarise(spec.profile_path)}
     if "prefetch_stall_seconds" in result:
         result["prefetch_stall_ms_per_step"] = 1e3 * result["prefetch_stall_seconds"] / timed_steps
     return result
