@@ -59,6 +59,7 @@ from embedding_store.prefetch import Prefetcher, PrefetchTicket
 from embedding_store.rocks import RocksShard
 from embedding_store.rows import RowLayout
 from embedding_store.shard import ShardTable
+from embedding_store.staleness import StalenessClock
 from embedding_store.tier import RowBlock
 from embedding_store.types import FloatArray, IdArray, SlotArray
 from embedding_store.writeback import WriteBack
@@ -129,14 +130,22 @@ class EmbeddingStore:
         self._tables: dict[str, list[ShardTable]] = {}
         self._version = 0
         self._tombstones: dict[str, list[tuple[int, IdArray]]] = {}
-        self._step = _StepState()
+        self._local = threading.local()  # each trainer thread has its own step state
         self._boundary = threading.RLock()
         self._pool: ThreadPoolExecutor | None = None
         self._prefetcher: Prefetcher | None = None
         self._writeback = WriteBack()
+        self.staleness_clock = StalenessClock(config.staleness)
         self._opened = False
         self._closed = False
         self.prefetch_stall_seconds = 0.0
+
+    @property
+    def _step(self) -> _StepState:
+        state: _StepState | None = getattr(self._local, "step", None)
+        if state is None:
+            state = self._local.step = _StepState()
+        return state
 
     # -- lifecycle -----------------------------------------------------------
     def open(self) -> EmbeddingStore:
@@ -400,24 +409,38 @@ class EmbeddingStore:
         """Remember a leaf tensor of rows whose ``.grad`` ``step()`` will apply (for modules)."""
         self._step.pending.append(_Pending(table, uniq_ids, weight))
 
-    def step(self) -> int:
+    def step(self, worker: int | None = None) -> int:
         """Apply the gradients of every registered lookup, then end the step."""
         written = 0
         for p in self._step.pending:
             if p.weight.grad is not None:
                 g = p.weight.grad.detach().cpu().numpy().astype(np.float32, copy=False)
                 written += self._apply_unique(p.table, p.ids, g)
-        self._step.pending = []
-        self.end_step()
+        self._step.pending.clear()
+        self.end_step(worker)
         return written
 
-    def end_step(self) -> None:
+    def register_worker(self) -> int:
+        """Join the bounded-staleness clock as one more trainer; returns the worker id.
+
+        Workers call ``begin_step(worker)`` before their lookups and ``end_step(worker)``
+        (or ``step(worker)``) after their updates; none reads more than ``staleness``
+        steps behind the slowest. Single-trainer use needs none of this.
+        """
+        return self.staleness_clock.register()
+
+    def begin_step(self, worker: int, timeout: float | None = None) -> int:
+        """Wait until ``worker`` may start a step; returns its lead over the slowest worker."""
+        self._check_open()
+        return self.staleness_clock.begin(worker, timeout)
+
+    def end_step(self, worker: int | None = None) -> None:
         """Close the step: release its pins, bump the version, bring DRAM back under budget."""
         self._check_open()
         with self._boundary:
             for st, slots in self._step.pins:
                 st.unpin(slots)
-            self._step = _StepState()
+            self._local.step = _StepState()
             self._version += 1
             slack = self.config.evict_slack
             for sts in self._tables.values():
@@ -427,6 +450,8 @@ class EmbeddingStore:
                     budget = st.budget_rows
                     if budget is not None and st.hot.count() > 2 * budget + 4096:
                         self._writeback.drain()  # back-pressure: the writer fell behind
+        if worker is not None:
+            self.staleness_clock.end(worker)
 
     # -- prefetch ------------------------------------------------------------
     def prefetch(self, batches: Sequence[Mapping[str, object]]) -> PrefetchTicket:
