@@ -82,7 +82,7 @@ class WindowedAggregate:
         self._index = Int64HashTable(max(capacity, 16))
         self._keys: I64 = np.empty(capacity, dtype=np.int64)
         self._bucket: I64 = np.full((capacity, self.ring), EMPTY, dtype=np.int64)
-        self._stats: F64 = np.zeros((3, capacity, self.ring), dtype=np.float64)
+        self._stats: F64 = np.zeros((capacity, 3, self.ring), dtype=np.float64)
         self.entities = 0
 
     # -- rows ----------------------------------------------------------------
@@ -116,8 +116,8 @@ class WindowedAggregate:
         keys[:cap] = self._keys
         bucket = np.full((new_cap, self.ring), EMPTY, dtype=np.int64)
         bucket[:cap] = self._bucket
-        stats = np.zeros((3, new_cap, self.ring), dtype=np.float64)
-        stats[:, :cap] = self._stats
+        stats = np.zeros((new_cap, 3, self.ring), dtype=np.float64)
+        stats[:cap] = self._stats
         self._keys, self._bucket, self._stats = keys, bucket, stats
 
     # -- reading -------------------------------------------------------------
@@ -140,7 +140,7 @@ class WindowedAggregate:
             r = rows[known]
             stored = self._bucket[r]
             inside = (stored >= lo_b[known, None]) & (stored <= hi_b[known, None])
-            out[:, known] = (self._stats[:, r] * inside[None]).sum(axis=2)
+            out[:, known] = np.einsum("mkr,mr->km", self._stats[r], inside.astype(np.float64))
         if n > 1:
             out += self._within_batch(keys, buckets, lo_b=lo_b, hi_b=hi_b, vals=vals, ok=ok)
         return WindowStats(out[0], out[1], out[2])
@@ -198,7 +198,7 @@ class WindowedAggregate:
         ur, us = upair // self.ring, upair % self.ring
         stored = self._bucket[ur, us]
         newer = newest > stored
-        self._stats[:, ur[newer], us[newer]] = 0.0
+        self._stats[ur[newer], :, us[newer]] = 0.0
         self._bucket[ur[newer], us[newer]] = newest[newer]
         live = newest >= stored
         k = inv[keep]
@@ -207,7 +207,7 @@ class WindowedAggregate:
         add = np.stack(
             [np.bincount(k, minlength=m), np.bincount(k, v, m), np.bincount(k, v * v, m)]
         ).astype(np.float64)
-        self._stats[:, ur[live], us[live]] += add[:, live]
+        self._stats[ur[live], :, us[live]] += add[:, live].T
 
     # -- checkpoints ---------------------------------------------------------
     def state_dict(self) -> dict[str, npt.NDArray[np.generic]]:
@@ -216,7 +216,7 @@ class WindowedAggregate:
         return {
             "keys": self._keys[:n].copy(),
             "bucket": self._bucket[:n].copy(),
-            "stats": self._stats[:, :n].copy(),
+            "stats": self._stats[:n].copy(),
         }
 
     def load_state_dict(self, state: dict[str, npt.NDArray[np.generic]]) -> None:
@@ -230,5 +230,5 @@ class WindowedAggregate:
         self._index.map_keys_to_values(keys, np.arange(n, dtype=np.int64))
         self._keys[:n] = keys
         self._bucket[:n] = bucket
-        self._stats[:, :n] = np.asarray(state["stats"], dtype=np.float64)
+        self._stats[:n] = np.asarray(state["stats"], dtype=np.float64)
         self.entities = n

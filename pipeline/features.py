@@ -245,6 +245,7 @@ class Featurizer:
         self._std_cols = np.array([d.standardize for d in spec.dense], dtype=np.bool_)
         self.moments = RunningMoments(int(self._std_cols.sum()))
         self.events_seen = 0
+        self._strings: dict[str, int] = {}
 
     # -- sparse (stateless) --------------------------------------------------
     def _feature_ids(
@@ -252,7 +253,7 @@ class Featurizer:
     ) -> SparseIds:
         salt = spec.salt or spec.name
         if isinstance(spec, CategoricalSpec):
-            return hash_column(col(spec.field), spec.value_type, salt)
+            return hash_column(col(spec.field), spec.value_type, salt, self._strings)
         if isinstance(spec, CrossSpec):
             parts = [done[o] for o in spec.of]
             return cross_ids([p for p in parts if isinstance(p, np.ndarray)], salt)
@@ -265,14 +266,13 @@ class Featurizer:
             )
         return self._multi_hot(spec, col)
 
-    @staticmethod
-    def _multi_hot(spec: MultiHotSpec, col: Column) -> JaggedIds:
+    def _multi_hot(self, spec: MultiHotSpec, col: Column) -> JaggedIds:
         lists = [v if v is not None else () for v in col(spec.field)]
         if spec.max_len is not None:
             lists = [v[: spec.max_len] for v in lists]
         lengths = np.fromiter((len(v) for v in lists), dtype=np.int64, count=len(lists))
         flat = [x for v in lists for x in v]
-        base, _ = base_values(flat, spec.value_type, spec.field)
+        base, _ = base_values(flat, spec.value_type, spec.field, self._strings)
         return JaggedIds.from_lengths(hash_bases(base, spec.salt or spec.name), lengths)
 
     def _sparse(self, col: Column, times: F64 | None) -> dict[str, SparseIds]:
@@ -306,11 +306,26 @@ class Featurizer:
         assert self.spec.time_field is not None
         return epoch_seconds(col(self.spec.time_field), self.spec.time_field)
 
+    def _entity_keys(self, agg: AggregateSpec, col: Column, memo: dict[str, I64]) -> I64:
+        keys = []
+        for k in agg.key:
+            name = f"{k}:{agg.key_type}"
+            if name not in memo:
+                memo[name] = hash_column(col(k), agg.key_type, "agg/" + k, self._strings)
+            keys.append(memo[name])
+        return keys[0] if len(keys) == 1 else cross_ids(keys, "agg/" + "/".join(agg.key))
+
     def _aggregate(
-        self, agg: AggregateSpec, col: Column, times: F64, labels: F32, update: bool
+        self,
+        agg: AggregateSpec,
+        col: Column,
+        times: F64,
+        labels: F32,
+        *,
+        update: bool,
+        memo: dict[str, I64],
     ) -> tuple[WindowStats, F64]:
-        keys = [hash_column(col(k), agg.key_type, "agg/" + k) for k in agg.key]
-        key = keys[0] if len(keys) == 1 else cross_ids(keys, "agg/" + "/".join(agg.key))
+        key = self._entity_keys(agg, col, memo)
         buckets = np.floor(times / agg.bucket_seconds).astype(np.int64)
         if agg.value is None:
             values = np.zeros(len(times), dtype=np.float64)
@@ -351,9 +366,10 @@ class Featurizer:
     def _dense(self, col: Column, times: F64 | None, labels: F32, update: bool) -> F32:
         n = len(labels)
         results: dict[str, tuple[WindowStats, F64]] = {}
+        memo: dict[str, I64] = {}
         for agg in self.spec.aggregates:
             assert times is not None
-            results[agg.name] = self._aggregate(agg, col, times, labels, update)
+            results[agg.name] = self._aggregate(agg, col, times, labels, update=update, memo=memo)
         cols = np.empty((n, len(self.spec.dense)), dtype=np.float64)
         for j, d in enumerate(self.spec.dense):
             if d.aggregate is None:

@@ -10,8 +10,8 @@
 
 Nothing here uses Python's ``hash()`` (salted per process): ids are the same in every
 process, on every machine, in every run. Strings are factorised first (pandas, in C), so
-blake2b runs once per distinct string of a batch, and a bounded cache spares repeats across
-batches.
+blake2b runs once per distinct string of a batch, and a caller's bounded cache (the
+featurizer keeps one) spares repeats across batches.
 
 >>> ids = hash_column(["68fd1e64", None, "68fd1e64"], "str", salt="c1")
 >>> ids.dtype, bool(ids[0] == ids[2]), bool(ids[0] != ids[1])
@@ -45,8 +45,8 @@ _M2: Final = np.uint64(0x94D049BB133111EB)
 MISSING_BASE: Final = np.uint64(0x6D15_5106_0000_0001)
 """The base of a missing (``None``) value: hashed with the salt like any other value."""
 
-_CACHE_LIMIT: Final = 1 << 20
-_string_cache: dict[str, int] = {}
+CACHE_LIMIT: Final = 1 << 20
+"""A string cache (see :func:`base_values`) is emptied when it grows past this many entries."""
 
 
 def splitmix64(x: U64) -> U64:
@@ -77,26 +77,27 @@ def salt64(salt: str) -> np.uint64:
     return np.uint64(blake2b64("freshet/salt/" + salt))
 
 
-def _hash_strings(uniques: Sequence[str]) -> U64:
-    cache = _string_cache
-    if len(cache) > _CACHE_LIMIT:
+def _hash_strings(uniques: Sequence[str], cache: dict[str, int] | None) -> U64:
+    if cache is None:
+        return np.fromiter((blake2b64(u) for u in uniques), dtype=np.uint64, count=len(uniques))
+    if len(cache) > CACHE_LIMIT:
         cache.clear()
     out = np.empty(len(uniques), dtype=np.uint64)
-    for i, s in enumerate(uniques):
-        h = cache.get(s)
+    for i, text in enumerate(uniques):
+        h = cache.get(text)
         if h is None:
-            h = cache[s] = blake2b64(s)
+            h = cache[text] = blake2b64(text)
         out[i] = h
     return out
 
 
 def base_values(
-    values: Sequence[Any], kind: ValueType, name: str = "?"
+    values: Sequence[Any], kind: ValueType, name: str = "?", cache: dict[str, int] | None = None
 ) -> tuple[U64, npt.NDArray[np.bool_]]:
     """Unsalted 64-bit bases of ``values`` and a mask of the missing (``None``) ones.
 
     ``kind="int"`` takes each value as an integer (``"5"`` and ``5`` agree); ``kind="str"``
-    hashes ``str(value)`` with blake2b-8.
+    hashes ``str(value)`` with blake2b-8 (memoised in ``cache`` when one is given).
 
     >>> base, missing = base_values([3, None, -1], "int")
     >>> base[0].item(), missing.tolist()
@@ -120,13 +121,15 @@ def base_values(
         return base, missing
     codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
     strings = [u if isinstance(u, str) else str(u) for u in uniques]
-    table = np.append(_hash_strings(strings), MISSING_BASE)
+    table = np.append(_hash_strings(strings, cache), MISSING_BASE)
     return table[codes], codes < 0
 
 
-def hash_column(values: Sequence[Any], kind: ValueType, salt: str) -> I64:
+def hash_column(
+    values: Sequence[Any], kind: ValueType, salt: str, cache: dict[str, int] | None = None
+) -> I64:
     """Salted int64 ids of one event field (``None`` maps to the feature's missing id)."""
-    base, _ = base_values(values, kind, salt)
+    base, _ = base_values(values, kind, salt, cache)
     return hash_bases(base, salt)
 
 
