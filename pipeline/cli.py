@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("benchmarks.cli", "run a benchmark (store, sweep, memory, ...)"),
     "broker": ("pipeline.broker_cmd", "run the embedded dev Kafka broker until Ctrl-C"),
     "replay": ("pipeline.replay_cmd", "produce a file or a generated stream into a Kafka topic"),
+    "config": ("pipeline.config_cmd", "validate job YAML files or print their JSON schema"),
+    "inspect": ("pipeline.inspect_cmd", "show a store directory's tables, rows and checkpoints"),
 }
 
 
