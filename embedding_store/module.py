@@ -64,9 +64,11 @@ class StoreEmbeddingBag(nn.Module):
             raise InvalidIdsError(self.table, f"got {getattr(ids, 'dtype', type(ids))}")
         flat = ids.reshape(-1).detach().cpu().numpy()
         uniq, inverse = unique_inverse(flat)
-        rows = self.store._lookup_unique(self.table, uniq, pin=True)
+        training = torch.is_grad_enabled() and self.training
+        # rows are pinned until store.step() only when this forward will be trained on
+        rows = self.store._lookup_unique(self.table, uniq, pin=training)
         weight = torch.from_numpy(rows)
-        if torch.is_grad_enabled() and self.training:
+        if training:
             weight.requires_grad_(True)
             self.store.register(self.table, uniq, weight)
         inv = torch.from_numpy(inverse.reshape(-1))

@@ -36,7 +36,7 @@ def test_no_worker_reads_more_than_s_steps_behind(tmp_path: Path, staleness: int
                     time.sleep(rng.random() * 0.005 * (1 + seed))  # uneven speeds
                     store.apply_gradients("t", ids, np.ones_like(emb.numpy()))
                     store.end_step(w)
-            except BaseException as err:  # noqa: BLE001
+            except BaseException as err:
                 errors.append(err)
 
         threads = [threading.Thread(target=trainer, args=(i,)) for i in range(workers)]
