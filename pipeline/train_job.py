@@ -184,6 +184,7 @@ class TrainJob:
             self.source.start()
         summary = TrainSummary()
         t0 = last_event = last_progress = time.perf_counter()
+        started = False  # throughput counts from the first batch, not the group join
         while not self._stop.is_set():
             batch = self.source.next_batch(timeout_s=0.2)
             now = time.perf_counter()
@@ -191,6 +192,8 @@ class TrainJob:
                 if idle and now - last_event > idle:
                     break
                 continue
+            if not started:
+                started, t0, last_progress = True, now, now
             last_event = now
             self._train_one(batch)
             summary.events += len(batch.events)
