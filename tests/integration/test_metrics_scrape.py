@@ -1,4 +1,8 @@
-"""Scrape /metrics of a real TrainJob (real broker, RocksDB, HTTP) and find every series."""
+"""Scrape /metrics of a running trainer and of a running replica and find every named series.
+
+A real TrainJob (real broker, RocksDB, HTTP) publishes deltas from a step hook, as the
+deployment does; a replica follows the delta topic and serves /predict and /metrics.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,14 @@ import pytest
 
 from configs.job import JobConfig
 from pipeline.events import CtrEvent
+from pipeline.publisher import Publisher, PublisherSettings
 from pipeline.replay import replay
+from pipeline.replica import Replica, ReplicaSettings
+from pipeline.replica_http import ReplicaHttpServer
+from pipeline.replica_testing import http_call, predict_body, wait_for_version
+from pipeline.serving_model import Blueprint
 from pipeline.train_job import TrainJob
-from pipeline.trainer_metrics import attach_metrics
+from pipeline.trainer_metrics import TrainerMetrics, attach_metrics
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -25,9 +34,9 @@ BAD = [b"{not json", b'{"label": "yes"}', b'{"label": 1, "colour": "red"}']
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
 
 
-def scrape(port: int) -> dict[str, float]:
-    """``{"name{labels}": value}`` of every sample on /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+def scrape(url: str) -> dict[str, float]:
+    """``{"name{labels}": value}`` of every sample on ``url``/metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
         assert resp.status == 200
         text = resp.read().decode()
     out: dict[str, float] = {}
@@ -38,10 +47,27 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def test_trainer_metrics_scraped_from_a_running_job(
+def series(found: dict[str, float], name: str) -> dict[str, float]:
+    """The samples of ``name`` (any labels)."""
+    return {k: v for k, v in found.items() if k == name or k.startswith(name + "{")}
+
+
+def publish_hook(publisher: Publisher, metrics: TrainerMetrics) -> Callable[[TrainJob], None]:
+    """A step hook that publishes when due and times it, as the publish operator will."""
+
+    def hook(job: TrainJob) -> None:
+        if publisher.due() and job.store is not None and job.featurizer is not None:
+            t0 = time.perf_counter()
+            publisher.publish(job.store, job.model.state_dict(), job.featurizer.state_dict())
+            metrics.observe_publish(time.perf_counter() - t0)
+
+    return hook
+
+
+def test_trainer_and_replica_metrics_scraped_while_running(
     criteo_lines: list[str], bootstrap: str, new_topic: Callable[[int], str], tmp_path: Path
 ) -> None:
-    topic = new_topic(1)
+    topic, deltas = new_topic(1), new_topic(1)
     messages: list[object] = []
     for i, line in enumerate(criteo_lines[:EVENTS]):
         messages.append(CtrEvent.from_criteo_line(line).model_dump(mode="json"))
@@ -68,37 +94,77 @@ def test_trainer_metrics_scraped_from_a_running_job(
     )
     job = TrainJob(config)
     metrics = attach_metrics(job, 0, quality_every_s=0.0, rows_every_s=0.0, lag_every_s=0.2)
+    publisher = Publisher(
+        bootstrap,
+        deltas,
+        tmp_path / "snapshots",
+        settings=PublisherSettings(topic=deltas, interval_s=0.0),
+    )
+    job.step_hooks.append(publish_hook(publisher, metrics))
+    replica = Replica(
+        Blueprint(config.features.to_spec(), config.model.to_spec(), num_shards=1),
+        ReplicaSettings(
+            topic=deltas,
+            snapshot_dir=str(tmp_path / "snapshots"),
+            data_dir=str(tmp_path / "replica"),
+            resync_poll_s=0.05,
+            maintain_every_s=0.05,
+            cold_count_every_s=0.05,
+        ),
+        bootstrap,
+        name="r0",
+    )
+    server = ReplicaHttpServer(replica, "ctr")
     try:
         assert metrics.port is not None and metrics.port > 0
-        with job:
+        trainer_url = f"http://127.0.0.1:{metrics.port}"
+        with job, publisher, replica:
+            server.start()
             summary = job.run(max_events=EVENTS, idle_timeout_s=30)
             metrics.observe_checkpoint(0.4)
-            metrics.observe_publish(0.02)
             deadline = time.monotonic() + 15
-            found = scrape(metrics.port)
-            while math.isnan(found["freshet_consumer_lag"]) and time.monotonic() < deadline:
+            trainer = scrape(trainer_url)
+            while math.isnan(trainer["freshet_consumer_lag"]) and time.monotonic() < deadline:
                 time.sleep(0.2)
-                found = scrape(metrics.port)
+                trainer = scrape(trainer_url)
             version = job.store.version if job.store else -1
+            published = publisher.version
+            assert published is not None
+            assert wait_for_version(server.url, published) == published
+            probe = [CtrEvent.from_criteo_line(line) for line in criteo_lines[-3:]]
+            status, answer = http_call(server.url + "/predict", predict_body(probe))
+            assert status == 200 and answer["version"] == published
+            time.sleep(0.2)  # one maintenance pass: rows per tier
+            served = scrape(server.url)
     finally:
+        server.close()
         metrics.close()
 
     assert summary.events == EVENTS
-    assert found["freshet_events_trained_total"] == EVENTS
-    assert found["freshet_events_per_second"] > 0
-    assert 0.5 < found["freshet_prequential_auc"] <= 1.0
-    assert found["freshet_prequential_auc"] == pytest.approx(summary.auc)
-    assert 0.0 <= found["freshet_prequential_window_auc"] <= 1.0
-    assert found["freshet_prequential_log_loss"] == pytest.approx(summary.log_loss)
-    assert 0.0 <= found["freshet_hot_tier_hit_ratio"] <= 1.0
-    hot = sum(v for k, v in found.items() if k.startswith("freshet_store_rows{") and "hot" in k)
-    cold = sum(v for k, v in found.items() if k.startswith("freshet_store_rows{") and "cold" in k)
+    assert trainer["freshet_events_trained_total"] == EVENTS
+    assert trainer["freshet_events_per_second"] > 0
+    assert 0.5 < trainer["freshet_prequential_auc"] <= 1.0
+    assert trainer["freshet_prequential_auc"] == pytest.approx(summary.auc)
+    assert 0.0 <= trainer["freshet_prequential_window_auc"] <= 1.0
+    assert trainer["freshet_prequential_log_loss"] == pytest.approx(summary.log_loss)
+    assert 0.0 <= trainer["freshet_hot_tier_hit_ratio"] <= 1.0
+    rows = series(trainer, "freshet_store_rows")
+    hot = sum(v for k, v in rows.items() if 'tier="hot"' in k)
+    cold = sum(v for k, v in rows.items() if 'tier="cold"' in k)
     assert 0 < hot and 0 < cold  # budget 64 rows per table: most rows live in RocksDB
-    lookups = sum(v for k, v in found.items() if k.startswith("freshet_store_lookups_total"))
-    assert lookups > 0
-    assert found["freshet_store_version"] == version >= 1
-    assert found["freshet_dead_letters_total"] == summary.dead_letters == len(BAD)
-    assert 0 <= found["freshet_consumer_lag"] <= 1  # all trained (tansu's ends are approximate)
-    assert found["freshet_checkpoint_seconds_count"] == 1
-    assert found["freshet_checkpoint_seconds_sum"] == pytest.approx(0.4)
-    assert found["freshet_publish_seconds_count"] == 1
+    assert sum(series(trainer, "freshet_store_lookups_total").values()) > 0
+    assert trainer["freshet_store_version"] == version >= 1
+    assert trainer["freshet_dead_letters_total"] == summary.dead_letters == len(BAD)
+    assert 0 <= trainer["freshet_consumer_lag"] <= 1  # all trained (tansu's ends: approximate)
+    assert trainer["freshet_checkpoint_seconds_count"] == 1
+    assert trainer["freshet_checkpoint_seconds_sum"] == pytest.approx(0.4)
+    assert trainer["freshet_publish_seconds_count"] >= published
+
+    assert served['freshet_replica_model_version{replica="r0"}'] == published
+    assert served['freshet_replica_deltas_applied_total{replica="r0"}'] >= 1
+    assert served['freshet_replica_freshness_seconds_count{replica="r0"}'] >= 1
+    assert served['freshet_replica_freshness_lag_seconds{replica="r0"}'] >= 0
+    assert served['freshet_replica_request_seconds_count{replica="r0"}'] == 1
+    assert served['freshet_replica_requests_total{code="200",replica="r0"}'] == 1
+    assert served['freshet_replica_resyncs_total{replica="r0"}'] >= 1
+    assert sum(series(served, "freshet_replica_rows").values()) > 0
