@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("pipeline.replay_cmd", "produce a file or a generated stream into a Kafka topic"),
     "config": ("pipeline.config_cmd", "validate job YAML files or print their JSON schema"),
     "inspect": ("pipeline.inspect_cmd", "show a store directory's tables, rows and checkpoints"),
+    "serve": ("pipeline.serve_cmd", "run an inference replica: snapshots + deltas -> HTTP"),
 }
 
 
