@@ -5,6 +5,11 @@
 
 >>> summarise_windows([1.0, 2.0, 4.0], samples_per_window=8)["samples_per_s"]
 4.0
+>>> w = {"seconds": 1.0, "cpu_seconds": 2.0, "off_clock_cpu_seconds": 0.0, "steps": 1,
+...      "counters": {"hits": 9.0, "misses": 1.0, "cold_reads": 4.0}}
+>>> s = summarise_segment([w, w], samples_per_window=10)
+>>> s["samples_per_s"], s["samples_per_cpu_s"], s["hit_ratio"], s["step_hit_ratio"]
+(10.0, 5.0, 0.8, 0.9)
 """
 
 from __future__ import annotations
@@ -66,3 +71,33 @@ def summarise_windows(seconds: list[float], samples_per_window: int) -> dict[str
         "window_samples_per_s": rates,
         "window_seconds": seconds,
     }
+
+
+def summarise_segment(windows: list[dict[str, Any]], samples_per_window: int) -> dict[str, Any]:
+    """Throughput, CPU use and summed counters of a worker's windows.
+
+    With the store's counters (``hits``, ``misses``, ``cold_reads``): ``hit_ratio`` is the
+    share of looked-up ids served without reading RocksDB (by prefetch or by the step), as
+    ``TableStats.hit_ratio``; ``step_hit_ratio`` the share already in DRAM at lookup time.
+    """
+    out = summarise_windows([w["seconds"] for w in windows], samples_per_window)
+    cpu = [w["cpu_seconds"] for w in windows]
+    out["samples_per_cpu_s"] = statistics.median(samples_per_window / c for c in cpu)
+    out["window_cpu_seconds"] = cpu
+    out["off_clock_cpu_seconds"] = sum(w["off_clock_cpu_seconds"] for w in windows)
+    steps = sum(w["steps"] for w in windows)
+    counters: dict[str, float] = {}
+    for w in windows:
+        for k, v in w["counters"].items():
+            counters[k] = counters.get(k, 0.0) + v
+    out["timed_steps"] = steps
+    out["counters"] = counters
+    if "hits" in counters:
+        lookups = counters["hits"] + counters["misses"]
+        cold = counters.get("cold_reads", counters["misses"] + counters.get("prefetched", 0.0))
+        out["hit_ratio"] = max(0.0, 1.0 - cold / lookups) if lookups else None
+        out["step_hit_ratio"] = counters["hits"] / lookups if lookups else None
+        stall = counters.get("prefetch_stall_seconds", 0.0)
+        out["prefetch_stall_seconds"] = stall
+        out["prefetch_stall_ms_per_step"] = 1e3 * stall / steps if steps else None
+    return out

@@ -62,8 +62,8 @@ def plot_sweep(result: dict[str, Any], path: Path) -> None:
     for alpha, points in _by_alpha(result["points"]).items():
         budgets = [100 * p["hot_fraction"] for p in points]
         ax1.plot(budgets, [p["samples_per_s"] for p in points], marker="o", label=f"Zipf {alpha}")
-        ax2.plot(budgets, [p["dram_hit_ratio"] for p in points], marker="o", label=f"Zipf {alpha}")
-    for ax, label in ((ax1, "samples/s (median)"), (ax2, "DRAM hit ratio (before prefetch)")):
+        ax2.plot(budgets, [p["hit_ratio"] for p in points], marker="o", label=f"Zipf {alpha}")
+    for ax, label in ((ax1, "samples/s (median)"), (ax2, "hit ratio (no RocksDB read)")):
         ax.set_xscale("log")
         ax.set_xlabel("DRAM budget (% of ids)")
         ax.set_ylabel(label)

@@ -3,8 +3,9 @@
 ::
 
     parent: generate the Zipf batches once (untimed) ─► ids.npy, labels.npy, ranked.npy
-      └─ for each system, one after another, a fresh process (benchmarks.worker):
-           prepare (pre-warm every id) ─► warm-up ─► >= 5 timed windows ─► result
+            import a row for every id into one Freshet store directory (untimed)
+      └─ four worker processes, one per system, prepare side by side (pre-warm every id)
+         warm-up, then >= 5 timed windows each, taken in turn (benchmarks.runner)
     parent: ratios against the targets ─► FILE.json + FILE.png, a printed summary
 
 Targets (issue 2, same run): tiered >= 1.0x torch EmbeddingBag and >= 5x naive offloading
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+import statistics
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.machine import run_header
-from benchmarks.runner import run_worker
+from benchmarks.runner import Segment, Timing, run_interleaved
 from benchmarks.systems.freshet import build_store, clone_store
 from benchmarks.worker import RunSpec
 from benchmarks.workload import Workload, ZipfSampler, generate, unique_per_batch
@@ -32,20 +33,7 @@ from benchmarks.workload import Workload, ZipfSampler, generate, unique_per_batc
 log = logging.getLogger(__name__)
 
 TIERED, DRAM, TORCH, NAIVE = "freshet_tiered", "freshet_dram", "torch_embeddingbag", "naive_rocksdb"
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Warm-up steps, then ``windows`` timed windows of ``steps_per_window`` steps."""
-
-    warmup: int
-    windows: int
-    steps_per_window: int
-
-    @property
-    def steps(self) -> int:
-        """Batches one system trains."""
-        return self.warmup + self.windows * self.steps_per_window
+SEGMENT = "main"
 
 
 @dataclass(frozen=True)
@@ -60,10 +48,16 @@ class Target:
     bound: float
 
     def check(self, systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """The measured ratio and whether the target is met."""
-        ratio = systems[self.numerator][self.metric] / systems[self.denominator][self.metric]
+        """The measured ratio, whether the target is met, and (for rates) per-window ratios."""
+        a, b = systems[self.numerator], systems[self.denominator]
+        ratio = a[self.metric] / b[self.metric]
         met = ratio >= self.bound if self.op == ">=" else ratio <= self.bound
-        return {**asdict(self), "ratio": ratio, "met": bool(met)}
+        out = {**asdict(self), "ratio": ratio, "met": bool(met)}
+        if self.metric == "samples_per_s":
+            paired = [x / y for x, y in zip(a["window_samples_per_s"], b["window_samples_per_s"],
+                                            strict=True)]
+            out["median_of_paired_window_ratios"] = statistics.median(paired)
+        return out
 
 
 TARGETS = (
@@ -76,6 +70,8 @@ INFO_RATIOS = (
     ("tiered vs Freshet all-DRAM, peak RSS of the training phase", TIERED, DRAM,
      "train_peak_rss_bytes"),
     ("Freshet all-DRAM vs torch EmbeddingBag, samples/s", DRAM, TORCH, "samples_per_s"),
+    ("tiered vs torch EmbeddingBag, samples per CPU-second", TIERED, TORCH, "samples_per_cpu_s"),
+    ("tiered vs naive RocksDB, samples per CPU-second", TIERED, NAIVE, "samples_per_cpu_s"),
 )
 
 
@@ -84,7 +80,7 @@ def default_setup(quick: bool) -> tuple[Workload, Timing]:
     if quick:
         timing = Timing(warmup=2, windows=5, steps_per_window=1)
         return Workload(num_ids=1_000_000, steps=timing.steps), timing
-    timing = Timing(warmup=6, windows=6, steps_per_window=5)
+    timing = Timing(warmup=6, windows=8, steps_per_window=4)
     return Workload(num_ids=10_000_000, steps=timing.steps), timing
 
 
@@ -105,7 +101,7 @@ def system_specs(
     batch_paths = {"ids": data["ids"], "labels": data["labels"]}
     return [
         RunSpec(label, kinds[label], workload, batch_paths, data["ranked"], str(root / label),
-                timing.warmup, timing.windows, timing.steps_per_window, opts)
+                timing.steps_per_window, opts)
         for label, opts in options.items()
     ]
 
@@ -147,7 +143,6 @@ def run_store_bench(
         log.info("importing a row for each of %d ids into a Freshet store ...", workload.num_ids)
         base = root / "freshet-base"
         build_store(base, workload)
-        systems: dict[str, dict[str, Any]] = {}
         specs = [
             replace(s, profile_path=str(out.with_suffix(f".{s.label}.pyspy.txt")))
             if s.label in profile else s
@@ -156,9 +151,10 @@ def run_store_bench(
         for spec in specs:
             if spec.kind == "freshet":
                 clone_store(base, Path(spec.options["store_path"]))
-            systems[spec.label] = run_worker(spec)
-            load = os.getloadavg()
-            systems[spec.label]["load_average_after"] = list(load)
+        raw = run_interleaved(specs, [Segment(SEGMENT, timing.warmup, timing.windows)])
+    systems = {label: _flatten(r) for label, r in raw.items()}
+    for spec in specs:
+        systems[spec.label].update(kind=spec.kind, options=spec.options)
     result.update(
         workload=workload.to_json(),
         workload_summary=summary,
@@ -171,27 +167,41 @@ def run_store_bench(
             name: _ratio(systems[a].get(metric), systems[b].get(metric))
             for name, a, b, metric in INFO_RATIOS
         },
-        notes=[
-            "every system runs in its own fresh process, one after another, on the same batches",
-            "one embedding table shared by all 26 features, ids from one Zipf over the id space "
-            "(no per-feature offsets)",
-            "torch.optim.Adagrad (torch EmbeddingBag) is element-wise; Freshet and the naive "
-            "baseline use row-wise Adagrad: the accepted comparison",
-            "every system is pre-warmed with a row for every id before timing (not timed); the "
-            "Freshet stores open a copy of one directory built by import_rows, then load their "
-            "hot set (the most popular ids, where LFU settles) by lookups",
-            "peak_rss_bytes: getrusage high-water mark of the whole worker process, pre-warm "
-            "included; train_peak_rss_bytes: VmHWM reset after pre-warm",
-            "hit_ratio: store.stats lookup hits over the timed windows (prefetch loads rows "
-            "before the lookup); dram_hit_ratio: ids found in DRAM before prefetch or lookup "
-            "had to read RocksDB",
-        ],
+        notes=NOTES + ([f"{', '.join(profile)} ran under py-spy (100 Hz, --nonblocking)"]
+                       if profile else []),
     )
-    if profile:
-        result["notes"].append(f"{', '.join(profile)} ran under py-spy (100 Hz, --nonblocking)")
     write_json(result, out)
     plot_store(result, out.with_suffix(".png"))
     return result
+
+
+NOTES = [
+    "each system runs in its own process on the same pre-generated batches; the processes "
+    "prepare side by side, then their timed windows are taken in turn (rotating order) so "
+    "that load from other work on the shared machine falls on all of them alike",
+    "samples_per_s: median over windows of batch * steps_per_window / window wall seconds; "
+    "samples_per_cpu_s: the same over the process's CPU seconds (all threads)",
+    "one embedding table shared by all 26 features, ids from one Zipf over the id space "
+    "(no per-feature offsets)",
+    "torch.optim.Adagrad (torch EmbeddingBag) is element-wise; Freshet and the naive "
+    "baseline use row-wise Adagrad: the accepted comparison",
+    "every system holds a row for every id before timing (not timed): the Freshet stores "
+    "open a hard-linked copy of one directory built by import_rows, then load their hot set "
+    "(the most popular ids, where LFU settles; every id for all-DRAM) by lookups",
+    "peak_rss_bytes: getrusage high-water mark of the whole worker process, hot-set load "
+    "included; train_peak_rss_bytes: VmHWM reset after the pre-warm",
+    "hit_ratio: share of looked-up ids served without reading RocksDB (prefetch reads "
+    "count as misses), as TableStats.hit_ratio; step_hit_ratio: share in DRAM at lookup",
+    "a window ends once the tiered store's issued prefetches have landed; "
+    "off_clock_cpu_seconds is CPU a process used between its windows",
+]
+
+
+def _flatten(raw: dict[str, Any]) -> dict[str, Any]:
+    """One system's ready + main segment + final report as one flat dict."""
+    out = {k: v for k, v in raw.items() if k not in ("segments", "event")}
+    out.update(raw["segments"][SEGMENT])
+    return out
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -229,9 +239,7 @@ def apply_overrides(
         args.steps if args.steps is not None else timing.steps_per_window,
     )
     workload = replace(
-        workload,
-        num_ids=args.ids or workload.num_ids,
-        batch=args.batch or workload.batch,
+        workload, num_ids=args.ids or workload.num_ids, batch=args.batch or workload.batch,
         steps=timing.steps,
     )
     return workload, timing

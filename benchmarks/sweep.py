@@ -3,15 +3,16 @@
 
 ::
 
-    parent: one store directory holding a row for every id (imported once, untimed)
-      for each Zipf exponent: generate its batches
-        for each budget: a fresh worker process opens that directory with hot_rows = budget,
-                         loads the budget's most popular ids, warms up, times >= 5 windows
+    parent: generate every exponent's batches (one stream, exponent after exponent)
+            import a row for every id into one store directory (untimed)
+      └─ one worker per budget, on a hard-linked copy of that directory, loads the budget's
+         most popular ids, then for each exponent: warm-up, >= 5 timed windows (in turn
+         with the other budgets' windows, see benchmarks.runner)
     ─► FILE.json (one point per exponent x budget) + FILE.png
 
-The DRAM hit ratio is the share of a batch's unique ids already in DRAM when prefetch (or
-the lookup) first asked for them; the lookup hit ratio is near 1 because prefetch loads
-the rest before the step.
+``hit_ratio`` is the share of looked-up ids served without reading RocksDB (a prefetch
+read counts as a miss), as ``TableStats.hit_ratio``; ``step_hit_ratio`` is near 1 because
+prefetch has loaded the rest before the step.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks.machine import run_header
-from benchmarks.runner import run_worker
-from benchmarks.store_bench import Timing, add_size_arguments
-from benchmarks.systems.freshet import build_store
+from benchmarks.runner import Segment, Timing, run_interleaved
+from benchmarks.store_bench import add_size_arguments, apply_overrides
+from benchmarks.systems.freshet import build_store, clone_store
 from benchmarks.worker import RunSpec
-from benchmarks.workload import Workload, ZipfSampler, generate, unique_per_batch
+from benchmarks.workload import Batches, Workload, ZipfSampler, generate, unique_per_batch
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,30 @@ def default_setup(quick: bool) -> tuple[Workload, Timing]:
     return Workload(num_ids=10_000_000, steps=timing.steps), timing
 
 
+def prepare_batches(
+    workload: Workload, alphas: tuple[float, ...], root: Path
+) -> tuple[dict[str, str], str, dict[float, dict[str, Any]]]:
+    """Every exponent's batches, one after another in one stream; ids by popularity.
+
+    The rank -> id permutation depends only on the seed, so the most popular ids (the hot
+    set each budget loads) are the same for every exponent.
+    """
+    parts, info = [], {}
+    ranked = None
+    for alpha in alphas:
+        sampler = ZipfSampler(workload.num_ids, alpha, workload.seed)
+        b = generate(replace(workload, alpha=alpha), sampler)
+        parts.append(b)
+        info[alpha] = {"sampler": sampler, "unique_ids_per_batch": unique_per_batch(b)}
+        ranked = sampler.ids_by_rank() if ranked is None else ranked
+    stream = Batches(np.concatenate([b.ids for b in parts]),
+                     np.concatenate([b.labels for b in parts]))
+    paths = stream.save(root / "data")
+    ranked_path = str(root / "data" / "ranked.npy")
+    np.save(ranked_path, ranked)
+    return paths, ranked_path, info
+
+
 def run_sweep(
     out: Path, quick: bool, workload: Workload, timing: Timing,
     budgets: tuple[float, ...] = BUDGETS, alphas: tuple[float, ...] = ALPHAS,
@@ -61,44 +86,45 @@ def run_sweep(
     from benchmarks.report import write_json
 
     result = run_header("sweep", quick)
-    points: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="freshet-sweep-", dir=scratch) as tmp:
         root = Path(tmp)
-        store_path = root / "store"
-        log.info("importing %d rows ...", workload.num_ids)
-        build_store(store_path, workload)
-        for alpha in alphas:
-            w = replace(workload, alpha=alpha)
-            sampler = ZipfSampler(w.num_ids, alpha, w.seed)
-            batches = generate(w, sampler)
-            data = batches.save(root / f"data-{alpha}")
-            ranked = str(root / f"data-{alpha}" / "ranked.npy")
-            np.save(ranked, sampler.ids_by_rank())
-            uniq = unique_per_batch(batches)
-            for budget in budgets:
-                label = f"zipf{alpha}-budget{budget:g}"
-                spec = RunSpec(
-                    label, "freshet", w, data, ranked, str(root / label), timing.warmup,
-                    timing.windows, timing.steps_per_window,
-                    {"hot_fraction": budget, "lookahead": lookahead, "prewarm": "hot",
-                     "store_path": str(store_path)},
-                )
-                r = run_worker(spec)
-                points.append({
-                    "alpha": alpha,
-                    "hot_fraction": budget,
-                    "hot_rows": r["info"]["hot_budget_rows"],
-                    "hot_rows_at_end": r["info"]["hot_rows"],
-                    "zipf_mass_of_budget": sampler.mass_of_top(int(w.num_ids * budget)),
-                    "unique_ids_per_batch": uniq,
-                    **{k: r.get(k) for k in (
-                        "samples_per_s", "samples_per_s_min", "samples_per_s_max",
-                        "hit_ratio", "dram_hit_ratio", "prefetch_stall_ms_per_step",
-                        "peak_rss_bytes", "train_peak_rss_bytes", "prepare_seconds",
-                    )},
-                })
-                log.info("%s: %.0f samples/s, DRAM hit %.3f", label, r["samples_per_s"],
-                         r["dram_hit_ratio"] or 0.0)
+        data, ranked, info = prepare_batches(workload, alphas, root)
+        log.info("importing a row for each of %d ids ...", workload.num_ids)
+        build_store(root / "base", workload)
+        stream = replace(workload, steps=timing.steps * len(alphas))
+        specs = []
+        for budget in budgets:
+            label = f"budget{budget:g}"
+            store_path = root / label / "store"
+            clone_store(root / "base", store_path)
+            specs.append(RunSpec(
+                label, "freshet", stream, data, ranked, str(root / label), timing.steps_per_window,
+                {"hot_fraction": budget, "lookahead": lookahead, "prewarm": "hot",
+                 "store_path": str(store_path)},
+            ))
+        segments = [Segment(f"zipf{a}", timing.warmup, timing.windows) for a in alphas]
+        raw = run_interleaved(specs, segments)
+    points = []
+    for budget, spec in zip(budgets, specs, strict=True):
+        r = raw[spec.label]
+        for alpha, seg in zip(alphas, segments, strict=True):
+            p = r["segments"][seg.name]
+            points.append({
+                "alpha": alpha,
+                "hot_fraction": budget,
+                "hot_rows": r["info"]["hot_budget_rows"],
+                "hot_rows_at_end": r["info"]["hot_rows"],
+                "zipf_mass_of_budget": info[alpha]["sampler"].mass_of_top(
+                    int(workload.num_ids * budget)),
+                "unique_ids_per_batch": info[alpha]["unique_ids_per_batch"],
+                "peak_rss_bytes": r["peak_rss_bytes"],
+                "prepare_seconds": r["prepare_seconds"],
+                **{k: p.get(k) for k in (
+                    "samples_per_s", "samples_per_s_min", "samples_per_s_max",
+                    "samples_per_cpu_s", "window_samples_per_s", "hit_ratio", "step_hit_ratio",
+                    "prefetch_stall_ms_per_step", "off_clock_cpu_seconds",
+                )},
+            })
     result.update(
         workload={**workload.to_json(), "alpha": list(alphas)},
         timing=asdict(timing),
@@ -106,12 +132,13 @@ def run_sweep(
         lookahead=lookahead,
         points=points,
         notes=[
-            "Freshet tiered store, 4 shards, row-wise Adagrad, look-ahead prefetch; each point in "
-            "a fresh process reopening one store directory that holds a row for every id",
-            "before timing, each point loads its budget's most popular ids into DRAM (where LFU "
-            "settles), then warms up",
-            "dram_hit_ratio: unique ids already in DRAM before prefetch or lookup read RocksDB; "
-            "hit_ratio: store.stats lookup hits (prefetch has loaded the rest by then)",
+            "Freshet tiered store, 4 shards, row-wise Adagrad, look-ahead prefetch; one worker "
+            "process per budget, each on a hard-linked copy of one directory holding a row for "
+            "every id; the workers' windows are taken in turn",
+            "each worker loads its budget's most popular ids into DRAM (where LFU settles), then "
+            "trains the exponents one after another: per exponent, warm-up then timed windows",
+            "hit_ratio: share of looked-up ids served without reading RocksDB (prefetch reads "
+            "count as misses), as TableStats.hit_ratio; step_hit_ratio: share in DRAM at lookup",
             "rows of the batch in training and of the prefetched batches are pinned, so DRAM "
             "never holds fewer than about (1 + lookahead) batches of unique ids; a smaller "
             "budget is exceeded (see hot_rows_at_end) and its hit ratio is set by the overlap "
@@ -133,17 +160,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``freshet bench sweep``."""
-    from benchmarks.store_bench import apply_overrides
-
     workload, timing = apply_overrides(*default_setup(args.quick), args)
     out = Path(args.out)
     result = run_sweep(
         out, args.quick, workload, timing, tuple(args.budgets or BUDGETS),
         tuple(args.alphas or ALPHAS), args.lookahead, Path(args.scratch) if args.scratch else None,
     )
-    print(f"{'zipf':>5} {'budget':>7} {'samples/s':>10} {'dram hit':>9} {'stall ms/step':>14}")
+    print(f"{'zipf':>5} {'budget':>7} {'samples/s':>10} {'hit':>6} {'step hit':>8} "
+          f"{'stall ms/step':>14} {'hot rows at end':>16}")
     for p in result["points"]:
         print(f"{p['alpha']:>5} {p['hot_fraction']:>7.0%} {p['samples_per_s']:>10.0f} "
-              f"{p['dram_hit_ratio']:>9.3f} {p['prefetch_stall_ms_per_step']:>14.1f}")
+              f"{p['hit_ratio']:>6.3f} {p['step_hit_ratio']:>8.3f} "
+              f"{p['prefetch_stall_ms_per_step']:>14.1f} {p['hot_rows_at_end']:>16,}")
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

@@ -1,24 +1,33 @@
-"""One system in one process: ``python -m benchmarks.worker SPEC.json RESULT.json``.
+"""One system in one process, driven window by window: ``python -m benchmarks.worker SPEC.json``.
 
 ::
 
-    load batches (memory-mapped) ─► build system ─► prepare (untimed)
-    ─► reset peak RSS ─► warm-up steps ─► counters ─► timed windows ─► counters
-    ─► RESULT.json: samples/s (median of windows), peak RSS, counter deltas, notes
+    parent ──stdin──► worker                           worker ──stdout──► parent
+                      build system, prepare (untimed)  {"event": "ready", ...}
+    "warmup N"        N steps, untimed                 {"event": "warmup", "seconds": ...}
+    "window"          steps_per_window steps, timed    {"event": "window", "seconds", "cpu_seconds",
+                                                         "off_clock_cpu_seconds", "counters"}
+    "finish"                                           {"event": "result", peak RSS, notes, ...}
 
-The process exits with ``os._exit`` once the result is written: tearing a 10M-row store
-down (its final flush) is not part of any benchmark.
+Every system stays alive, prepared, while the parent runs their windows in turn, so load
+from other work on the machine falls on all of them alike. A window ends only once the
+system has no work left in flight (``quiesce``: its prefetches have landed), and the CPU a
+process burns between its windows is reported as ``off_clock_cpu_seconds``.
+
+The process ends with ``os._exit`` after its result: tearing a 10M-row store down (its final
+flush) is not part of any benchmark.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -29,7 +38,7 @@ from benchmarks.workload import Batches, Workload
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What a worker runs: a system (kind + options) on a workload, and how to time it."""
+    """What a worker runs: a system (kind + options) on a workload's batches."""
 
     label: str
     kind: str
@@ -37,8 +46,6 @@ class RunSpec:
     batch_paths: dict[str, str]
     ranked_ids_path: str
     workdir: str
-    warmup: int
-    windows: int
     steps_per_window: int
     options: dict[str, Any] = field(default_factory=dict)
     profile_path: str | None = None
@@ -55,107 +62,130 @@ class RunSpec:
         return cls(**{**raw, "workload": Workload.from_json(raw["workload"])})
 
 
-def _ratios(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
-    delta = {k: after[k] - before.get(k, 0.0) for k in after}
-    out: dict[str, Any] = {"counters": delta}
-    if "hits" in delta:
-        lookups = delta["hits"] + delta["misses"]
-        out["hit_ratio"] = delta["hits"] / lookups if lookups else None
-        # ids whose row was not in DRAM when first asked for (by prefetch or by the lookup)
-        cold = delta["misses"] + delta.get("prefetched", 0.0)
-        out["dram_hit_ratio"] = 1.0 - cold / lookups if lookups else None
-        out["prefetch_stall_seconds"] = delta.get("prefetch_stall_seconds", 0.0)
-    return out
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
-def run(spec: RunSpec) -> dict[str, Any]:
-    """Prepare, warm up and time one system; returns its result."""
-    from benchmarks.systems import build
-    from benchmarks.systems.base import SystemContext
+class Worker:
+    """The worker side of the protocol."""
 
-    started = time.time() - measure.process_age_seconds()
-    batches = Batches.load(spec.batch_paths)
-    ranked = np.load(spec.ranked_ids_path, mmap_mode="r")
-    needed = spec.warmup + spec.windows * spec.steps_per_window
-    if len(batches) < needed:
-        raise ValueError(f"{spec.label}: {needed} batches needed, {len(batches)} generated")
-    ctx = SystemContext(spec.workload, batches, ranked, Path(spec.workdir))
-    system = build(spec.kind, ctx, spec.options)
-    rss_start = measure.current_rss_bytes()
-    t0 = time.perf_counter()
-    system.prepare()
-    prepare_s = time.perf_counter() - t0
-    rss_prepared = measure.current_rss_bytes()
-    reset_ok = measure.reset_peak_rss()
-    profiler = None
-    if spec.profile_path:
-        from benchmarks.profile import Profiler
+    def __init__(self, spec: RunSpec, out: IO[str]) -> None:
+        from benchmarks.systems import build
+        from benchmarks.systems.base import SystemContext
 
-        profiler = Profiler(spec.profile_path)
-        profiler.start()
-    loss = float("nan")
-    t0 = time.perf_counter()
-    for i in range(spec.warmup):
-        loss = system.train_step(i)
-    warmup_s = time.perf_counter() - t0
-    before = system.counters()
-    seconds: list[float] = []
-    step = spec.warmup
-    for _ in range(spec.windows):
+        self.spec = spec
+        self.out = out
+        self.started = time.time() - measure.process_age_seconds()
+        batches = Batches.load(spec.batch_paths)
+        ranked = np.load(spec.ranked_ids_path, mmap_mode="r")
+        self.ctx = SystemContext(spec.workload, batches, ranked, Path(spec.workdir))
+        self.system = build(spec.kind, self.ctx, spec.options)
+        self.step = 0
+        self.profiler: Any = None
+        self.reset_ok = False
+        self.last_cpu = cpu_seconds()
+        self.loss = float("nan")
+
+    def send(self, msg: dict[str, Any]) -> None:
+        """One JSON line to the parent."""
+        self.out.write(json.dumps(msg) + "\n")
+        self.out.flush()
+
+    def prepare(self) -> None:
+        """Build and pre-warm; then reset the peak-RSS mark and start the profiler, if any."""
+        rss_start = measure.current_rss_bytes()
         t0 = time.perf_counter()
-        for _ in range(spec.steps_per_window):
-            loss = system.train_step(step)
-            step += 1
-        seconds.append(time.perf_counter() - t0)
-    after = system.counters()
-    if profiler is not None:
-        profiler.stop()
-    train_peak = measure.peak_rss_since_reset() if reset_ok else None
-    rss_end = measure.current_rss_bytes()
-    info = system.finish()
-    total_s = time.time() - started
-    timed_steps = spec.windows * spec.steps_per_window
-    result: dict[str, Any] = {
-        "label": spec.label,
-        "kind": spec.kind,
-        "options": spec.options,
-        **measure.summarise_windows(seconds, spec.steps_per_window * spec.workload.batch),
-        **_ratios(before, after),
-        "warmup_steps": spec.warmup,
-        "timed_steps": timed_steps,
-        "process_seconds": total_s,
-        "torch_threads": torch.get_num_threads(),
-        "prepare_seconds": prepare_s,
-        "warmup_seconds": warmup_s,
-        "peak_rss_bytes": measure.peak_rss_bytes(),
-        "train_peak_rss_bytes": train_peak,
-        "rss_start_bytes": rss_start,
-        "rss_after_prepare_bytes": rss_prepared,
-        "rss_end_bytes": rss_end,
-        "final_loss": loss,
-        "info": info,
-        "notes": system.notes,
-    }
-    if spec.profile_path:
-        from benchmarks.profile import summarise
+        self.system.prepare()
+        prepare_s = time.perf_counter() - t0
+        self.reset_ok = measure.reset_peak_rss()
+        if self.spec.profile_path:
+            from benchmarks.profile import Profiler
 
-        result["profile"] = {"raw": spec.profile_path, **summarise(spec.profile_path)}
-    if "prefetch_stall_seconds" in result:
-        result["prefetch_stall_ms_per_step"] = 1e3 * result["prefetch_stall_seconds"] / timed_steps
-    return result
+            self.profiler = Profiler(self.spec.profile_path)
+            self.profiler.start()
+        self.last_cpu = cpu_seconds()
+        self.send({
+            "event": "ready", "prepare_seconds": prepare_s, "rss_start_bytes": rss_start,
+            "rss_after_prepare_bytes": measure.current_rss_bytes(),
+        })
+
+    def _steps(self, n: int) -> dict[str, Any]:
+        if self.step + n > len(self.ctx.batches):
+            raise ValueError(f"{self.spec.label}: out of batches at step {self.step + n}")
+        cpu0 = cpu_seconds()
+        off_clock = cpu0 - self.last_cpu
+        before = self.system.counters()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.loss = self.system.train_step(self.step)
+            self.step += 1
+        self.system.quiesce()
+        seconds = time.perf_counter() - t0
+        after = self.system.counters()
+        self.last_cpu = cpu_seconds()
+        return {
+            "seconds": seconds, "cpu_seconds": self.last_cpu - cpu0,
+            "off_clock_cpu_seconds": off_clock, "steps": n,
+            "counters": {k: after[k] - before.get(k, 0.0) for k in after},
+        }
+
+    def finish(self) -> dict[str, Any]:
+        """Stop the profiler, release what the system holds, report memory and facts."""
+        if self.profiler is not None:
+            self.profiler.stop()
+        train_peak = measure.peak_rss_since_reset() if self.reset_ok else None
+        rss_end = measure.current_rss_bytes()
+        info = self.system.finish()
+        result: dict[str, Any] = {
+            "event": "result",
+            "peak_rss_bytes": measure.peak_rss_bytes(),
+            "train_peak_rss_bytes": train_peak,
+            "rss_end_bytes": rss_end,
+            "process_seconds": time.time() - self.started,
+            "torch_threads": torch.get_num_threads(),
+            "final_loss": self.loss,
+            "info": info,
+            "notes": self.system.notes,
+        }
+        if self.spec.profile_path:
+            from benchmarks.profile import summarise
+
+            result["profile"] = {"raw": self.spec.profile_path, **summarise(self.spec.profile_path)}
+        return result
+
+    def serve(self, commands: IO[str]) -> None:
+        """Answer the parent's commands until ``finish``."""
+        self.prepare()
+        for line in commands:
+            cmd = line.split()
+            if not cmd:
+                continue
+            if cmd[0] == "warmup":
+                self.send({"event": "warmup", **self._steps(int(cmd[1]))})
+            elif cmd[0] == "window":
+                self.send({"event": "window", **self._steps(self.spec.steps_per_window)})
+            elif cmd[0] == "finish":
+                self.send(self.finish())
+                return
+            else:
+                raise ValueError(f"unknown command {line!r}")
 
 
 def main(argv: list[str]) -> int:
-    """Entry point: run the spec in ``argv[0]``, write the result to ``argv[1]``."""
-    spec_path, result_path = argv
-    spec = RunSpec.from_json(json.loads(Path(spec_path).read_text(encoding="utf-8")))
-    result = run(spec)
-    Path(result_path).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    """Entry point: serve the spec in ``argv[0]`` over stdin/stdout."""
+    spec = RunSpec.from_json(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+    # the protocol owns the real stdout; anything else printed goes to stderr
+    out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    Worker(spec, out).serve(sys.stdin)
+    out.flush()
     return 0
 
 
 if __name__ == "__main__":
     code = main(sys.argv[1:])
-    sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

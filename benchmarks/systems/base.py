@@ -5,8 +5,8 @@
     worker process (one per system)
       system = SYSTEMS[name](context, **options)
       system.prepare()            untimed: tables, pre-warm
-      system.train_step(i) * warm-up, then timed windows
-      system.counters()           cumulative counters, read before and after the timed windows
+      system.train_step(i) * warm-up, then timed windows, each ended by system.quiesce()
+      system.counters()           cumulative counters, read around every window
       system.finish()             untimed: release what is still held
 
 >>> ctx = SystemContext.__dataclass_fields__.keys()
@@ -57,6 +57,10 @@ class BenchSystem(Protocol):
 
     def counters(self) -> dict[str, float]:
         """Cumulative counters (hits, misses, stall seconds, ...); deltas are reported."""
+        ...
+
+    def quiesce(self) -> None:
+        """Wait until no work is in flight (prefetches landed), so a window owns its work."""
         ...
 
     def finish(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Literal
@@ -122,16 +123,22 @@ class FreshetSystem:
         return loss
 
     def counters(self) -> dict[str, float]:
-        """Hits, misses and prefetch loads of the table; prefetch stall seconds."""
+        """Lookup hits and misses, RocksDB reads (step or prefetch), evictions; stall seconds."""
         s = self.store.stats(TABLE)
         return {
             "hits": float(s.hits),
             "misses": float(s.misses),
+            "cold_reads": float(s.cold_reads),
             "prefetched": float(s.prefetched),
             "evicted": float(s.evicted),
             "written_back": float(s.written_back),
             "prefetch_stall_seconds": float(self.store.prefetch_stall_seconds),
         }
+
+    def quiesce(self) -> None:
+        """Wait for every issued prefetch to land (polling ``done``: no stall is recorded)."""
+        while not all(t.done for _, t in self._tickets):
+            time.sleep(0.0005)
 
     def finish(self) -> dict[str, Any]:
         """Release pending tickets; the store is not closed (its final flush is not measured)."""

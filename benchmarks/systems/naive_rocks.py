@@ -91,6 +91,9 @@ class NaiveRocksSystem:
         """No counters: every row is read from RocksDB."""
         return {}
 
+    def quiesce(self) -> None:
+        """Nothing runs in the background."""
+
     def finish(self) -> dict[str, Any]:
         """Rows written at pre-warm."""
         return {"rows": self.ctx.workload.num_ids}

@@ -61,6 +61,9 @@ class TorchBagSystem:
         """No counters: everything is in DRAM."""
         return {}
 
+    def quiesce(self) -> None:
+        """Nothing runs in the background."""
+
     def finish(self) -> dict[str, Any]:
         """Table size."""
         return {"rows": self.ctx.workload.num_ids}
