@@ -43,7 +43,7 @@ import hmac
 import json
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -229,6 +229,22 @@ def parse_chunk(message: bytes) -> tuple[ChunkHeader, bytes]:
     if end > len(message) or header_len > HEADER_ROOM * 4:
         raise DeltaFormatError("delta chunk", f"header of {header_len} bytes runs past the end")
     return ChunkHeader.from_json(message[_PREFIX.size : end]), message[end:]
+
+
+def highest_version(messages: Iterable[bytes]) -> int | None:
+    """The highest version named by the parsable chunks among ``messages``.
+
+    >>> highest_version([b"junk"]) is None
+    True
+    """
+    best: int | None = None
+    for message in messages:
+        try:
+            header, _ = parse_chunk(message)
+        except DeltaFormatError:
+            continue
+        best = header.version if best is None else max(best, header.version)
+    return best
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ import torch
 from embedding_store import EmbeddingStore
 from pipeline.array_patch import AnyArray, ArrayUpdate, diff
 from pipeline.delta import ModelDelta, TableDelta, state_arrays
-from pipeline.delta_chunks import Signer, encode_chunks, parse_chunk
-from pipeline.serving_errors import PublishError, ServingError
+from pipeline.delta_chunks import Signer, encode_chunks, highest_version
+from pipeline.serving_errors import PublishError
 from pipeline.snapshot import SnapshotStore, SnapshotWriter
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,10 @@ class DeltaSink(Protocol):
 
     def send(self, messages: Sequence[bytes]) -> int | None:
         """Send every message in order and wait for the acks; ``None``: offsets unknown."""
+        ...
+
+    def last_version(self) -> int | None:
+        """The highest version already in the destination (``None``: none or unknown)."""
         ...
 
     def close(self) -> None:
@@ -162,6 +166,12 @@ class KafkaDeltaSink:
             ) from err
         return max(offsets) if offsets else None
 
+    def last_version(self) -> int | None:
+        """The highest version among the last messages of the partition."""
+        return last_published_version(
+            self.bootstrap, self.topic, self.partition, self.client_config
+        )
+
     def close(self) -> None:
         """Flush and close the producer (idempotent)."""
         if self._producer is not None:
@@ -198,19 +208,14 @@ def last_published_version(
         consumer.assign([tp])
         end = consumer.end_offsets([tp])[tp]
         consumer.seek(tp, max(0, end - window))
-        best: int | None = None
+        values: list[bytes] = []
         empty = 0
         while empty < 2:
             batch = consumer.poll(timeout_ms=200)
             records = [r for recs in batch.values() for r in recs]
             empty = 0 if records else empty + 1
-            for r in records:
-                try:
-                    header, _ = parse_chunk(r.value or b"")
-                except ServingError:
-                    continue
-                best = header.version if best is None else max(best, header.version)
-        return best
+            values += [r.value or b"" for r in records]
+        return highest_version(values)
     finally:
         consumer.close()
 
@@ -260,13 +265,7 @@ class Publisher:
         """Find the last version published before (snapshots, topic tail); connect Kafka."""
         if self._started:
             return self
-        newest = self.snapshots.newest()
-        last = newest.version if newest is not None else 0
-        if self._own_sink:
-            tail = last_published_version(
-                self.bootstrap, self.topic, self.settings.partition, self.client_config
-            )
-            last = max(last, tail or 0)
+        if self._sink is None:
             self._sink = KafkaDeltaSink(
                 self.bootstrap,
                 self.topic,
@@ -275,6 +274,7 @@ class Publisher:
                 client_config=self.client_config,
                 timeout_s=self.settings.send_timeout_s,
             ).start()
+        last = max(self.snapshots.max_version() or 0, self._sink.last_version() or 0)
         self._next_version = last + 1
         self._started = True
         log.info("publisher on %s continues after version %d", self.topic, last)
@@ -284,6 +284,7 @@ class Publisher:
         """Close the Kafka producer (idempotent)."""
         if self._sink is not None and self._own_sink:
             self._sink.close()
+            self._sink = None
         self._started = False
 
     def __enter__(self) -> Publisher:

@@ -31,13 +31,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -115,11 +115,88 @@ class Freshness:
     applied_at: datetime
 
 
+class DeltaSource(Protocol):
+    """The delta partition as a replica reads it: seek to an offset, poll message values."""
+
+    def seek(self, offset: int) -> None:
+        """Read from ``offset`` next."""
+        ...
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """The next messages, in offset order (empty after ``timeout_ms`` without any)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+class KafkaDeltaSource:
+    """One partition by manual assignment (no consumer group, no committed offsets)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        partition: int = 0,
+        *,
+        max_fetch_bytes: int = 32 << 20,
+        wait_ms: int = 50,
+        client_config: Mapping[str, Any] | None = None,
+        client_id: str = "freshet-replica",
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.partition = partition
+        self.max_fetch_bytes = max_fetch_bytes
+        self.wait_ms = wait_ms
+        self.client_config = dict(client_config or {})
+        self.client_id = client_id
+        self._consumer: Any = None
+        self._tp: Any = None
+
+    def open(self) -> KafkaDeltaSource:
+        """Create the topic if missing, connect, assign the partition."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        from pipeline.broker import ensure_topics
+
+        ensure_topics(self.bootstrap, {self.topic: 1}, client_config=self.client_config)
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.wait_ms,
+            max_partition_fetch_bytes=self.max_fetch_bytes,
+            fetch_max_bytes=self.max_fetch_bytes,
+            client_id=self.client_id,
+            **self.client_config,
+        )
+        self._tp = TopicPartition(self.topic, self.partition)
+        self._consumer.assign([self._tp])
+        return self
+
+    def seek(self, offset: int) -> None:
+        """Read from ``offset`` next."""
+        self._consumer.seek(self._tp, offset)
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """The next message values."""
+        batch = self._consumer.poll(timeout_ms=timeout_ms)
+        return [r.value or b"" for r in batch.get(self._tp, [])]
+
+    def close(self) -> None:
+        """Close the consumer (idempotent)."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.close()
+
+
 class Replica:
     """Serves one model from snapshots and deltas (see the module docstring).
 
-    ``kafka`` supplies the delta consumer: ``None`` for kafka-python against ``bootstrap``.
-    Constructing does no I/O; :meth:`start` does.
+    ``source`` makes the delta source (default: :class:`KafkaDeltaSource` on ``bootstrap``;
+    tests pass an in-memory one). Constructing does no I/O; :meth:`start` does.
     """
 
     def __init__(
@@ -131,6 +208,7 @@ class Replica:
         name: str = "replica",
         signer: Signer | None = None,
         client_config: Mapping[str, Any] | None = None,
+        source: Callable[[], DeltaSource] | None = None,
     ) -> None:
         self.blueprint = blueprint
         self.settings = settings
@@ -150,7 +228,8 @@ class Replica:
         self._generation = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._consumer: Any = None
+        self._consumer: DeltaSource | None = None
+        self._source_factory: Callable[[], DeltaSource] = source or self._kafka_source
         self._seek_to: int | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -237,6 +316,17 @@ class Replica:
             "resyncs": self.resyncs,
         }
 
+    def _kafka_source(self) -> DeltaSource:
+        return KafkaDeltaSource(
+            self.bootstrap,
+            self.settings.topic,
+            self.settings.partition,
+            max_fetch_bytes=self.settings.max_fetch_bytes,
+            wait_ms=self.settings.poll_timeout_ms,
+            client_config=self.client_config,
+            client_id=f"freshet-{self.name}",
+        ).open()
+
     # -- serving -------------------------------------------------------------
     def predict(self, events: Sequence[Any]) -> Prediction:
         """Score ``events`` with the version served now; raises ``ReplicaStateError`` if none."""
@@ -308,47 +398,24 @@ class Replica:
             raise
         return model
 
-    def _connect(self) -> Any:
-        from kafka import KafkaConsumer, TopicPartition
-
-        from pipeline.broker import ensure_topics
-
-        ensure_topics(self.bootstrap, {self.settings.topic: 1}, client_config=self.client_config)
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.settings.poll_timeout_ms,
-            max_partition_fetch_bytes=self.settings.max_fetch_bytes,
-            fetch_max_bytes=self.settings.max_fetch_bytes,
-            client_id=f"freshet-{self.name}",
-            **self.client_config,
-        )
-        consumer.assign([TopicPartition(self.settings.topic, self.settings.partition)])
-        return consumer
-
     def _close_consumer(self) -> None:
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
+        source, self._consumer = self._consumer, None
+        if source is not None:
             try:
-                consumer.close()
+                source.close()
             except Exception:  # pragma: no cover - best effort on the way out
-                log.debug("%s: consumer close failed", self.name, exc_info=True)
+                log.debug("%s: delta source close failed", self.name, exc_info=True)
 
     def _poll(self) -> None:
-        from kafka import TopicPartition
-
         if self._consumer is None:
-            self._consumer = self._connect()
+            self._consumer = self._source_factory()
             if self._seek_to is None:
                 self._seek_to = 0
-        tp = TopicPartition(self.settings.topic, self.settings.partition)
         if self._seek_to is not None:
-            self._consumer.seek(tp, self._seek_to)
+            self._consumer.seek(self._seek_to)
             self._seek_to = None
-        batch = self._consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
-        for record in batch.get(tp, []):
-            self._handle(record.value or b"")
+        for message in self._consumer.poll(self.settings.poll_timeout_ms):
+            self._handle(message)
             if self._seek_to is not None:  # a resync moved the position: drop the rest
                 break
 

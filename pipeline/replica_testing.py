@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +41,7 @@ import torch
 from embedding_store import EmbeddingStore, StoreConfig, TableConfig, Unadmitted
 from embedding_store.initializers import initial_values
 from pipeline.delta import F32, I64
+from pipeline.delta_chunks import highest_version
 from pipeline.events import event_model, to_record
 from pipeline.feature_spec import (
     AggregateSpec,
@@ -250,9 +252,66 @@ class FaultySink:
         self._held = held_now
         return self.inner.send(out) if out else None
 
+    def last_version(self) -> int | None:
+        """The inner sink's."""
+        return self.inner.last_version()
+
     def close(self) -> None:
         """Close the inner sink."""
         self.inner.close()
+
+
+class MemoryTopic:
+    """An in-memory delta partition: the publisher's sink and the replicas' sources.
+
+    >>> topic = MemoryTopic()
+    >>> topic.send([b"a", b"b"]), topic.source().poll(0)
+    (1, [b'a', b'b'])
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self._lock = threading.Lock()
+
+    def send(self, messages: Sequence[bytes]) -> int | None:
+        """Append ``messages``; the offset of the last one."""
+        with self._lock:
+            self.messages.extend(messages)
+            return len(self.messages) - 1 if self.messages else None
+
+    def last_version(self) -> int | None:
+        """The highest version on the topic."""
+        return highest_version(self.messages)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def source(self) -> MemorySource:
+        """A reader positioned at offset 0."""
+        return MemorySource(self)
+
+
+class MemorySource:
+    """Reads a :class:`MemoryTopic` from a position (a :class:`~pipeline.replica.DeltaSource`)."""
+
+    def __init__(self, topic: MemoryTopic) -> None:
+        self.topic = topic
+        self.position = 0
+
+    def seek(self, offset: int) -> None:
+        """Read from ``offset`` next."""
+        self.position = offset
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """Every message from the position on (waits ``timeout_ms`` when there is none)."""
+        out = self.topic.messages[self.position :]
+        if not out:
+            time.sleep(timeout_ms / 1000)
+        self.position += len(out)
+        return out
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 def probe_scores_equal(

@@ -296,6 +296,15 @@ class SnapshotStore:
                     log.warning("skipping snapshot: %s", err)
         return out
 
+    def max_version(self) -> int | None:
+        """The highest version among snapshot directories, valid or not (for numbering)."""
+        try:
+            names = [p.name for p in self.root.iterdir() if p.name.startswith(_PREFIX)]
+        except FileNotFoundError:
+            return None
+        versions = [int(n[len(_PREFIX) :]) for n in names if n[len(_PREFIX) :].isdigit()]
+        return max(versions) if versions else None
+
     def newest(self, above: int | None = None) -> SnapshotInfo | None:
         """The newest valid snapshot (with a version greater than ``above`` if given)."""
         infos = self.available()

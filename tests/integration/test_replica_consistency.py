@@ -45,6 +45,9 @@ class DroppingSink:
             return None
         return self.inner.send(messages)
 
+    def last_version(self) -> int | None:
+        return self.inner.last_version()
+
     def close(self) -> None:
         self.inner.close()
 
