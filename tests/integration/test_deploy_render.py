@@ -1,0 +1,307 @@
+"""deploy/: kustomize renders; compose, Kubernetes, Prometheus, Grafana and the CLI agree.
+
+One image (``freshet:<project version>``), the same ``freshet`` commands, the same ports
+(trainer /metrics 9400, replica HTTP 8080), the same configs (deploy/k8s/base/config is a
+byte-identical copy of configs/), and dashboards that only query series the code exports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from configs.job import JobConfig
+from configs.serving import ServeFile
+from pipeline.cli import COMMANDS
+from pipeline.replica_metrics import ReplicaMetrics
+from pipeline.trainer_metrics import DEFAULT_PORT, TrainerMetrics
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+K8S = DEPLOY / "k8s"
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+IMAGE = f"freshet:{VERSION}"
+TRAINER_PORT = DEFAULT_PORT
+REPLICA_PORT = 8080
+CONFIG_DIR = "/etc/freshet"
+OVERLAYS = ["dev", "servicemonitor", "production"]
+
+
+def render(path: Path) -> list[dict[str, Any]]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl not installed: cannot render deploy/k8s")
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    for obj in objects:
+        if obj["kind"] == kind and obj["metadata"]["name"] == name:
+            return obj
+    raise AssertionError(
+        f"no {kind} {name} in {[(o['kind'], o['metadata']['name']) for o in objects]}"
+    )
+
+
+def container(workload: dict[str, Any]) -> dict[str, Any]:
+    (c,) = workload["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    return data
+
+
+# -- configs ---------------------------------------------------------------------------------
+
+
+def test_k8s_configs_are_byte_identical_copies_of_configs() -> None:
+    sources = {p.name: p.read_bytes() for p in (REPO / "configs").glob("*.yaml")}
+    copies = {p.name: p.read_bytes() for p in (K8S / "base" / "config").iterdir()}
+    assert sorted(copies) == sorted(sources), "deploy/k8s/base/config must mirror configs/*.yaml"
+    for name, data in sources.items():
+        assert copies[name] == data, f"deploy/k8s/base/config/{name} drifted from configs/{name}"
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    (generated,) = [g for g in kustomization["configMapGenerator"] if g["name"] == "freshet-config"]
+    assert sorted(generated["files"]) == sorted(f"config/{n}" for n in sources)
+
+
+# -- Kubernetes ------------------------------------------------------------------------------
+
+
+def test_kustomize_renders_trainer_and_replicas() -> None:
+    objects = render(K8S)
+    assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {
+        "freshet"
+    }
+
+    config = next(o for o in objects if o["metadata"]["name"].startswith("freshet-config"))
+    assert config["data"] == {p.name: p.read_text() for p in (REPO / "configs").glob("*.yaml")}
+
+    trainer = find(objects, "StatefulSet", "freshet-trainer")
+    headless = find(objects, "Service", "freshet-trainer")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert trainer["spec"]["serviceName"] == "freshet-trainer"
+    assert {t["metadata"]["name"] for t in trainer["spec"]["volumeClaimTemplates"]} == {
+        "store",
+        "checkpoints",
+    }
+    tc = container(trainer)
+    assert tc["image"] == IMAGE
+    assert tc["args"] == ["train", "--config", f"{CONFIG_DIR}/fraud.yaml"]
+    assert [p["containerPort"] for p in tc["ports"]] == [TRAINER_PORT]
+    assert headless["spec"]["ports"][0]["port"] == TRAINER_PORT
+    annotations = trainer["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(TRAINER_PORT)
+    env = {e["name"]: e.get("value") for e in tc["env"]}
+    assert env["FRESHET_METRICS_PORT"] == str(TRAINER_PORT)
+    mounts = {m["name"]: m["mountPath"] for m in tc["volumeMounts"]}
+    assert mounts["config"] == CONFIG_DIR
+
+    replicas = find(objects, "Deployment", "freshet-replica")
+    assert replicas["spec"]["replicas"] == 2
+    rc = container(replicas)
+    assert rc["image"] == IMAGE
+    assert rc["args"][:3] == ["serve", "--config", f"{CONFIG_DIR}/fraud.yaml"]
+    assert [p["containerPort"] for p in rc["ports"]] == [REPLICA_PORT]
+    service = find(objects, "Service", "freshet-replica")
+    assert service["spec"]["ports"][0]["port"] == REPLICA_PORT
+    annotations = replicas["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(REPLICA_PORT)
+    assert rc["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+    # the generated ConfigMaps' hashed names are what the workloads reference
+    names = {o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"}
+    for workload in (trainer, replicas):
+        c = container(workload)
+        assert {e["configMapRef"]["name"] for e in c["envFrom"]} <= names
+        volumes = workload["spec"]["template"]["spec"]["volumes"]
+        assert {v["configMap"]["name"] for v in volumes if "configMap" in v} <= names
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlays_render(overlay: str) -> None:
+    objects = render(K8S / "overlays" / overlay)
+    trainer = container(find(objects, "StatefulSet", "freshet-trainer"))
+    assert trainer["image"].endswith(IMAGE)
+    if overlay == "dev":
+        kafka = container(find(objects, "StatefulSet", "kafka"))
+        assert kafka["image"] == compose()["services"]["kafka"]["image"]
+        replay = container(find(objects, "Job", "freshet-replay"))
+        assert replay["image"] == IMAGE
+        assert replay["args"] == compose()["services"]["replay"]["command"]
+    if overlay == "servicemonitor":
+        monitors = {o["metadata"]["name"] for o in objects if o["kind"] == "ServiceMonitor"}
+        assert monitors == {"freshet-trainer", "freshet-replica"}
+    if overlay == "production":
+        assert trainer["image"] == f"registry.example.com/ml/{IMAGE}"
+        assert find(objects, "Deployment", "freshet-replica")["spec"]["replicas"] == 4
+        env = next(o for o in objects if o["metadata"]["name"].startswith("freshet-env"))
+        assert env["data"]["FRESHET_SOURCE__SECURITY__SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert "KAFKA_PASSWORD" in {e["name"] for e in trainer["env"]}
+
+
+# -- compose ---------------------------------------------------------------------------------
+
+
+def test_compose_uses_the_k8s_image_commands_and_ports() -> None:
+    services = compose()["services"]
+    objects = render(K8S)
+    trainer_k8s = container(find(objects, "StatefulSet", "freshet-trainer"))
+    replica_k8s = container(find(objects, "Deployment", "freshet-replica"))
+
+    trainer = services["trainer"]
+    assert trainer["image"] == IMAGE == trainer_k8s["image"]
+    assert trainer["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+    assert trainer["command"] == trainer_k8s["args"]
+    assert trainer["ports"] == [f"{TRAINER_PORT}:{TRAINER_PORT}"]
+    assert "../configs:/etc/freshet:ro" in trainer["volumes"]
+    k8s_env = {e["name"]: e.get("value") for e in trainer_k8s["env"]}
+    for key in (
+        "FRESHET_METRICS_PORT",
+        "FRESHET_METRICS_ADDR",
+        "FRESHET_STORE__PATH",
+        "FRESHET_PUBLISH__TOPIC",
+        "FRESHET_PUBLISH__SNAPSHOT_DIR",
+    ):
+        assert trainer["environment"][key] == k8s_env[key], key
+
+    for name in ("replica-1", "replica-2"):
+        replica = services[name]
+        assert replica["image"] == IMAGE == replica_k8s["image"]
+        expanded = {"$(POD_NAME)": name, "$(KAFKA_BOOTSTRAP)": "kafka:9092"}
+        assert replica["command"] == [expanded.get(arg, arg) for arg in replica_k8s["args"]]
+        assert replica["ports"][0].endswith(f":{REPLICA_PORT}")
+
+    assert services["replay"]["image"] == IMAGE
+    for key in ("FRESHET_SOURCE__BOOTSTRAP_SERVERS", "FRESHET_PUBLISH__BOOTSTRAP_SERVERS"):
+        assert trainer["environment"][key] == '["kafka:9092"]'
+    replay = services["replay"]["command"]
+    assert replay[replay.index("--bootstrap") + 1] == "kafka:9092"
+    base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    (env,) = [g for g in base["configMapGenerator"] if g["name"] == "freshet-env"]
+    assert 'FRESHET_SOURCE__BOOTSTRAP_SERVERS=["kafka:9092"]' in env["literals"]
+    assert 'FRESHET_PUBLISH__BOOTSTRAP_SERVERS=["kafka:9092"]' in env["literals"]
+    assert "KAFKA_BOOTSTRAP=kafka:9092" in env["literals"]
+    # the delta topic the trainer publishes to is the one the replicas follow
+    topic = replica_k8s["args"][replica_k8s["args"].index("--topic") + 1]
+    assert trainer["environment"]["FRESHET_PUBLISH__TOPIC"] == topic
+    assert f"--topic {topic} " in " ".join(services["topics"]["command"])
+
+
+def _commands() -> list[tuple[str, list[str]]]:
+    out = [
+        (f"compose:{name}", [str(a) for a in svc["command"]])
+        for name, svc in compose()["services"].items()
+        if svc.get("image") == IMAGE
+    ]
+    for path in sorted(K8S.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not isinstance(doc, dict):  # a JSON patch
+                continue
+            spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for c in spec.get("containers", []):
+                if c.get("image") == IMAGE:
+                    out.append((f"k8s:{path.relative_to(K8S)}:{c['name']}", c["args"]))
+    return out
+
+
+@pytest.mark.parametrize(("where", "argv"), _commands(), ids=[w for w, _ in _commands()])
+def test_deploy_commands_parse_with_the_cli(where: str, argv: list[str]) -> None:
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        pytest.skip(f"{where}: `freshet {name}` is not registered in pipeline/cli.py yet")
+    parser = argparse.ArgumentParser(prog=f"freshet {name}", exit_on_error=False)
+    importlib.import_module(COMMANDS[name][0]).add_arguments(parser)
+    try:
+        args = parser.parse_args(rest)
+    except (argparse.ArgumentError, SystemExit) as err:
+        raise AssertionError(f"{where}: freshet {' '.join(argv)}: {err}") from err
+    config = getattr(args, "config", None)
+    if config is not None:
+        assert config.startswith(f"{CONFIG_DIR}/")
+        load = ServeFile.from_yaml if name == "serve" else JobConfig.from_yaml
+        load(REPO / "configs" / Path(config).name)
+
+
+# -- Prometheus, Grafana, Dockerfile ---------------------------------------------------------
+
+
+def test_prometheus_scrapes_the_compose_services() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]
+    }
+    assert targets["freshet-trainer"] == [f"trainer:{TRAINER_PORT}"]
+    assert targets["freshet-replica"] == [f"replica-1:{REPLICA_PORT}", f"replica-2:{REPLICA_PORT}"]
+    assert set(compose()["services"]) >= {"trainer", "replica-1", "replica-2", "prometheus"}
+
+
+def _exported_series() -> set[str]:
+    names: set[str] = set()
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    for registry in (TrainerMetrics(None).registry, ReplicaMetrics("r").registry):
+        for family in registry.collect():
+            names.update(family.name + s for s in suffixes[family.type])
+    return names
+
+
+def test_dashboard_queries_only_exported_series() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "freshet.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"freshet_[a-z_]+", e)}
+    assert used <= _exported_series(), used - _exported_series()
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in (
+        "throughput",
+        "auc",
+        "hit ratio",
+        "rows per tier",
+        "checkpoint",
+        "publish",
+        "lag",
+        "dead letters",
+        "freshness",
+        "latency",
+    ):
+        assert topic in titles, topic
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {"prometheus"}
+    datasource = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
+    assert datasource["datasources"][0]["uid"] == "prometheus"
+
+
+def test_dockerfile_builds_the_cli_image() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert text.count("\nFROM ") + text.startswith("FROM ") == 1
+    assert "FROM python:3.11-slim" in text
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in text
+    assert "RUN pip install ." in text
+    assert 'ENTRYPOINT ["freshet"]' in text
+    exposed = re.search(r"^EXPOSE (.+)$", text, re.M)
+    assert exposed is not None
+    assert set(exposed.group(1).split()) == {str(TRAINER_PORT), str(REPLICA_PORT)}
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored
