@@ -1,0 +1,134 @@
+"""Dense parameters and optimizer state as plain named arrays (nothing pickled).
+
+A checkpoint stores a flat ``name -> array`` mapping. :func:`flatten_tree` turns nested
+state dicts (``model.state_dict()``, ``optimizer.state_dict()``) into such a mapping plus a
+JSON skeleton of the structure and scalars; :func:`unflatten_tree` puts them back together.
+Store the skeleton in the checkpoint's ``extra``.
+
+>>> import torch
+>>> model = torch.nn.Linear(2, 1)
+>>> opt = torch.optim.Adam(model.parameters(), lr=0.01)
+>>> model(torch.ones(1, 2)).sum().backward(); opt.step()
+>>> arrays, skeleton = flatten_tree({"model": model.state_dict(), "optim": opt.state_dict()})
+>>> sorted(arrays)[:3]
+['model/bias', 'model/weight', 'optim/state/0/exp_avg']
+>>> tree = unflatten_tree(arrays, skeleton)
+>>> opt.load_state_dict(tree["optim"]); tree["optim"]["param_groups"][0]["lr"]
+0.01
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from operators.errors import DenseStateError
+
+DenseValue: TypeAlias = npt.NDArray[Any] | torch.Tensor
+"""What a dense entry may be given as: a numpy array or a (dense) torch tensor."""
+
+# torch dtypes numpy has no type for: stored as a same-width integer view
+_VIEWED: dict[torch.dtype, tuple[str, torch.dtype]] = {
+    torch.bfloat16: ("bfloat16", torch.int16),
+}
+_UNVIEW = {name: dtype for dtype, (name, _) in _VIEWED.items()}
+
+
+@dataclass(frozen=True)
+class DenseArray:
+    """One dense array as stored: the numpy array and the torch dtype it came from, if any."""
+
+    array: npt.NDArray[Any]
+    torch_dtype: str | None = None
+
+    def tensor(self) -> torch.Tensor:
+        """The value as a torch tensor of its original dtype."""
+        t = torch.from_numpy(np.array(self.array, copy=True))
+        if self.torch_dtype in _UNVIEW:
+            return t.view(_UNVIEW[self.torch_dtype])
+        return t
+
+
+def snapshot_dense(dense: Mapping[str, DenseValue]) -> dict[str, DenseArray]:
+    """Copy every value of ``dense`` into a numpy array (the trainer may go on mutating them)."""
+    out: dict[str, DenseArray] = {}
+    for name, value in dense.items():
+        if not isinstance(name, str) or not name:
+            raise DenseStateError(str(name), "names must be non-empty strings")
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu()
+            if t.layout != torch.strided:
+                raise DenseStateError(name, f"layout {t.layout} is not dense")
+            dtype_name = str(t.dtype).removeprefix("torch.")
+            if t.dtype in _VIEWED:
+                t = t.contiguous().view(_VIEWED[t.dtype][1])
+            try:
+                arr = t.numpy().copy()
+            except TypeError as err:
+                raise DenseStateError(name, f"dtype {t.dtype} has no numpy equivalent") from err
+            out[name] = DenseArray(arr, dtype_name)
+        elif isinstance(value, np.ndarray):
+            if value.dtype.hasobject:
+                raise DenseStateError(name, "object arrays would need pickle")
+            out[name] = DenseArray(np.array(value, copy=True))
+        else:
+            raise DenseStateError(name, f"expected an array or tensor, got {type(value).__name__}")
+    return out
+
+
+def flatten_tree(tree: Mapping[str, Any], sep: str = "/") -> tuple[dict[str, DenseValue], Any]:
+    """Split a nested state into ``(arrays by path, JSON skeleton)``.
+
+    Leaves may be tensors, arrays, ints, floats, bools, strings or None; containers dicts
+    (string or int keys), lists and tuples.
+    """
+    arrays: dict[str, DenseValue] = {}
+
+    def walk(obj: Any, path: str) -> Any:
+        if isinstance(obj, torch.Tensor | np.ndarray):
+            arrays[path] = obj
+            return {"$array": path}
+        if isinstance(obj, Mapping):
+            items = []
+            for k, v in obj.items():
+                if not isinstance(k, str | int) or isinstance(k, bool):
+                    raise DenseStateError(path, f"key {k!r} is neither str nor int")
+                items.append([k, walk(v, f"{path}{sep}{k}" if path else str(k))])
+            return {"$dict": items}
+        if isinstance(obj, list | tuple):
+            kind = "$list" if isinstance(obj, list) else "$tuple"
+            return {kind: [walk(v, f"{path}{sep}{i}") for i, v in enumerate(obj)]}
+        if isinstance(obj, float) and not math.isfinite(obj):
+            return {"$float": repr(obj)}
+        if obj is None or isinstance(obj, bool | int | float | str):
+            return obj
+        raise DenseStateError(path, f"cannot store a {type(obj).__name__} without pickle")
+
+    return arrays, walk(tree, "")
+
+
+def unflatten_tree(arrays: Mapping[str, DenseValue], skeleton: Any) -> Any:
+    """Rebuild what :func:`flatten_tree` split (numpy arrays become tensors)."""
+
+    def build(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$array" in node:
+                value = arrays[node["$array"]]
+                return torch.from_numpy(np.array(value)) if isinstance(value, np.ndarray) else value
+            if "$dict" in node:
+                return {k: build(v) for k, v in node["$dict"]}
+            if "$list" in node:
+                return [build(v) for v in node["$list"]]
+            if "$tuple" in node:
+                return tuple(build(v) for v in node["$tuple"])
+            if "$float" in node:
+                return float(node["$float"])
+        return node
+
+    return build(skeleton)
