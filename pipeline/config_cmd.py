@@ -4,11 +4,12 @@ Examples::
 
     freshet config validate configs/fraud.yaml configs/ctr.yaml
     freshet config validate --show configs/fraud.yaml     # also print the resolved config
+    freshet config validate --model serve configs/fraud.yaml  # as `freshet serve` reads it
     freshet config schema > job.schema.json               # for editors and CI linters
 
-A file is validated exactly as ``freshet train`` loads it: the YAML, then ``FRESHET_*``
-environment overrides on top. Each error prints on its own line as
-``field.path: message (allowed range ...) [line N]``.
+A job file is validated exactly as ``freshet train`` loads it: the YAML, then ``FRESHET_*``
+environment overrides on top; ``--model serve`` validates it as ``freshet serve`` reads it.
+Each error prints on its own line as ``field.path: message (allowed range ...) [line N]``.
 
 Exit codes: 0 every file is valid, 2 a file is invalid, unreadable or not YAML.
 """
@@ -31,6 +32,7 @@ from pipeline.config_errors import explain
 # config model name -> "module:Class"; every entry validates with ``Class(**yaml_mapping)``
 MODELS: dict[str, str] = {
     "job": "configs.job:JobConfig",
+    "serve": "configs.serving:ServeFile",
 }
 ENV_PREFIX = "FRESHET_"
 

@@ -12,6 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from configs.job import JobConfig
+from configs.serving import ServeFile
 from pipeline.config_cmd import validate_file
 from pipeline.config_errors import explain
 
@@ -37,6 +38,8 @@ def test_every_yaml_in_configs_validates(path: Path, monkeypatch: pytest.MonkeyP
     config = JobConfig.from_yaml(path)
     assert config.kind in ("transaction", "ctr")
     assert validate_file(path, JobConfig) == (config, [])
+    # the same file is what `freshet serve --config` reads
+    assert validate_file(path, ServeFile) == (ServeFile.from_yaml(path), [])
 
 
 def _raw() -> dict[str, object]:
