@@ -22,18 +22,21 @@ device and comes back to the CPU.
 ...     ex = Exchange()
 ...     got = ex.exchange(torch.arange(6.0).view(3, 2), [3], [3])
 ...     reduced = all_reduce_gradients([torch.nn.Parameter(torch.ones(2))])
->>> got.shape, ex.stats.calls, ex.stats.bytes_remote, reduced
-(torch.Size([3, 2]), 1, 0, 12)
+...     notes = all_gather_json({"rank": 0, "offsets": {"t/0": 5}})
+>>> got.shape, ex.stats.calls, ex.stats.bytes_remote, reduced, notes
+(torch.Size([3, 2]), 1, 0, 12, [{'rank': 0, 'offsets': {'t/0': 5}}])
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -201,6 +204,22 @@ def all_reduce_ints(values: Sequence[int], group: ProcessGroup | None = None) ->
     else:
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return [int(v) for v in t.tolist()]
+
+
+def all_gather_json(obj: Any, group: ProcessGroup | None = None) -> list[Any]:
+    """Every rank's ``obj`` in rank order, sent as JSON text (never pickle)."""
+    data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
+    world = dist.get_world_size(group)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64), group=group)
+    longest = max(int(s) for s in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded[: len(data)] = data
+    out = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world)]
+    dist.all_gather(out, padded, group=group)
+    return [
+        json.loads(bytes(o[: int(s)].tolist()).decode()) for o, s in zip(out, sizes, strict=True)
+    ]
 
 
 @contextmanager
