@@ -16,6 +16,7 @@
     freshet_consumer_lag                     gauge      Σ end offset - trained position
     freshet_checkpoint_seconds               histogram  set by the checkpoint operator
     freshet_publish_seconds                  histogram  set by the publisher
+    freshet_published_version                gauge      last model version published
 
 Everything is read between two training steps, from a step hook (:func:`attach_metrics`).
 Per step it costs a few counter reads; the prequential metrics (a sort of every scored event)
@@ -133,6 +134,9 @@ class TrainerMetrics:
         self.publish_seconds = Histogram(
             "freshet_publish_seconds", "publish duration", buckets=DURATION_BUCKETS, registry=r
         )
+        self.published_version = Gauge(
+            "freshet_published_version", "last model version published", registry=r
+        )
         self.total_events = 0
         self._rate_samples: deque[tuple[float, int]] = deque()
         self._last_quality = -math.inf
@@ -198,9 +202,11 @@ class TrainerMetrics:
         """Record one checkpoint's duration."""
         self.checkpoint_seconds.observe(seconds)
 
-    def observe_publish(self, seconds: float) -> None:
-        """Record one publish's duration."""
+    def observe_publish(self, seconds: float, version: int | None = None) -> None:
+        """Record one publish's duration and the model version it published."""
         self.publish_seconds.observe(seconds)
+        if version is not None:
+            self.published_version.set(version)
 
     # -- hooks ---------------------------------------------------------------
     def on_batch(self, batch: SourceBatch, result: BatchResult | None = None) -> None:

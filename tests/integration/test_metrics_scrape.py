@@ -58,8 +58,11 @@ def publish_hook(publisher: Publisher, metrics: TrainerMetrics) -> Callable[[Tra
     def hook(job: TrainJob) -> None:
         if publisher.due() and job.store is not None and job.featurizer is not None:
             t0 = time.perf_counter()
-            publisher.publish(job.store, job.model.state_dict(), job.featurizer.state_dict())
-            metrics.observe_publish(time.perf_counter() - t0)
+            report = publisher.publish(
+                job.store, job.model.state_dict(), job.featurizer.state_dict()
+            )
+            if report is not None:
+                metrics.observe_publish(time.perf_counter() - t0, report.version)
 
     return hook
 
@@ -159,6 +162,7 @@ def test_trainer_and_replica_metrics_scraped_while_running(
     assert trainer["freshet_checkpoint_seconds_count"] == 1
     assert trainer["freshet_checkpoint_seconds_sum"] == pytest.approx(0.4)
     assert trainer["freshet_publish_seconds_count"] >= published
+    assert trainer["freshet_published_version"] == published
 
     assert served['freshet_replica_model_version{replica="r0"}'] == published
     assert served['freshet_replica_deltas_applied_total{replica="r0"}'] >= 1
