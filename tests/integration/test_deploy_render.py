@@ -147,7 +147,11 @@ def test_overlays_render(overlay: str) -> None:
     assert trainer["image"].endswith(IMAGE)
     if overlay == "dev":
         kafka = container(find(objects, "StatefulSet", "kafka"))
-        assert kafka["image"] == compose()["services"]["kafka"]["image"]
+        compose_kafka = compose()["services"]["kafka"]
+        assert kafka["image"] == compose_kafka["image"]
+        assert {e["name"]: e["value"] for e in kafka["env"]} == {
+            k: str(v) for k, v in compose_kafka["environment"].items()
+        }
         replay = container(find(objects, "Job", "freshet-replay"))
         assert replay["image"] == IMAGE
         assert replay["args"] == compose()["services"]["replay"]["command"]
