@@ -19,10 +19,12 @@
     freshet_published_version                gauge      last model version published
 
 Everything is read between two training steps, from a step hook (:func:`attach_metrics`).
-Per step it costs a few counter reads; the prequential metrics (a sort of every scored event)
-are refreshed every ``quality_every_s``, the cold-row estimate (RocksDB's
-``estimate-num-keys``, O(shards)) every ``rows_every_s``, and the lag on a thread of its own
-every ``lag_every_s`` (:mod:`pipeline.consumer_lag`; approximate on tansu).
+Per step it costs a few counter reads. The prequential metrics (a sort of every scored event)
+are refreshed every ``quality_every_s``, or less often as that sort grows: the next refresh
+waits at least 100x the last one's cost, so they take at most 1% of the training thread. The
+cold-row estimate (RocksDB's ``estimate-num-keys``, O(shards)) is refreshed every
+``rows_every_s``, and the lag on a thread of its own every ``lag_every_s``
+(:mod:`pipeline.consumer_lag`; approximate on tansu).
 
 >>> m = TrainerMetrics(job=None)
 >>> m.observe_checkpoint(0.25)
@@ -59,6 +61,7 @@ DEFAULT_PORT = 9400
 
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 RATE_WINDOW_S = 10.0
+QUALITY_COST_FACTOR = 100.0  # prequential refreshes take at most 1% of the training thread
 
 
 class TrainerMetrics:
@@ -139,7 +142,7 @@ class TrainerMetrics:
         )
         self.total_events = 0
         self._rate_samples: deque[tuple[float, int]] = deque()
-        self._last_quality = -math.inf
+        self._next_quality = -math.inf
         self._last_rows = -math.inf
         self._seen: dict[str, tuple[int, int]] = {}  # table -> (lookups, cold reads) counted
         self._dead_seen = 0
@@ -235,9 +238,10 @@ class TrainerMetrics:
                 self._dead_seen = 0
             self.dead_letters.inc(dead - self._dead_seen)
             self._dead_seen = dead
-        if force or now - self._last_quality >= self.quality_every_s:
-            self._last_quality = now
+        if force or now >= self._next_quality:
             self._update_quality(job)
+            cost = self.clock() - now
+            self._next_quality = now + max(self.quality_every_s, QUALITY_COST_FACTOR * cost)
         if store is not None and (force or now - self._last_rows >= self.rows_every_s):
             self._last_rows = now
             for table in store.tables:
