@@ -175,7 +175,12 @@ class DistributedTrainJob:
         return int(dist.get_world_size(self.group))
 
     def open(self) -> DistributedTrainJob:
-        """Open this rank's store, build model and trainer, restore if asked (no Kafka yet)."""
+        """Open this rank's store, build model and trainer, restore if asked (no Kafka yet).
+
+        Idempotent: a second call (``with job.open():``) returns the open job.
+        """
+        if self.store is not None:
+            return self
         if not dist.is_initialized():
             raise DistributedJobError(None, "torch.distributed is not initialised")
         cfg = self.config
@@ -521,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda signum, frame: job.stop())
     signal.signal(signal.SIGTERM, lambda signum, frame: job.stop())
     try:
-        with job.open():
+        with job:
             summary = job.run(max_events=args.max_events, idle_timeout_s=args.idle_timeout)
             assert job.store is not None
             mine = {

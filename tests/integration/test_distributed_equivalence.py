@@ -29,7 +29,7 @@ from pipeline.features import Featurizer
 from pipeline.models import BatchLayout, build_model, model_tables
 from pipeline.trainer import OnlineTrainer
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WORLD = 2
 BATCH = 48  # events per rank per step
