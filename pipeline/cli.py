@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("pipeline.config_cmd", "validate job YAML files or print their JSON schema"),
     "inspect": ("pipeline.inspect_cmd", "show a store directory's tables, rows and checkpoints"),
     "serve": ("pipeline.serve_cmd", "run an inference replica: snapshots + deltas -> HTTP"),
+    "checkpoint": ("pipeline.checkpoint_cmd", "list, verify, restore or compact checkpoints"),
 }
 
 
