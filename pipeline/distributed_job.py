@@ -53,6 +53,7 @@ from embedding_store.distributed import DistributedStore, distribute_bags
 from pipeline.distributed_trainer import DistributedTrainer
 from pipeline.errors import PipelineError
 from pipeline.features import Featurizer
+from pipeline.logging import setup_logging
 from pipeline.metrics import PrequentialMetrics
 from pipeline.models import BatchLayout, build_model, model_tables
 from pipeline.source import (
@@ -486,7 +487,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-dir", default=None, help="coordinated checkpoints here")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="steps between them")
     parser.add_argument("--restore", action="store_true", help="start from the latest one")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="logs")
     return parser
+
+
+class _RankFilter(logging.Filter):
+    """Prefix every log message with the rank that wrote it."""
+
+    def __init__(self, rank: str) -> None:
+        super().__init__()
+        self.prefix = f"rank {rank}: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Prefix the message (once) and keep the record."""
+        if isinstance(record.msg, str) and not record.msg.startswith(self.prefix):
+            record.msg = self.prefix + record.msg
+        return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -496,10 +512,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from configs.job import JobConfig
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s rank{os.environ.get('RANK', '?')} %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.log_format)
+    rank_filter = _RankFilter(os.environ.get("RANK", "?"))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(rank_filter)
     try:
         config = JobConfig.from_yaml(args.config)
     except (OSError, ValidationError, ValueError) as err:
