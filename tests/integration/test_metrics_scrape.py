@@ -124,6 +124,7 @@ def test_trainer_and_replica_metrics_scraped_while_running(
         with job, publisher, replica:
             server.start()
             summary = job.run(max_events=EVENTS, idle_timeout_s=30)
+            metrics.update(job, force=True)  # refreshes throttled by their cost are due now
             metrics.observe_checkpoint(0.4)
             deadline = time.monotonic() + 15
             trainer = scrape(trainer_url)
