@@ -117,6 +117,7 @@ def _reference(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return {t.name: (all_ids, store.read_rows(t.name, all_ids)[1]) for t in TABLES}
 
 
+@pytest.mark.integration  # two rank processes over gloo
 def test_two_ranks_train_like_one_store_on_the_union_batch(tmp_path: Path) -> None:
     root = tmp_path / "dist"
     mp.start_processes(_worker, args=(2, _free_port(), str(root)), nprocs=2, start_method="spawn")
