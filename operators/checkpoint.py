@@ -505,10 +505,10 @@ class CheckpointManager:
         self.wait()
         index = load_index(self.root)
         if checkpoint_id is None:
-            latest = self.latest_complete()
+            latest = self.latest_complete()  # verifies the chain on the way
             if latest is None:
                 raise NoCompleteCheckpointError(self.root)
-            checkpoint_id = latest.id
+            checkpoint_id, verify = latest.id, False
         info = index.find(checkpoint_id)
         infos = index.chain(info.chain).upto(checkpoint_id)
         if verify:
