@@ -161,6 +161,7 @@ class DistributedTrainJob:
         self.restored: Any = None
         self.global_events = 0
         self.steps = 0
+        self.last_checkpoint: WorldCheckpoint | None = None
         self._stop = threading.Event()
         self._tickets: dict[int, PrefetchTicket] = {}
 
@@ -397,8 +398,12 @@ class DistributedTrainJob:
                     self._progress_cb(point)
             if max_events is not None and self.global_events >= max_events:
                 break
-        if self.checkpoint_options is not None and self.checkpoint_options.at_end:
-            self.checkpoint()
+        opts = self.checkpoint_options
+        if opts is not None and opts.at_end:
+            last = self.last_checkpoint
+            assert self.store is not None
+            if last is None or last.version != self.store.version:  # the same on every rank
+                self.checkpoint()
         summary.seconds = time.perf_counter() - t0
         final = self.progress(summary.seconds, summary)
         summary.history.append(final)
@@ -430,13 +435,14 @@ class DistributedTrainJob:
         if self.world is None or self.store is None or self.source is None:
             raise DistributedJobError(self.rank, "checkpoints need checkpoint options and run()")
         arrays, skeleton = self._dense_state()
-        return self.world.write(
+        self.last_checkpoint = self.world.write(
             self.store.local,
             arrays,
             offsets_to_json(dict(self.source.snapshot())),
             config_hash=self._config_hash(),
             extra={"dense_skeleton": skeleton, "steps": self.steps},
         )
+        return self.last_checkpoint
 
     def progress(self, elapsed: float, summary: TrainSummary) -> Progress:
         """A progress point: global events and throughput, this rank's metrics and store."""
