@@ -67,14 +67,20 @@ def machine_info() -> dict[str, Any]:
 
 
 def git_info() -> dict[str, Any]:
-    """The checkout's commit and whether it had local changes."""
+    """The checkout's commit, whether it had local changes, and which store files did."""
 
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
         ).stdout.strip()
 
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines()]
+    store = [p for p in changed if p.startswith("embedding_store/")]
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(changed),
+        "uncommitted_store_files": store,
+    }
 
 
 def command_line() -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -170,6 +171,7 @@ def run_store_bench(
         notes=NOTES + ([f"{', '.join(profile)} ran under py-spy (100 Hz, --nonblocking)"]
                        if profile else []),
     )
+    result["load_average_end"] = list(os.getloadavg())
     write_json(result, out)
     plot_store(result, out.with_suffix(".png"))
     return result

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -145,6 +146,7 @@ def run_sweep(
             "of consecutive batches",
         ],
     )
+    result["load_average_end"] = list(os.getloadavg())
     write_json(result, out)
     plot_sweep(result, out.with_suffix(".png"))
     return result
