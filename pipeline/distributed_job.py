@@ -88,6 +88,9 @@ class CheckpointOptions:
 
     ``every_steps`` 0 writes one only when the run ends (if ``at_end``); ``restore`` starts
     from the latest one under ``root`` when there is one.
+
+    >>> CheckpointOptions("/var/freshet/ckpt", every_steps=500).full_every
+    8
     """
 
     root: str
@@ -137,6 +140,14 @@ class DistributedTrainJob:
     """One rank of the N-rank job (see the module docstring).
 
     ``torch.distributed`` must be initialised before :meth:`open`. Constructing does no I/O.
+
+    >>> from configs.job import JobConfig
+    >>> config = JobConfig.model_validate({"kind": "ctr", "source": {"topic": "clicks",
+    ...     "assignment": "manual"}, "features": {"sparse": [{"type": "categorical",
+    ...     "name": "c1", "table": "cat", "field": "c1"}]}, "model": {"type": "logistic"}})
+    >>> job = DistributedTrainJob(config)      # no process group, store or broker yet
+    >>> job.store is None, job.steps
+    (True, 0)
     """
 
     def __init__(

@@ -13,6 +13,26 @@ optimizer steps::
 A rank without events trains an empty batch: it still takes part in every collective. With
 the summed loss, the ranks' summed gradients are the gradients of the union of their
 batches, so N ranks take the step one trainer would take on that union.
+
+>>> import tempfile
+>>> from embedding_store import EmbeddingStore, StoreConfig
+>>> from embedding_store.collectives import single_process_group
+>>> from embedding_store.distributed import distribute_bags
+>>> from pipeline.feature_spec import CategoricalSpec, FeatureSpec
+>>> from pipeline.models import BatchLayout, ModelSpec, build_model, model_tables
+>>> fspec = FeatureSpec(sparse=(CategoricalSpec("ad", "ads", "ad"),))
+>>> mspec, layout = ModelSpec(kind="logistic"), BatchLayout.from_spec(fspec)
+>>> events = [{"ad": "x", "label": 1}, {"ad": "y", "label": 0}]
+>>> with tempfile.TemporaryDirectory() as d, single_process_group():
+...     with DistributedStore(StoreConfig(d, model_tables(mspec, layout))) as store:
+...         model = build_model(mspec, layout, store)  # type: ignore[arg-type]
+...         swapped = distribute_bags(model, store)
+...         trainer = DistributedTrainer(model, store, Featurizer(fspec))
+...         first = trainer.train_batch(events)
+...         idle = trainer.train_batch([])  # a rank without events still steps
+...         second = trainer.train_batch(events)
+>>> first.scores.tolist(), idle.size, bool(second.scores[0] > 0.5 > second.scores[1])
+([0.5, 0.5], 0, True)
 """
 
 from __future__ import annotations
