@@ -188,6 +188,7 @@ def test_compose_uses_the_k8s_image_commands_and_ports() -> None:
         "FRESHET_STORE__PATH",
         "FRESHET_PUBLISH__TOPIC",
         "FRESHET_PUBLISH__SNAPSHOT_DIR",
+        "FRESHET_OPERATORS__CHECKPOINT__DIR",
     ):
         assert trainer["environment"][key] == k8s_env[key], key
 
