@@ -9,7 +9,7 @@
 ...      "counters": {"hits": 9.0, "misses": 1.0, "cold_reads": 4.0}}
 >>> s = summarise_segment([w, w], samples_per_window=10)
 >>> s["samples_per_s"], s["samples_per_cpu_s"], s["hit_ratio"], s["step_hit_ratio"]
-(10.0, 5.0, 0.8, 0.9)
+(10.0, 5.0, 0.6, 0.9)
 """
 
 from __future__ import annotations
