@@ -31,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from configs.features import FeaturesConfig, ModelConfig
+from configs.operators import OperatorsConfig
+from configs.serving import PublishConfig, ServeConfig
 
 
 class _Section(BaseModel):
@@ -137,6 +139,23 @@ class JobConfig(BaseSettings):
     features: FeaturesConfig = Field(description="feature spec")
     model: ModelConfig = Field(description="the model trained online")
     baseline: ModelConfig | None = Field(default=None, description="comparison model")
+    operators: OperatorsConfig | None = Field(
+        default=None, description="scheduled operators: migration, checkpoints, expiry"
+    )
+    publish: PublishConfig | None = Field(
+        default=None, description="delta publishing to replicas (none: off)"
+    )
+    serve: ServeConfig | None = Field(
+        default=None, description="replica settings (read by freshet serve, not the trainer)"
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="serve the trainer's /metrics on this port (0: a free one; none: off)",
+    )
+    metrics_addr: str = Field(
+        default="127.0.0.1", min_length=1, max_length=255,
+        description="address /metrics listens on (0.0.0.0 in containers)",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -211,6 +211,9 @@ class ServeFile(_Section):
     store: dict[str, Any] | None = Field(default=None, description="job section, not read")
     training: dict[str, Any] | None = Field(default=None, description="job section, not read")
     baseline: dict[str, Any] | None = Field(default=None, description="job section, not read")
+    operators: dict[str, Any] | None = Field(default=None, description="job section, not read")
+    metrics_port: int | None = Field(default=None, description="job setting, not read")
+    metrics_addr: str | None = Field(default=None, description="job setting, not read")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ServeFile:

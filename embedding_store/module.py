@@ -75,7 +75,7 @@ class StoreEmbeddingBag(nn.Module):
         if offsets is None and lengths is None:
             if ids.dim() != 2:
                 raise ShapeError(self.table, "without offsets or lengths, ids must be (B, F)")
-            return weight.index_select(0, inv).view(ids.shape[0], ids.shape[1], -1)
+            return weight.index_select(0, inv).view(ids.shape[0], ids.shape[1], weight.shape[1])
         if ids.dim() != 1:
             raise ShapeError(self.table, "with offsets or lengths, ids must be 1-D values")
         if offsets is None:

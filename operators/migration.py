@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from embedding_store import TableStats
+from operators import failpoints
 from operators.base import Detail, Operator, OperatorContext, OperatorResult
 
 
@@ -90,7 +91,9 @@ class TierMigration(Operator):
             metrics.set("tier_migration_hit_ratio_before", self._last_window)
         if self.age:
             store.age()
+        failpoints.hit("migration")
         report = store.migrate(self.scan_limit)
+        failpoints.hit("migration_done")
         self._last = self._counts(context)
         self._last_window = window if window is not None else self._last_window
         details.update(promoted=report.promoted, demoted=report.demoted)

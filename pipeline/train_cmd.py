@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--idle-timeout", type=float, default=None, help="stop after S seconds without events"
     )
+    parser.add_argument(
+        "--nproc", type=int, default=1, help="ranks on this machine (torch.distributed, gloo)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,6 +31,15 @@ def run(args: argparse.Namespace) -> int:
     from configs.job import JobConfig
     from pipeline.train_job import Progress, TrainJob
 
+    if args.nproc > 1:
+        from pipeline.launch import launch
+
+        extra: list[str] = []
+        if args.max_events is not None:
+            extra += ["--max-events", str(args.max_events)]
+        if args.idle_timeout is not None:
+            extra += ["--idle-timeout", str(args.idle_timeout)]
+        return launch(args.config, args.nproc, extra)
     try:
         config = JobConfig.from_yaml(args.config)
     except (OSError, ValidationError, ValueError) as err:
@@ -53,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    with job.open():
+    with job:
         summary = job.run(max_events=args.max_events, idle_timeout_s=args.idle_timeout)
     out = {k: v for k, v in asdict(summary).items() if k != "history"}
     print(json.dumps(out, indent=2))

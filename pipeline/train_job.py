@@ -91,12 +91,20 @@ class TrainJob:
         self.featurizer: Featurizer | None = None
         self.model: Any = None
         self.start_offsets: dict[tuple[str, int], int] = {}
+        self.events_trained = 0  # in this model's lineage: restored from checkpoints
+        self.operators: Any = None
+        self.metrics_exporter: Any = None
         self._stop = threading.Event()
         self._tickets: dict[int, PrefetchTicket] = {}
 
     # -- life cycle ----------------------------------------------------------
     def open(self) -> TrainJob:
-        """Open the store and build the featurizer, model and trainer (no Kafka yet)."""
+        """Open the store, build featurizer, model and trainer, restore the newest checkpoint.
+
+        Idempotent. Kafka is not touched until :meth:`run`.
+        """
+        if self.store is not None:
+            return self
         cfg = self.config
         fspec = cfg.features.to_spec()
         mspec = cfg.model.to_spec()
@@ -123,6 +131,14 @@ class TrainJob:
             dense_optimizer=mspec.dense_optimizer.build(self.model.parameters()),
             metrics=PrequentialMetrics(window=cfg.training.auc_window),
         )
+        from pipeline.job_operators import JobOperators
+
+        self.operators = JobOperators(self)
+        self.operators.open()
+        if getattr(cfg, "metrics_port", None) is not None:
+            from pipeline.trainer_metrics import attach_metrics
+
+            self.metrics_exporter = attach_metrics(self, cfg.metrics_port, cfg.metrics_addr)
         return self
 
     def _source_config(self) -> SourceConfig:
@@ -141,8 +157,16 @@ class TrainJob:
             client_config=src.security.client_config(),
         )
 
-    def close(self) -> None:
-        """Release prefetch pins, close the source and flush and close the store."""
+    def close(self, clean: bool = True) -> None:
+        """Release pins, write the final checkpoint (if ``clean``), close source and store."""
+        if self.operators is not None:
+            try:
+                self.operators.close(clean and self.store is not None)
+            finally:
+                self.operators = None
+        if self.metrics_exporter is not None:
+            self.metrics_exporter.close()
+            self.metrics_exporter = None
         for ticket in self._tickets.values():
             ticket.release()
         self._tickets.clear()
@@ -162,7 +186,7 @@ class TrainJob:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        self.close(clean=exc_type is None)
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the current batch (thread-safe)."""
@@ -197,6 +221,7 @@ class TrainJob:
             last_event = now
             self._train_one(batch)
             summary.events += len(batch.events)
+            self.events_trained += len(batch.events)
             summary.batches += 1
             for hook in self.step_hooks:
                 hook(self)
@@ -206,8 +231,8 @@ class TrainJob:
                 summary.history.append(point)
                 if self._progress_cb is not None:
                     self._progress_cb(point)
-            if max_events is not None and summary.events >= max_events:
-                break
+            if max_events is not None and self.events_trained >= max_events:
+                break  # counted over the lineage, so a restarted run stops at the same event
         summary.seconds = time.perf_counter() - t0
         final = self.progress(summary.seconds, summary)
         summary.history.append(final)
