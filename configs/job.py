@@ -149,11 +149,15 @@ class JobConfig(BaseSettings):
         default=None, description="replica settings (read by freshet serve, not the trainer)"
     )
     metrics_port: int | None = Field(
-        default=None, ge=0, le=65535,
+        default=None,
+        ge=0,
+        le=65535,
         description="serve the trainer's /metrics on this port (0: a free one; none: off)",
     )
     metrics_addr: str = Field(
-        default="127.0.0.1", min_length=1, max_length=255,
+        default="127.0.0.1",
+        min_length=1,
+        max_length=255,
         description="address /metrics listens on (0.0.0.0 in containers)",
     )
 

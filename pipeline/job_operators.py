@@ -86,8 +86,10 @@ class JobOperators:
     def config_hash(self) -> str:
         """A hash of what must match for a checkpoint to be resumed (features and model)."""
         cfg = self.job.config
-        body = {"features": cfg.features.model_dump(mode="json"),
-                "model": cfg.model.model_dump(mode="json")}
+        body = {
+            "features": cfg.features.model_dump(mode="json"),
+            "model": cfg.model.model_dump(mode="json"),
+        }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def _flat(self) -> tuple[dict[str, Any], Any]:
@@ -127,7 +129,10 @@ class JobOperators:
         if ops is not None and ops.checkpoint is not None:
             ck = ops.checkpoint
             self.manager = CheckpointManager(
-                ck.dir, ck.retention, ck.rows_per_file, watermarks=self.watermarks,
+                ck.dir,
+                ck.retention,
+                ck.rows_per_file,
+                watermarks=self.watermarks,
                 file_hook=lambda path: failpoints.hit("checkpoint_file"),
             )
             self._restore()
@@ -149,7 +154,9 @@ class JobOperators:
         if restored.config_hash and restored.config_hash != self.config_hash():
             log.warning(
                 "checkpoint %s was written with config hash %s, this job has %s",
-                restored.checkpoint, restored.config_hash, self.config_hash(),
+                restored.checkpoint,
+                restored.config_hash,
+                self.config_hash(),
             )
         skeleton = restored.extra.get("dense_skeleton")
         if skeleton is not None:
@@ -157,8 +164,10 @@ class JobOperators:
             job.model.load_state_dict(tree["model"])
             assert job.featurizer is not None and job.trainer is not None
             job.featurizer.load_state_dict(
-                {k: np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v)
-                 for k, v in tree["featurizer"].items()}
+                {
+                    k: np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v)
+                    for k, v in tree["featurizer"].items()
+                }
             )
             if "optim" in tree and job.trainer.dense_optimizer is not None:
                 job.trainer.dense_optimizer.load_state_dict(tree["optim"])
@@ -167,7 +176,10 @@ class JobOperators:
         self.restored_version = restored.version
         log.info(
             "restored checkpoint %s (version %d, %d events trained); resuming at %s",
-            restored.checkpoint, restored.version, job.events_trained, dict(restored.offsets),
+            restored.checkpoint,
+            restored.version,
+            job.events_trained,
+            dict(restored.offsets),
         )
 
     def _start_publisher(self) -> None:
@@ -176,8 +188,11 @@ class JobOperators:
 
         pub_cfg = self.job.config.publish
         self.publisher = Publisher(
-            pub_cfg.bootstrap, pub_cfg.topic, pub_cfg.snapshot_dir,
-            settings=pub_cfg.to_settings(), signer=pub_cfg.signing.signer(),
+            pub_cfg.bootstrap,
+            pub_cfg.topic,
+            pub_cfg.snapshot_dir,
+            settings=pub_cfg.to_settings(),
+            signer=pub_cfg.signing.signer(),
             client_config=self.job.config.source.security.client_config(),
         )
         self.publisher.start()
@@ -195,12 +210,14 @@ class JobOperators:
             return
         manager.wait()
         ctx = self.context()
-        kwargs = dict(dense=ctx.dense_state(), offsets=ctx.source_offsets(),
-                      config_hash=ctx.config_hash, extra=ctx.extra())
-        if manager.has_base(job.store):
-            info = manager.write_incremental(job.store, **kwargs)
-        else:
-            info = manager.write_full(job.store, **kwargs)
+        write = manager.write_incremental if manager.has_base(job.store) else manager.write_full
+        info = write(
+            job.store,
+            dense=ctx.dense_state(),
+            offsets=ctx.source_offsets(),
+            config_hash=ctx.config_hash,
+            extra=ctx.extra(),
+        )
         log.info("final checkpoint %s at version %d", info.id, info.version)
 
     def close(self, clean: bool) -> None:

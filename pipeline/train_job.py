@@ -15,6 +15,8 @@ Constructing a job does no I/O; :meth:`TrainJob.open` opens the store and builds
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -109,6 +111,7 @@ class TrainJob:
         fspec = cfg.features.to_spec()
         mspec = cfg.model.to_spec()
         layout = BatchLayout.from_spec(fspec)
+        _discard_unchecked_store(cfg)
         tables = tuple(
             t if cfg.store.hot_rows is None else _with_budget(t, cfg.store.hot_rows)
             for t in model_tables(mspec, layout)
@@ -207,6 +210,8 @@ class TrainJob:
                 self.source.seek(self.start_offsets)
             self.source.start()
         summary = TrainSummary()
+        if max_events is not None and self.events_trained >= max_events:
+            self._stop.set()  # a restored lineage that already trained everything asked for
         t0 = last_event = last_progress = time.perf_counter()
         started = False  # throughput counts from the first batch, not the group join
         while not self._stop.is_set():
@@ -280,6 +285,30 @@ class TrainJob:
             dead_letters=self.source.dead_letters if self.source is not None else 0,
             store_version=self.store.version,
         )
+
+
+def _discard_unchecked_store(cfg: Any) -> None:
+    """Discard a store no checkpoint vouches for.
+
+    With checkpoints configured but none complete, a store directory left by a crashed run
+    holds updates no checkpoint covers: start it empty, or events would count twice.
+    """
+    ops = getattr(cfg, "operators", None)
+    if ops is None or ops.checkpoint is None or not os.path.exists(cfg.store.path):
+        return
+    from operators.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(ops.checkpoint.dir)
+    try:
+        if manager.latest_complete() is None:
+            log.warning(
+                "no complete checkpoint in %s: discarding store %s left by an earlier run",
+                ops.checkpoint.dir,
+                cfg.store.path,
+            )
+            shutil.rmtree(cfg.store.path)
+    finally:
+        manager.close()
 
 
 def _with_budget(table: Any, hot_rows: int) -> Any:
