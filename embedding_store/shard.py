@@ -209,7 +209,12 @@ class ShardTable:
                 self._touch(prov, step, now)
             rows = self.hot.rows
             emb = rows["emb"][s]
-            state = self.layout.state(rows[s])
+            # gather the state column alone, not whole structured rows
+            state = (
+                rows["state"][s]
+                if self.layout.state_dim
+                else np.zeros((len(s), 0), dtype=np.float32)
+            )
             new_emb, new_state = optimizers.update(emb, state, grads[keep], self.table.optimizer)
             rows["emb"][s] = new_emb
             if self.layout.state_dim:
