@@ -18,6 +18,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "store": ("benchmarks.store_bench", "tiered vs all-DRAM vs EmbeddingBag vs naive RocksDB"),
     "sweep": ("benchmarks.sweep", "throughput and hit ratio over DRAM budgets and Zipf exponents"),
     "memory": ("benchmarks.memory", "DRAM bytes per hot row against the row's raw bytes"),
+    "pipeline": ("benchmarks.pipeline_bench", "events/s from Kafka vs store-only, time split"),
+    "serve": ("benchmarks.serve_bench", "replica throughput, latency, freshness, delta bytes"),
+    "scaling": ("benchmarks.scaling_bench", "samples/s with 1 and 2 ranks, all-to-all bytes"),
+    "checkpoint": ("benchmarks.checkpoint_bench", "incremental vs full checkpoint, restore"),
 }
 
 
