@@ -80,6 +80,7 @@ class JobOperators:
         self.metrics = MetricsRegistry()
         self.watermarks = WriteLogWatermarks()
         self.restored_version: int | None = None
+        self.reports: list[Any] = []  # every OperatorReport of this job
         self._dense_cache: tuple[int, dict[str, Any], Any] | None = None
 
     # -- state the operators read --------------------------------------------
@@ -201,7 +202,7 @@ class JobOperators:
     def run_pending(self) -> None:
         """Run the operators the scheduler has queued (training thread, step boundary)."""
         if self.scheduler is not None:
-            self.scheduler.run_pending(self.context())
+            self.reports.extend(self.scheduler.run_pending(self.context()))
 
     def final_checkpoint(self) -> None:
         """Write a last checkpoint synchronously (at a clean stop)."""
