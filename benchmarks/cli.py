@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "serve": ("benchmarks.serve_bench", "replica throughput, latency, freshness, delta bytes"),
     "scaling": ("benchmarks.scaling_bench", "samples/s with 1 and 2 ranks, all-to-all bytes"),
     "checkpoint": ("benchmarks.checkpoint_bench", "incremental vs full checkpoint, restore"),
+    "drift": ("benchmarks.drift_bench", "hit ratio on a drifting stream, with/without migration"),
     "operators": ("benchmarks.operators_bench", "training with operators on schedule vs without"),
 }
 
