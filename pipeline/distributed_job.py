@@ -53,6 +53,7 @@ from embedding_store.distributed import DistributedStore, distribute_bags
 from pipeline.distributed_trainer import DistributedTrainer
 from pipeline.errors import PipelineError
 from pipeline.features import Featurizer
+from pipeline.job_operators import offsets_from_json, offsets_to_json
 from pipeline.logging import setup_logging
 from pipeline.metrics import PrequentialMetrics
 from pipeline.models import BatchLayout, build_model, model_tables
@@ -110,30 +111,6 @@ def partitions_of_rank(
     (('t', 0), ('t', 2))
     """
     return tuple(sorted(partitions)[rank::world])
-
-
-def offsets_to_json(offsets: dict[PartitionKey, int]) -> dict[str, int]:
-    """``{(topic, partition): offset}`` as ``{"topic/partition": offset}``.
-
-    Kafka topic names have no ``/``.
-
-    >>> offsets_to_json({("t", 1): 5})
-    {'t/1': 5}
-    """
-    return {f"{t}/{p}": int(o) for (t, p), o in sorted(offsets.items())}
-
-
-def offsets_from_json(raw: dict[str, int]) -> dict[PartitionKey, int]:
-    """Inverse of :func:`offsets_to_json`.
-
-    >>> offsets_from_json({"t/1": 5})
-    {('t', 1): 5}
-    """
-    out: dict[PartitionKey, int] = {}
-    for key, value in raw.items():
-        topic, _, part = key.rpartition("/")
-        out[(topic, int(part))] = int(value)
-    return out
 
 
 class DistributedTrainJob:
