@@ -606,10 +606,16 @@ class EmbeddingStore:
         return found, rows
 
     def truncate_write_log(self, version: int) -> None:
-        """Forget which rows were written at or before ``version`` (after a checkpoint)."""
+        """Forget which rows were written at or before ``version`` (after a checkpoint).
+
+        Tombstones recorded before ``version`` go too; those recorded at ``version`` itself
+        stay, since an expiry at that boundary may follow the checkpoint that named it.
+        """
         for sts in self._tables.values():
             for st in sts:
                 st.truncate_log(version)
+        for name, tombs in self._tombstones.items():
+            self._tombstones[name] = [(v, ids) for v, ids in tombs if v >= version]
 
 
 def _merge(parts: list[tuple[IdArray, RowBlock]], layout: RowLayout) -> tuple[IdArray, RowBlock]:

@@ -103,3 +103,22 @@ def test_state_roundtrip_and_delete_rows(store: EmbeddingStore) -> None:
     assert found.tolist() == [False, False, True, True, True]
     store.load_state({"version": 7, "epochs": {"ads": 3}})
     assert store.version == 7 and store.state()["epochs"] == {"ads": 3}
+
+
+def test_truncating_the_write_log_prunes_old_tombstones(tmp_path: Path) -> None:
+    table = TableConfig("ads", 4, expire_after_steps=1)
+    with EmbeddingStore(StoreConfig(str(tmp_path / "e"), (table,), num_shards=1)) as store:
+        for step in range(4):
+            ids = np.array([step], dtype=np.int64)
+            store.lookup("ads", ids)
+            store.apply_gradients("ads", ids, np.ones((1, 4), np.float32))
+            store.end_step()
+            store.expire()
+        assert store.tombstones_since("ads", -1).tolist() == [0, 1]
+        # id 0 expired at the boundary of version 3, id 1 at version 4
+        store.truncate_write_log(3)
+        assert store.tombstones_since("ads", -1).tolist() == [0, 1]  # kept: recorded at 3
+        store.truncate_write_log(4)
+        assert store.tombstones_since("ads", -1).tolist() == [1]
+        store.truncate_write_log(5)
+        assert store.tombstones_since("ads", -1).tolist() == []
