@@ -238,14 +238,7 @@ class CheckpointManager:
         """Write every row and the small state now; rows stream to disk inside the boundary."""
         self.wait()
         with store.step_boundary():
-            snap = capture_full(
-                store,
-                dense or {},
-                offsets or {},
-                config_hash=config_hash,
-                extra=extra or {},
-                materialize=False,
-            )
+            snap = self._capture_full(store, dense, offsets, config_hash, extra, materialize=False)
             return self._commit(snap, None, store)
 
     def submit_full(
@@ -259,15 +252,28 @@ class CheckpointManager:
         """Copy every row at the boundary, then write them on the background thread."""
         self.wait()
         with store.step_boundary():
-            snap = capture_full(
-                store,
-                dense or {},
-                offsets or {},
-                config_hash=config_hash,
-                extra=extra or {},
-                materialize=True,
-            )
+            snap = self._capture_full(store, dense, offsets, config_hash, extra, materialize=True)
         return self._submit(snap, None, store)
+
+    @staticmethod
+    def _capture_full(
+        store: EmbeddingStore,
+        dense: Mapping[str, DenseValue] | None,
+        offsets: Mapping[str, Any] | None,
+        config_hash: str,
+        extra: Mapping[str, Any] | None,
+        *,
+        materialize: bool,
+    ) -> CheckpointSnapshot:
+        """Every row and the small state (call inside the step boundary)."""
+        return capture_full(
+            store,
+            dense or {},
+            offsets or {},
+            config_hash=config_hash,
+            extra=extra or {},
+            materialize=materialize,
+        )
 
     def write_incremental(
         self,
