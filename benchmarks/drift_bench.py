@@ -21,20 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--every", type=int, default=10, help="steps between migrations")
 
 
-def _zipf(rng: np.random.Generator, n: int, vocab: int) -> np.ndarray:
-    ranks = np.arange(1, vocab + 1, dtype=np.float64)
-    cdf = np.cumsum(ranks**-1.1)
-    cdf /= cdf[-1]
-    return np.searchsorted(cdf, rng.random(n)).astype(np.int64)
-
-
 def _run(path: str, every: int | None, steps: int, vocab: int, window: int) -> list[float]:
     from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
     from operators.base import OperatorContext
     from operators.metrics import MetricsRegistry
     from operators.migration import TierMigration
+    from pipeline.generators import zipf_sampler
 
     rng = np.random.default_rng(0)
+    cdf, _ = zipf_sampler(vocab, 1.1, np.random.default_rng(1))  # ranks, built once
     table = TableConfig("t", 16, OptimizerConfig("sgd", lr=0.1), hot_rows=vocab // 20)
     ratios: list[float] = []
     with EmbeddingStore(StoreConfig(path, (table,), num_shards=2)) as store:
@@ -42,7 +37,8 @@ def _run(path: str, every: int | None, steps: int, vocab: int, window: int) -> l
         s0 = store.stats("t")
         for step in range(steps):
             shift = 0 if step < steps // 2 else vocab // 2  # the popular ids move halfway
-            ids = (_zipf(rng, 2048, vocab) + shift) % vocab
+            ranks = np.searchsorted(cdf, rng.random(2048)).astype(np.int64)
+            ids = (ranks + shift) % vocab
             store.lookup("t", ids)
             store.apply_gradients("t", ids, np.zeros((len(ids), 16), np.float32))
             store.end_step()

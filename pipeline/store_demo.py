@@ -25,6 +25,7 @@ from embedding_store import (
     StoreEmbeddingBag,
     TableConfig,
 )
+from pipeline.generators import zipf_sampler
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,7 @@ class StoreDemoSummary:
 def _zipf_batches(
     rng: np.random.Generator, steps: int, batch: int, features: int, vocab: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    ranks = np.arange(1, vocab + 1, dtype=np.float64)
-    cdf = np.cumsum(ranks**-1.05)
-    cdf /= cdf[-1]
-    perm = rng.permutation(vocab)
+    cdf, perm = zipf_sampler(vocab, 1.05, rng)
     true_w = rng.normal(0, 1, vocab).astype(np.float32)
     out = []
     for step in range(steps):
