@@ -112,6 +112,28 @@ class StoreSection(_Section):
     )
     lfu_decay: float = Field(default=0.5, gt=0, le=1, description="LFU aging factor")
     write_buffer_mb: int = Field(default=16, ge=1, le=4096, description="RocksDB memtable")
+    admit_after: int = Field(
+        default=1, ge=1, le=1_000_000, description="an id gets a row after this many sightings"
+    )
+    expire_after_steps: int | None = Field(
+        default=None, ge=1, description="expiry drops rows unseen for this many steps"
+    )
+    expire_after_seconds: float | None = Field(
+        default=None, gt=0, description="expiry drops rows unseen for this many seconds"
+    )
+
+    def table_overrides(self) -> dict[str, Any]:
+        """Per-table settings this section applies to every model table (for ``replace``).
+
+        >>> StoreSection(hot_rows=10, expire_after_steps=5).table_overrides()
+        {'admit_after': 1, 'expire_after_steps': 5, 'hot_rows': 10}
+        """
+        out: dict[str, Any] = {"admit_after": self.admit_after}
+        for key in ("expire_after_steps", "expire_after_seconds", "hot_rows"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
 
 
 class TrainingSection(_Section):

@@ -177,10 +177,8 @@ class DistributedTrainJob:
         fspec = cfg.features.to_spec()
         mspec = cfg.model.to_spec()
         layout = BatchLayout.from_spec(fspec)
-        tables = tuple(
-            t if cfg.store.hot_rows is None else replace(t, hot_rows=cfg.store.hot_rows)
-            for t in model_tables(mspec, layout)
-        )
+        overrides = cfg.store.table_overrides()
+        tables = tuple(replace(t, **overrides) for t in model_tables(mspec, layout))
         store_cfg = StoreConfig(
             cfg.store.path,
             tables,

@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
@@ -112,10 +112,8 @@ class TrainJob:
         mspec = cfg.model.to_spec()
         layout = BatchLayout.from_spec(fspec)
         _discard_unchecked_store(cfg)
-        tables = tuple(
-            t if cfg.store.hot_rows is None else _with_budget(t, cfg.store.hot_rows)
-            for t in model_tables(mspec, layout)
-        )
+        overrides = cfg.store.table_overrides()
+        tables = tuple(replace(t, **overrides) for t in model_tables(mspec, layout))
         self.store = EmbeddingStore(
             StoreConfig(
                 cfg.store.path,
@@ -309,9 +307,3 @@ def _discard_unchecked_store(cfg: Any) -> None:
             shutil.rmtree(cfg.store.path)
     finally:
         manager.close()
-
-
-def _with_budget(table: Any, hot_rows: int) -> Any:
-    from dataclasses import replace
-
-    return replace(table, hot_rows=hot_rows)
