@@ -6,8 +6,11 @@ AUC is the Mann-Whitney statistic from average ranks (ties count one half):
 
     AUC = (Σ ranks of positives - P(P+1)/2) / (P · N)
 
-The tracker keeps every score and label (8 + 1 bytes an event) and sorts on demand, so the
-cumulative AUC is exact, not binned.
+Memory stays bounded on an endless stream: the window lives in a ring buffer; the cumulative
+AUC is exact (every score kept, 8 + 1 bytes an event) for the first ``exact_limit`` events,
+then comes from a histogram of 2**17 bins over the score's logit in [-20, 20] (ties within a
+bin count one half; the bin is 3e-4 wide in logit, so the error is far below the AUC's own
+sampling noise). ``auc_is_exact`` says which one ``auc()`` returns.
 
 >>> auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
 0.75
@@ -85,21 +88,59 @@ class CurvePoint:
     window_log_loss: float
 
 
+_BINS = 1 << 17
+_LOGIT_MAX = 20.0
+
+
+def _score_bins(s: F64) -> npt.NDArray[np.intp]:
+    """Histogram bin of each probability (by logit, clipped to [-20, 20])."""
+    p = np.clip(s, 1e-12, 1.0 - 1e-12)
+    z = np.log(p) - np.log1p(-p)
+    idx = (z + _LOGIT_MAX) * (_BINS / (2.0 * _LOGIT_MAX))
+    return np.clip(idx, 0, _BINS - 1).astype(np.intp)
+
+
+def histogram_auc(pos: npt.NDArray[np.int64], neg: npt.NDArray[np.int64]) -> float:
+    """AUC from per-bin positive and negative counts (ties within a bin count one half).
+
+    >>> histogram_auc(np.array([0, 1, 1]), np.array([1, 1, 0]))
+    0.875
+    """
+    p, n = int(pos.sum()), int(neg.sum())
+    if p == 0 or n == 0:
+        return math.nan
+    neg_below = np.cumsum(neg) - neg
+    wins = float(np.dot(pos.astype(np.float64), neg_below + 0.5 * neg))
+    return wins / (float(p) * float(n))
+
+
 class PrequentialMetrics:
-    """Scores and labels of a stream, in order; exact metrics over all or the last ``window``.
+    """Scores and labels of a stream: metrics over all of it or over the last ``window``.
 
     ``record_every`` appends a :class:`CurvePoint` to ``curve`` each time that many more
-    events have been seen (0: never).
+    events have been seen (0: never). Memory is bounded (see the module docstring):
+    ``exact_limit`` events of exact history at most, then a fixed histogram.
     """
 
-    def __init__(self, window: int = 10_000, record_every: int = 0) -> None:
+    def __init__(
+        self, window: int = 10_000, record_every: int = 0, exact_limit: int = 1_000_000
+    ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
+        if exact_limit < 0:
+            raise ValueError(f"exact_limit must be >= 0, got {exact_limit}")
         self.window = window
         self.record_every = record_every
-        self._scores: list[F64] = []
-        self._labels: list[npt.NDArray[np.bool_]] = []
+        self.exact_limit = exact_limit
+        self._scores: list[F64] | None = []
+        self._labels: list[npt.NDArray[np.bool_]] | None = []
+        self._ring_s = np.zeros(window, dtype=np.float64)
+        self._ring_y = np.zeros(window, dtype=np.bool_)
+        self._ring_at = 0
+        self._hist_pos = np.zeros(_BINS, dtype=np.int64)
+        self._hist_neg = np.zeros(_BINS, dtype=np.int64)
         self._loss_sum = 0.0
+        self._positives = 0
         self.events = 0
         self.curve: list[CurvePoint] = []
         self._next_record = record_every
@@ -107,37 +148,63 @@ class PrequentialMetrics:
     def update(self, scores: ArrayLike, labels: ArrayLike) -> None:
         """Append a batch of predicted probabilities and their labels."""
         s = np.asarray(scores, dtype=np.float64).reshape(-1)
-        y = np.asarray(labels).reshape(-1)
+        y = np.asarray(labels).reshape(-1).astype(bool)
         if len(s) != len(y):
             raise ValueError(f"{len(s)} scores but {len(y)} labels")
-        self._scores.append(s)
-        self._labels.append(y.astype(bool))
+        bins = _score_bins(s)
+        self._hist_pos += np.bincount(bins[y], minlength=_BINS)
+        self._hist_neg += np.bincount(bins[~y], minlength=_BINS)
+        self._push_window(s, y)
         self._loss_sum += log_loss(s, y) * len(y) if len(y) else 0.0
+        self._positives += int(y.sum())
         self.events += len(y)
-        if len(self._scores) > 64:
-            self._compact()
+        if self._scores is not None and self._labels is not None:
+            if self.events > self.exact_limit:
+                self._scores = self._labels = None  # from now on: the histogram
+            else:
+                self._scores.append(s)
+                self._labels.append(y)
+                if len(self._scores) > 64:
+                    self._compact()
         if self.record_every and self.events >= self._next_record:
             self.curve.append(self.point())
             while self._next_record <= self.events:
                 self._next_record += self.record_every
 
-    def _compact(self) -> None:
-        self._scores = [np.concatenate(self._scores)]
-        self._labels = [np.concatenate(self._labels)]
+    def _push_window(self, s: F64, y: npt.NDArray[np.bool_]) -> None:
+        w = self.window
+        if len(s) >= w:
+            s, y = s[-w:], y[-w:]
+        at = self._ring_at % w
+        first = min(len(s), w - at)
+        self._ring_s[at : at + first] = s[:first]
+        self._ring_y[at : at + first] = y[:first]
+        self._ring_s[: len(s) - first] = s[first:]
+        self._ring_y[: len(s) - first] = y[first:]
+        self._ring_at += len(s)
 
-    def _all(self) -> tuple[F64, npt.NDArray[np.bool_]]:
-        if not self._scores:
-            return np.empty(0), np.empty(0, dtype=bool)
-        self._compact()
-        return self._scores[0], self._labels[0]
+    def _compact(self) -> None:
+        if self._scores and self._labels:
+            self._scores = [np.concatenate(self._scores)]
+            self._labels = [np.concatenate(self._labels)]
+
+    @property
+    def auc_is_exact(self) -> bool:
+        """Whether :meth:`auc` is exact (``False`` once past ``exact_limit`` events)."""
+        return self._scores is not None
 
     def _tail(self) -> tuple[F64, npt.NDArray[np.bool_]]:
-        s, y = self._all()
-        return s[-self.window :], y[-self.window :]
+        n = min(self._ring_at, self.window)
+        return self._ring_s[:n], self._ring_y[:n]
 
     def auc(self) -> float:
         """Cumulative AUC over every event so far."""
-        return auc(*self._all())
+        if self._scores is None or self._labels is None:
+            return histogram_auc(self._hist_pos, self._hist_neg)
+        if not self._scores:
+            return math.nan
+        self._compact()
+        return auc(self._scores[0], self._labels[0])
 
     def window_auc(self) -> float:
         """AUC over the last ``window`` events."""
@@ -153,8 +220,7 @@ class PrequentialMetrics:
 
     def positive_rate(self) -> float:
         """Fraction of positive labels so far."""
-        _, y = self._all()
-        return float(y.mean()) if len(y) else math.nan
+        return self._positives / self.events if self.events else math.nan
 
     def point(self) -> CurvePoint:
         """Return the metrics now."""

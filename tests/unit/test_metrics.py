@@ -82,3 +82,34 @@ def test_prequential_tracker_cumulative_window_and_curve() -> None:
     assert m.curve[0].auc == pytest.approx(pairwise_auc(s_all[:300], y_all[:300]))
     with pytest.raises(ValueError, match="labels"):
         m.update(np.zeros(2), np.zeros(3))
+
+
+def test_memory_is_bounded_and_the_histogram_auc_stays_close_to_exact() -> None:
+    """Past ``exact_limit`` the history is dropped; the histogram AUC matches to 1e-4."""
+    rng = np.random.default_rng(7)
+    m = PrequentialMetrics(window=500, exact_limit=2_000)
+    all_s, all_y = [], []
+    for _ in range(40):
+        y = (rng.random(256) < 0.05).astype(int)
+        s = 1.0 / (1.0 + np.exp(-(rng.normal(size=256) * 2 + 2.5 * y - 3)))
+        m.update(s, y)
+        all_s.append(s)
+        all_y.append(y)
+    s_all, y_all = np.concatenate(all_s), np.concatenate(all_y)
+    assert not m.auc_is_exact
+    assert m._scores is None  # nothing kept per event beyond the window
+    assert m.auc() == pytest.approx(auc(s_all, y_all), abs=1e-4)
+    assert m.window_auc() == pytest.approx(auc(s_all[-500:], y_all[-500:]), abs=1e-12)
+    assert m.window_log_loss() == pytest.approx(log_loss(s_all[-500:], y_all[-500:]))
+    assert m.positive_rate() == pytest.approx(y_all.mean())
+
+
+def test_window_ring_handles_batches_larger_than_the_window() -> None:
+    m = PrequentialMetrics(window=3)
+    m.update(np.array([0.1, 0.2, 0.3, 0.4, 0.9]), np.array([0, 0, 1, 0, 1]))
+    s, y = m._tail()
+    assert sorted(s.tolist()) == [0.3, 0.4, 0.9]
+    assert sorted(y.tolist()) == [False, True, True]
+    m.update(np.array([0.5]), np.array([0]))
+    s, _ = m._tail()
+    assert sorted(s.tolist()) == [0.4, 0.5, 0.9]
