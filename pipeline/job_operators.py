@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from operators import failpoints
-from operators.base import OperatorContext
+from operators.base import OperatorContext, OperatorReport
 from operators.checkpoint import CheckpointManager
 from operators.dense_state import flatten_tree, unflatten_tree
 from operators.metrics import MetricsRegistry
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from pipeline.train_job import TrainJob
 
 log = logging.getLogger(__name__)
+REPORTS_KEPT = 256
 
 
 def offsets_to_json(offsets: Mapping[tuple[str, int], int]) -> dict[str, int]:
@@ -80,7 +82,10 @@ class JobOperators:
         self.metrics = MetricsRegistry()
         self.watermarks = WriteLogWatermarks()
         self.restored_version: int | None = None
-        self.reports: list[Any] = []  # every OperatorReport of this job
+        # the latest operator reports (bounded: a job runs for months); report_count counts all
+        self.reports: deque[OperatorReport] = deque(maxlen=REPORTS_KEPT)
+        self.report_count = 0
+        self.delta_publish: Any = None
         self._dense_cache: tuple[int, dict[str, Any], Any] | None = None
 
     # -- state the operators read --------------------------------------------
@@ -197,12 +202,15 @@ class JobOperators:
             client_config=self.job.config.source.security.client_config(),
         )
         self.publisher.start()
-        DeltaPublish(self.publisher, watermarks=self.watermarks).attach(self.job)
+        self.delta_publish = DeltaPublish(self.publisher, watermarks=self.watermarks)
+        self.delta_publish.attach(self.job)
 
     def run_pending(self) -> None:
         """Run the operators the scheduler has queued (training thread, step boundary)."""
         if self.scheduler is not None:
-            self.reports.extend(self.scheduler.run_pending(self.context()))
+            reports = self.scheduler.run_pending(self.context())
+            self.reports.extend(reports)
+            self.report_count += len(reports)
 
     def final_checkpoint(self) -> None:
         """Write a last checkpoint synchronously (at a clean stop)."""

@@ -61,6 +61,7 @@ DEFAULT_PORT = 9400
 
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 RATE_WINDOW_S = 10.0
+_CHECKPOINT_OPERATORS = ("incremental_checkpoint", "full_checkpoint")
 QUALITY_COST_FACTOR = 100.0  # prequential refreshes take at most 1% of the training thread
 
 
@@ -146,6 +147,8 @@ class TrainerMetrics:
         self._last_rows = -math.inf
         self._seen: dict[str, tuple[int, int]] = {}  # table -> (lookups, cold reads) counted
         self._dead_seen = 0
+        self._reports_seen = 0
+        self._published_seen = 0
         self.port: int | None = None  # bound by start_http_server
         self._server: WSGIServer | None = None
         self._lag: ConsumerLag | None = None
@@ -238,6 +241,7 @@ class TrainerMetrics:
                 self._dead_seen = 0
             self.dead_letters.inc(dead - self._dead_seen)
             self._dead_seen = dead
+        self._update_operators(job)
         if force or now >= self._next_quality:
             self._update_quality(job)
             cost = self.clock() - now
@@ -248,6 +252,29 @@ class TrainerMetrics:
                 self.rows.labels(table=table.name, tier="cold").set(
                     estimate_cold_rows(store, table.name)
                 )
+
+    def _update_operators(self, job: TrainJob) -> None:
+        """Checkpoint durations and published versions from the job's operators, if any."""
+        ops = getattr(job, "operators", None)
+        if ops is None:
+            return
+        count = int(getattr(ops, "report_count", 0))
+        new = count - self._reports_seen if count >= self._reports_seen else count
+        if new:
+            reports = list(ops.reports)
+            for report in reports[max(0, len(reports) - new) :]:
+                if report.operator in _CHECKPOINT_OPERATORS and report.outcome.value in (
+                    "done",
+                    "submitted",
+                ):
+                    self.observe_checkpoint(report.seconds)
+            self._reports_seen = count
+        publish = getattr(ops, "delta_publish", None)
+        if publish is not None and publish.published != self._published_seen:
+            self._published_seen = publish.published
+            last = publish.last_report
+            if last is not None:
+                self.observe_publish(last.seconds, last.version)
 
     def _update_rate(self, now: float) -> None:
         samples = self._rate_samples

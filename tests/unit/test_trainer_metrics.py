@@ -122,3 +122,41 @@ def test_lag_is_nan_until_measured_and_durations_are_histograms() -> None:
     assert value(m, "freshet_published_version") == 7
     assert value(m, "freshet_publish_seconds_count") == 1
     assert value(m, "freshet_checkpoint_seconds_sum") == 3.0
+
+
+def test_operator_reports_feed_checkpoint_and_publish_metrics() -> None:
+    """The job's operators are read between steps: checkpoint durations, published version."""
+    from collections import deque
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from operators.base import OperatorReport, Outcome
+
+    def report(op: str, seconds: float, outcome: Outcome = Outcome.DONE) -> OperatorReport:
+        return OperatorReport(op, outcome, datetime.now(UTC), seconds)
+
+    m, job, _ = make()
+    ops = SimpleNamespace(reports=deque(maxlen=2), report_count=0, delta_publish=None)
+    job.operators = ops  # type: ignore[attr-defined]
+    for r in (
+        report("incremental_checkpoint", 0.5, Outcome.SUBMITTED),
+        report("tier_migration", 9.0),
+        report("full_checkpoint", 0.25),
+    ):
+        ops.reports.append(r)
+        ops.report_count += 1
+    # three reports since the last update, but the deque keeps two: the oldest is lost
+    m.update()
+    assert value(m, "freshet_checkpoint_seconds_count") == 1
+    assert value(m, "freshet_checkpoint_seconds_sum") == 0.25
+    ops.reports.append(report("incremental_checkpoint", 0.5))
+    ops.report_count += 1
+    ops.delta_publish = SimpleNamespace(
+        published=3, last_report=SimpleNamespace(seconds=0.1, version=17)
+    )
+    m.update()
+    m.update()  # nothing new: nothing counted twice
+    assert value(m, "freshet_checkpoint_seconds_count") == 2
+    assert value(m, "freshet_checkpoint_seconds_sum") == 0.75
+    assert value(m, "freshet_published_version") == 17
+    assert value(m, "freshet_publish_seconds_count") == 1
