@@ -1,0 +1,335 @@
+"""``freshet bench soak``: a long run with every operator on a 2-5 s schedule (issue 8, item 3).
+
+On the embedded broker, a producer thread replays the synthetic fraud stream at ``--rate``
+events/s for ``--minutes``; ``freshet train`` (a real subprocess, the fraud job of
+``configs/fraud.yaml`` with a small DRAM budget, expiry on, signed delta publishing) runs
+tier migration every 2 s, incremental checkpoints every 3 s, full checkpoints every 5 s,
+expiry every 4 s and the metrics report every 5 s; a ``freshet serve`` replica follows the
+deltas. Every ``--sample-s`` seconds the harness records, from ``/proc`` and ``/metrics``:
+each process's RSS, open file descriptors and threads, the checkpoint chains and snapshots on
+disk, events trained and the versions published and served.
+
+Targets after the warm-up (the first ``--warmup`` fraction of the run): trainer RSS growth
+<= 5% (median RSS of the last 10% of samples against the first 10% after warm-up), no
+file-descriptor growth (max after warm-up - max at the end of warm-up <= 4), chains on disk
+never above the retention (+1 while a new chain's full checkpoint is being written), the
+replica keeps up (served version within a few versions of the published one at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RETENTION = 3
+SCHEDULES = (
+    ("tier_migration", 2.0),
+    ("incremental_checkpoint", 3.0),
+    ("full_checkpoint", 5.0),
+    ("expiry", 4.0),
+    ("metrics_report", 5.0),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options (``--quick``/``--out`` come from ``freshet bench``)."""
+    parser.add_argument("--minutes", type=float, default=None, help="run length (default 20)")
+    parser.add_argument("--rate", type=float, default=1500.0, help="events/s replayed")
+    parser.add_argument("--sample-s", type=float, default=5.0, help="seconds between samples")
+    parser.add_argument("--warmup", type=float, default=0.25, help="warm-up fraction of the run")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _proc_stats(pid: int) -> dict[str, int] | None:
+    """RSS bytes, open fds and threads of ``pid`` from /proc (``None`` once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {
+        "rss_bytes": int(fields["VmRSS"].split()[0]) * 1024,
+        "fds": fds,
+        "threads": int(fields["Threads"]),
+    }
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """Unlabelled and summed-over-labels sample values of a Prometheus text page."""
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_part, _, value = line.rpartition(" ")
+        name = name_part.split("{", 1)[0]
+        try:
+            out[name] = out.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def _config(tmp: Path, bootstrap: str, topic: str, deltas: str, metrics_port: int) -> Path:
+    raw: dict[str, Any] = yaml.safe_load((REPO / "configs" / "fraud.yaml").read_text())
+    raw["source"].update(
+        bootstrap_servers=[bootstrap], topic=topic, group_id="soak", max_events=1024
+    )
+    raw["store"] = {
+        "path": str(tmp / "store"),
+        "num_shards": 4,
+        "hot_rows": 2000,
+        "expire_after_steps": 300,
+    }
+    raw["operators"] = {
+        "checkpoint": {
+            "dir": str(tmp / "ckpt"),
+            "retention": RETENTION,
+            "max_chain_length": 6,
+        },
+        "schedules": [
+            {"operator": op, "trigger": {"type": "interval", "seconds": every}}
+            for op, every in SCHEDULES
+        ],
+    }
+    signing = {"key_env": "FRESHET_DELTA_KEY"}
+    raw["publish"] = {
+        "bootstrap_servers": [bootstrap],
+        "topic": deltas,
+        "snapshot_dir": str(tmp / "snapshots"),
+        "interval_s": 2.0,
+        "snapshot_every": 10,
+        "retain_snapshots": 3,
+        "signing": signing,
+    }
+    raw["serve"] = {
+        "bootstrap_servers": [bootstrap],
+        "topic": deltas,
+        "snapshot_dir": str(tmp / "snapshots"),
+        "data_dir": str(tmp / "replica"),
+        "port": 0,
+        "signing": signing,
+    }
+    raw["metrics_port"] = metrics_port
+    path = tmp / "soak.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _count_dirs(path: Path) -> int:
+    try:
+        return sum(1 for p in path.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return 0
+
+
+def _chains(ckpt: Path) -> int:
+    """Chain directories on disk (``chain-NNNNNN``, complete or being written)."""
+    try:
+        return sum(1 for p in ckpt.iterdir() if p.is_dir() and p.name.startswith("chain-"))
+    except FileNotFoundError:
+        return 0
+
+
+def _summary(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
+    after = [s for s in samples if s["t"] >= warmup_s and s["trainer"] is not None]
+    if len(after) < 4:
+        return {"error": "too few samples after the warm-up"}
+    k = max(1, len(after) // 10)
+    rss_start = statistics.median(s["trainer"]["rss_bytes"] for s in after[:k])
+    rss_end = statistics.median(s["trainer"]["rss_bytes"] for s in after[-k:])
+    fds_warm = max(s["trainer"]["fds"] for s in samples if s["t"] < warmup_s and s["trainer"])
+    fds_after = [s["trainer"]["fds"] for s in after]
+    rep = [s for s in after if s["replica"] is not None]
+    rep_rss_start = statistics.median(s["replica"]["rss_bytes"] for s in rep[:k]) if rep else 0
+    rep_rss_end = statistics.median(s["replica"]["rss_bytes"] for s in rep[-k:]) if rep else 0
+    chains_max = max(s["chains"] for s in after)
+    growth = rss_end / rss_start - 1.0
+    rep_growth = rep_rss_end / rep_rss_start - 1.0 if rep_rss_start else None
+    return {
+        "trainer_rss_start_bytes": rss_start,
+        "trainer_rss_end_bytes": rss_end,
+        "trainer_rss_growth": growth,
+        "trainer_fds_end_of_warmup": fds_warm,
+        "trainer_fds_max_after_warmup": max(fds_after),
+        "trainer_fds_last": fds_after[-1],
+        "replica_rss_growth": rep_growth,
+        "replica_fds_max_after_warmup": max(s["replica"]["fds"] for s in rep) if rep else None,
+        "chains_on_disk_max": chains_max,
+        "snapshots_on_disk_max": max(s["snapshots"] for s in after),
+        "targets": {
+            "rss_growth_le_5pct": growth <= 0.05,
+            "no_fd_leak": max(fds_after) - fds_warm <= 4,
+            "chains_bounded_by_retention": chains_max <= RETENTION + 1,
+        },
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the soak; write JSON (every sample) and a PNG of RSS, fds and chains over time."""
+    from benchmarks.machine import run_header
+    from pipeline.broker import EmbeddedBroker, ensure_topics
+    from pipeline.generators import generate
+    from pipeline.replay import replay
+
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    minutes = args.minutes if args.minutes is not None else (2.0 if args.quick else 20.0)
+    duration = minutes * 60.0
+    out: dict[str, Any] = {
+        **run_header("soak", args.quick),
+        "minutes": minutes,
+        "rate": args.rate,
+        "schedules_s": dict(SCHEDULES),
+        "retention": RETENTION,
+    }
+    samples: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="freshet-soak-") as tmp_str:
+        tmp = Path(tmp_str)
+        with EmbeddedBroker(log_path=tmp / "tansu.log") as broker:
+            bootstrap = broker.bootstrap
+            ensure_topics(bootstrap, {"soak-events": 1, "soak-deltas": 1})
+            metrics_port = _free_port()
+            cfg = _config(tmp, bootstrap, "soak-events", "soak-deltas", metrics_port)
+            env = {**os.environ, "FRESHET_DELTA_KEY": "soak-signing-key"}
+            stop = threading.Event()
+            sent = [0]
+
+            def produce() -> None:
+                chunk = int(args.rate * 30)
+                seed = 0
+                while not stop.is_set():
+                    sent[0] += replay(
+                        bootstrap,
+                        "soak-events",
+                        generate("transaction", chunk, 1000 + seed),
+                        rate=args.rate,
+                        progress=False,
+                    )
+                    seed += 1
+
+            producer = threading.Thread(target=produce, name="soak-producer", daemon=True)
+            producer.start()
+            trainer = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "train", "--config", str(cfg)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=open(tmp / "trainer.log", "w"),
+            )
+            replica = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "serve", "--config", str(cfg)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=open(tmp / "replica.log", "w"),
+                text=True,
+            )
+            assert replica.stdout is not None
+            replica_url = replica.stdout.readline().strip()
+            t0 = time.monotonic()
+            try:
+                while (now := time.monotonic() - t0) < duration:
+                    if trainer.poll() is not None:
+                        raise RuntimeError(f"trainer exited early with {trainer.returncode}")
+                    tm = _scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+                    rm = _scrape(f"{replica_url}/metrics") if replica_url else {}
+                    sample = {
+                        "t": now,
+                        "trainer": _proc_stats(trainer.pid),
+                        "replica": _proc_stats(replica.pid),
+                        "chains": _chains(tmp / "ckpt"),
+                        "checkpoints": sum(
+                            _count_dirs(p) for p in (tmp / "ckpt").glob("chain-*")
+                        ),
+                        "snapshots": _count_dirs(tmp / "snapshots"),
+                        "events_sent": sent[0],
+                        "events_trained": tm.get("freshet_events_trained_total"),
+                        "published_version": tm.get("freshet_published_version"),
+                        "served_version": rm.get("freshet_replica_model_version"),
+                    }
+                    samples.append(sample)
+                    print(
+                        f"soak {now:7.0f}s rss={sample['trainer']['rss_bytes'] / 2**20:7.1f}MiB "
+                        f"fds={sample['trainer']['fds']} chains={sample['chains']} "
+                        f"trained={sample['events_trained']} "
+                        f"published={sample['published_version']} "
+                        f"served={sample['served_version']}",
+                        flush=True,
+                    )
+                    time.sleep(args.sample_s)
+            finally:
+                stop.set()
+                trainer.send_signal(signal.SIGTERM)
+                out["trainer_exit"] = trainer.wait(timeout=120)
+                replica.send_signal(signal.SIGTERM)
+                out["replica_exit"] = replica.wait(timeout=60)
+                producer.join(timeout=60)
+                out["trainer_log_tail"] = (tmp / "trainer.log").read_text()[-2000:]
+    out["samples"] = samples
+    out["summary"] = _summary(samples, duration * args.warmup)
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    _plot(out, path.with_suffix(".png"))
+    print(json.dumps(out["summary"], indent=1))
+    return 0
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = [s for s in result["samples"] if s["trainer"] is not None]
+    t = [s["t"] / 60 for s in samples]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    axes[0].plot(t, [s["trainer"]["rss_bytes"] / 2**20 for s in samples], label="trainer")
+    axes[0].plot(
+        t, [(s["replica"] or {"rss_bytes": 0})["rss_bytes"] / 2**20 for s in samples],
+        label="replica",
+    )
+    axes[0].set_ylabel("RSS (MiB)")
+    axes[1].plot(t, [s["trainer"]["fds"] for s in samples], label="trainer fds")
+    axes[1].plot(t, [(s["replica"] or {"fds": 0})["fds"] for s in samples], label="replica fds")
+    axes[1].set_ylabel("open file descriptors")
+    axes[2].plot(t, [s["chains"] for s in samples], label="chains")
+    axes[2].plot(t, [s["snapshots"] for s in samples], label="snapshots")
+    axes[2].axhline(result["retention"], color="grey", ls=":", label="retention")
+    axes[2].set_ylabel("on disk")
+    warm = result["minutes"] * 0.25
+    for ax in axes:
+        ax.axvline(warm, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("minutes")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"freshet bench soak, {result['minutes']:.0f} min, {result['rate']:.0f} events/s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
