@@ -265,9 +265,7 @@ def run(args: argparse.Namespace) -> int:
                         "trainer": _proc_stats(trainer.pid),
                         "replica": _proc_stats(replica.pid),
                         "chains": _chains(tmp / "ckpt"),
-                        "checkpoints": sum(
-                            _count_dirs(p) for p in (tmp / "ckpt").glob("chain-*")
-                        ),
+                        "checkpoints": sum(_count_dirs(p) for p in (tmp / "ckpt").glob("chain-*")),
                         "snapshots": _count_dirs(tmp / "snapshots"),
                         "events_sent": sent[0],
                         "events_trained": tm.get("freshet_events_trained_total"),
@@ -313,7 +311,8 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     axes[0].plot(t, [s["trainer"]["rss_bytes"] / 2**20 for s in samples], label="trainer")
     axes[0].plot(
-        t, [(s["replica"] or {"rss_bytes": 0})["rss_bytes"] / 2**20 for s in samples],
+        t,
+        [(s["replica"] or {"rss_bytes": 0})["rss_bytes"] / 2**20 for s in samples],
         label="replica",
     )
     axes[0].set_ylabel("RSS (MiB)")
