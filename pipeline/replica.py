@@ -233,6 +233,8 @@ class Replica:
         self._seek_to: int | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._waiting_for: str | None = None  # why no first snapshot is loaded yet
+        self.bootstrap_retries = 0
         self._cold_counted_at = 0.0
         self.metrics.set_lag_source(self._lag)
 
@@ -289,6 +291,11 @@ class Replica:
         return model is not None and not model.broken and self._state is not ReplicaState.CLOSED
 
     @property
+    def waiting_for(self) -> str | None:
+        """Why the replica is not ready yet (no snapshot directory, no valid snapshot, ...)."""
+        return None if self.ready else self._waiting_for
+
+    @property
     def version(self) -> int | None:
         """The version served now."""
         model = self._model
@@ -314,6 +321,8 @@ class Replica:
             "step_time": None if step is None else step.isoformat(),
             "lag_seconds": None if step is None else round(self._lag(), 6),
             "resyncs": self.resyncs,
+            "waiting_for": self.waiting_for,
+            "bootstrap_retries": self.bootstrap_retries,
         }
 
     def _kafka_source(self) -> DeltaSource:
@@ -345,6 +354,7 @@ class Replica:
                 now = time.monotonic()
                 if self._model is None:
                     if not self._resync():
+                        self._count_bootstrap_retry()
                         self._stop.wait(self.settings.resync_poll_s)
                         continue
                 elif self._behind_until is not None and now >= next_resync:
@@ -360,22 +370,52 @@ class Replica:
                 self._close_consumer()
                 self._stop.wait(self.settings.resync_poll_s)
 
+    def _count_bootstrap_retry(self) -> None:
+        self.bootstrap_retries += 1
+        self.metrics.bootstrap_retries.inc()
+        if self.bootstrap_retries % 100 == 0:  # a reminder now and then, not one line a poll
+            log.warning(
+                "%s: still not ready after %d attempts: %s",
+                self.name,
+                self.bootstrap_retries,
+                self._waiting_for,
+            )
+
+    def _wait_for(self, reason: str) -> None:
+        """Record why no snapshot could be loaded; log it when the reason changes."""
+        if self._model is None and reason != self._waiting_for:
+            log.warning(
+                "%s: not ready, retrying every %.2f s: %s",
+                self.name,
+                self.settings.resync_poll_s,
+                reason,
+            )
+        self._waiting_for = reason
+
     def _resync(self) -> bool:
         """Load the newest snapshot newer than the served version; True if one was loaded."""
         served = self.version
         info = self.snapshots.newest(above=served)
         if info is None:
+            root = self.snapshots.root
+            if not root.is_dir():
+                what = "does not exist" if not root.exists() else "is not a directory"
+                self._wait_for(f"snapshot directory {str(root)!r} {what}")
+            elif served is None:
+                self._wait_for(f"no valid snapshot in {str(root)!r} yet")
             return False
         try:
             model = self._load(info)
         except (SnapshotError, SignatureError, DeltaMismatchError) as err:
             log.warning("%s: cannot load snapshot v%d: %s", self.name, info.version, err)
+            self._wait_for(f"snapshot v{info.version} in {str(self.snapshots.root)!r}: {err}")
             return False
         with self._lock.write():
             old, self._model = self._model, model
             self._behind_until = None
             self._state = ReplicaState.SERVING
             self.resyncs += 1
+            self._waiting_for = None
             self.metrics.resyncs.inc()
             self.metrics.version.set(info.version)
         if old is not None:

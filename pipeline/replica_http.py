@@ -4,7 +4,8 @@
 ``POST /predict``      ``{"events": [...]}`` -> ``{"version": v, "scores": [...]}``; 4xx with
                        ``{"error": "..."}`` naming the problem, 503 before the first snapshot
 ``GET /healthz``       200 while the process serves HTTP
-``GET /readyz``        200 once a model version is loaded, 503 before
+``GET /readyz``        200 once a model version is loaded, 503 before (with the reason,
+                       e.g. a missing snapshot directory, and the retries so far)
 ``GET /version``       version served, its trainer step time, lag, state
 ``GET /metrics``       Prometheus text (the replica's own registry)
 =====================  ===================================================================
@@ -84,7 +85,15 @@ class _Handler(BaseHTTPRequestHandler):
             if replica.ready:
                 self._json(200, {"ready": True, "version": replica.version})
             else:
-                self._json(503, {"ready": False, "state": replica.state.value})
+                self._json(
+                    503,
+                    {
+                        "ready": False,
+                        "state": replica.state.value,
+                        "reason": replica.waiting_for,
+                        "retries": replica.bootstrap_retries,
+                    },
+                )
         elif path == "/version":
             self._json(200, replica.status())
         elif path == "/metrics":

@@ -10,6 +10,7 @@
     freshet_replica_deltas_applied_total        counter
     freshet_replica_deltas_rejected_total{reason} counter  duplicate, gap, checksum, signature, ...
     freshet_replica_resyncs_total               counter    snapshots loaded
+    freshet_replica_bootstrap_retries_total     counter    first-snapshot attempts that found none
     freshet_replica_rows{table,tier}            gauge      rows in DRAM (hot) and RocksDB (cold)
 
 >>> m = ReplicaMetrics("r0")
@@ -75,6 +76,12 @@ class ReplicaMetrics:
         )
         self.resyncs = Counter(
             "freshet_replica_resyncs", "snapshots loaded", ["replica"], registry=r
+        ).labels(**labels)
+        self.bootstrap_retries = Counter(
+            "freshet_replica_bootstrap_retries",
+            "attempts to load a first snapshot that found none loadable (not ready meanwhile)",
+            ["replica"],
+            registry=r,
         ).labels(**labels)
         self._rows = Gauge(
             "freshet_replica_rows",
