@@ -22,17 +22,17 @@ the file: ``FRESHET_SOURCE__TOPIC=clicks`` sets ``source.topic`` (``__`` separat
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from configs.features import FeaturesConfig, ModelConfig
 from configs.operators import OperatorsConfig
 from configs.serving import PublishConfig, ServeConfig
+from pipeline.secrets import read_secret
 
 
 class _Section(BaseModel):
@@ -55,6 +55,9 @@ class SecurityConfig(_Section):
     sasl_password_env: str | None = Field(
         default=None, max_length=128, description="environment variable holding the password"
     )
+    sasl_password_file: str | None = Field(
+        default=None, max_length=4096, description="file holding the password (a mounted secret)"
+    )
     ssl_cafile: str | None = Field(default=None, max_length=4096, description="CA bundle path")
     ssl_certfile: str | None = Field(default=None, max_length=4096, description="client cert")
     ssl_keyfile: str | None = Field(default=None, max_length=4096, description="client key")
@@ -72,10 +75,17 @@ class SecurityConfig(_Section):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
-        if self.sasl_password_env:
-            secret = SecretStr(os.environ.get(self.sasl_password_env, ""))
-            out["sasl_plain_password"] = secret.get_secret_value()
+        if self.sasl_password_env is not None or self.sasl_password_file is not None:
+            out["sasl_plain_password"] = read_secret(
+                "Kafka SASL password", env=self.sasl_password_env, path=self.sasl_password_file
+            )
         return out
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> SecurityConfig:
+        if self.sasl_password_env is not None and self.sasl_password_file is not None:
+            raise ValueError("give sasl_password_env or sasl_password_file, not both")
+        return self
 
 
 class SourceSection(_Section):

@@ -49,6 +49,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
+from pipeline.secrets import register_secret
 from pipeline.serving_errors import (
     ChecksumError,
     DeltaFormatError,
@@ -100,6 +101,7 @@ class Signer:
             value = os.environ.get(env)
             if not value:
                 raise SigningKeyError(f"${env}", "the variable is unset or empty")
+            register_secret(value.strip())
             return cls(value.strip().encode())
         if path is not None:
             try:
@@ -108,6 +110,7 @@ class Signer:
                 raise SigningKeyError(str(path), f"cannot read it ({err.strerror})") from err
             if not raw:
                 raise SigningKeyError(str(path), "the file is empty")
+            register_secret(raw.decode("utf-8", "replace"))
             return cls(raw)
         return None
 

@@ -6,6 +6,8 @@ import json
 import logging
 from datetime import UTC, datetime
 
+from pipeline.secrets import RedactSecrets
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, with a timezone-aware timestamp."""
@@ -18,7 +20,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
+        if record.exc_text:  # set (and redacted) by RedactSecrets
+            out["exc"] = record.exc_text
+        elif record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)
 
@@ -30,6 +34,7 @@ def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactSecrets())  # no secret reaches a log line, whoever logs it
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -170,7 +170,10 @@ class SourceConfig:
     fetch_max_wait_ms: int = 100
     max_partition_fetch_bytes: int = 8 * 1024 * 1024
     client_id: str = "freshet-source"
-    client_config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # repr=False: it may hold a SASL password, and configs get logged
+    client_config: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False
+    )
 
     def __post_init__(self) -> None:
         if not self.topics:
