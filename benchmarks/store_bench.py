@@ -178,6 +178,8 @@ def run_store_bench(
 
 
 NOTES = [
+    "every worker process calls embedding_store.allocator.tune_allocator() first, as the "
+    "freshet command does (fixed 1 MiB glibc mmap threshold, 2 arenas): all systems alike",
     "each system runs in its own process on the same pre-generated batches; the processes "
     "prepare side by side, then their timed windows are taken in turn (rotating order) so "
     "that load from other work on the shared machine falls on all of them alike",

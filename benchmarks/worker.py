@@ -175,6 +175,9 @@ class Worker:
 
 def main(argv: list[str]) -> int:
     """Entry point: serve the spec in ``argv[0]`` over stdin/stdout."""
+    from embedding_store.allocator import tune_allocator
+
+    tune_allocator()  # every system alike, as the freshet command does
     spec = RunSpec.from_json(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
     # the protocol owns the real stdout; anything else printed goes to stderr
     out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")

@@ -43,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``freshet`` console script."""
+    from embedding_store.allocator import tune_allocator
     from pipeline.logging import setup_logging
 
+    tune_allocator()  # before any thread starts; FRESHET_MALLOC_TUNING=0 keeps glibc's defaults
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_format)
