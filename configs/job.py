@@ -122,6 +122,17 @@ class StoreSection(_Section):
     )
     lfu_decay: float = Field(default=0.5, gt=0, le=1, description="LFU aging factor")
     write_buffer_mb: int = Field(default=16, ge=1, le=4096, description="RocksDB memtable")
+    on_disk_error: Literal["stop", "pause"] = Field(
+        default="stop",
+        description=(
+            "when RocksDB cannot write (disk full, read-only): stop (exit code 3, no checkpoint "
+            "written) or pause (drop the state since the last checkpoint, retry every "
+            "disk_retry_s, then resume from that checkpoint)"
+        ),
+    )
+    disk_retry_s: float = Field(
+        default=5.0, gt=0, le=3600, description="pause: seconds between writability probes"
+    )
     admit_after: int = Field(
         default=1, ge=1, le=1_000_000, description="an id gets a row after this many sightings"
     )

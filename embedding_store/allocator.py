@@ -53,6 +53,6 @@ def tune_allocator(
     version.restype = ctypes.c_char_p
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    ok_threshold = mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
-    ok_arenas = mallopt(_M_ARENA_MAX, arena_max) == 1
+    ok_threshold = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1)
+    ok_arenas = bool(mallopt(_M_ARENA_MAX, arena_max) == 1)
     return ok_threshold and ok_arenas

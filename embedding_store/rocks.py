@@ -99,10 +99,7 @@ class RocksShard:
 
     def cf(self, name: str) -> Rdict:
         """The column family ``name`` (a table's via :func:`table_cf`)."""
-        if self._closed:
-            raise StoreClosedError(f"RocksDB shard {self.path!r}")
-        if self._db is None:
-            raise StoreNotOpenError(f"RocksDB shard {self.path!r}")
+        self._handle()
         return self._cfs[name]
 
     def tier(self, table: str, layout: RowLayout) -> RocksTier:
@@ -120,18 +117,21 @@ class RocksShard:
         except Exception as err:
             raise StorageError(self.path, operation, err) from err
 
+    def _handle(self) -> Rdict:
+        if self._closed:
+            raise StoreClosedError(f"RocksDB shard {self.path!r}")
+        if self._db is None:
+            raise StoreNotOpenError(f"RocksDB shard {self.path!r}")
+        return self._db
+
     def write(self, batch: WriteBatch) -> None:
         """Apply a write batch atomically."""
-        db = self._db
-        if db is None:
-            raise StoreNotOpenError(f"RocksDB shard {self.path!r}")
+        db = self._handle()
         self.call("write", lambda: db.write(batch))
 
     def batch(self, name: str) -> WriteBatch:
         """A write batch whose default column family is ``name``."""
-        db = self._db
-        if db is None:
-            raise StoreNotOpenError(f"RocksDB shard {self.path!r}")
+        db = self._handle()
         wb = WriteBatch(raw_mode=True)
         wb.set_default_column_family(db.get_column_family_handle(name))
         return wb
@@ -162,13 +162,20 @@ class RocksShard:
         self.call("flush", flush)
 
     def close(self) -> None:
-        """Close the instance (idempotent)."""
+        """Close the instance (idempotent); a failing close raises :class:`StorageError`.
+
+        The handle is dropped either way, so the directory's lock is released and the
+        instance can be opened again (after a disk failure, say).
+        """
         if self._db is not None and not self._closed:
-            self._cfs = {}
+            db, self._db, self._cfs = self._db, None, {}
+            self._closed = True
             try:
-                self._db.close()
+                db.close()
+            except Exception as err:
+                raise StorageError(self.path, "close", err) from err
             finally:
-                self._closed = True
+                del db  # the last reference: RocksDB releases the LOCK file now
 
 
 class RocksTier:

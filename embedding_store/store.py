@@ -198,11 +198,42 @@ class EmbeddingStore:
             self.flush()
             self._writeback.stop()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-            for shard in self._shards:
-                shard.close()
+            self._release()
+
+    def abandon(self) -> None:
+        """Close without writing anything more, after a disk failure (a :class:`StorageError`).
+
+        Dirty DRAM rows not yet in RocksDB are dropped and errors from RocksDB's own close are
+        ignored: the directory stays as the failure left it, so restore a checkpoint into it
+        (``clear=True``) before training on it again. Idempotent; nothing to do after
+        ``close()``.
+        """
+        if self._closed or not self._opened:
             self._closed = True
+            return
+        try:
+            if self._prefetcher is not None:
+                self._prefetcher.stop()
+            try:
+                self._writeback.stop()
+            except StorageError:
+                pass  # the failure being abandoned
+        finally:
+            self._release(ignore_errors=True)
+
+    def _release(self, ignore_errors: bool = False) -> None:
+        """Stop the shard pool and close every shard (each one, even if another fails)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        first: StorageError | None = None
+        for shard in self._shards:
+            try:
+                shard.close()
+            except StorageError as err:
+                first = first or err
+        self._closed = True
+        if first is not None and not ignore_errors:
+            raise first
 
     def __enter__(self) -> EmbeddingStore:
         return self.open()

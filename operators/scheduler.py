@@ -13,7 +13,9 @@ thread-safe queue of pending runs, and the trainer drains that queue between two
 ``max_instances=1`` and ``coalesce`` keep APScheduler from piling up missed runs; the queue
 does the same on our side: while the trainer is busy with a long step, a job that fires
 again is already pending, so it runs once. ``trigger(name)`` enqueues by hand (tests, CLI).
-An operator that raises is logged and reported as FAILED; the trainer goes on.
+An operator that raises is logged and reported as FAILED; the trainer goes on. The exception is
+the store's disk failing (:class:`~embedding_store.errors.StorageError`): it propagates, so the
+job stops or pauses as configured instead of checkpointing a store that cannot write.
 
 >>> from operators.base import Operator, OperatorContext, OperatorResult
 >>> class Count(Operator):
@@ -47,6 +49,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from embedding_store.errors import StorageError
 from operators.base import Operator, OperatorContext, OperatorReport, Outcome
 from operators.errors import ScheduleError
 
@@ -226,6 +229,8 @@ class OperatorScheduler:
             started = datetime.now(UTC)
             try:
                 reports.append(operator.run(context))
+            except StorageError:
+                raise  # the store's disk failed: the job decides (stop or pause), not the schedule
             except Exception as err:  # the trainer goes on; run() logged and counted it
                 reports.append(
                     OperatorReport(

@@ -92,3 +92,24 @@ class SourceStateError(SourceError):
 
 class ReplayError(PipelineError, RuntimeError):
     """Producing a file or a generated stream into Kafka failed."""
+
+
+class StoreDiskError(PipelineError, RuntimeError):
+    """Training stopped because the embedding store's disk failed (full, read-only, ...).
+
+    Names the store directory, the RocksDB operation and OS error, and the checkpoint a restart
+    resumes from (none: a restart starts from the beginning of the topic).
+    """
+
+    def __init__(self, path: str, cause: BaseException, checkpoint: str | None) -> None:
+        self.path = path
+        self.checkpoint = checkpoint
+        resume = (
+            f"the last good checkpoint is {checkpoint}; a restart resumes from it"
+            if checkpoint is not None
+            else "there is no complete checkpoint yet; a restart starts from the beginning"
+        )
+        super().__init__(
+            f"the embedding store's disk failed under {path!r}: {cause}; training stopped "
+            f"without writing a checkpoint ({resume} once the disk is writable again)"
+        )

@@ -6,10 +6,14 @@ import argparse
 import json
 import logging
 import signal
+import sys
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Final
 
 log = logging.getLogger(__name__)
+
+DISK_FAILED: Final = 3
+"""Exit code when RocksDB could not write and ``store.on_disk_error`` is ``stop``."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,10 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train until done; prints the summary as JSON. Exit 2 on a bad config."""
+    """Train until done; prints the summary as JSON.
+
+    Exit codes: 0 done, 2 a bad config, 3 the store's disk failed with
+    ``store.on_disk_error: stop`` (the message names the directory, the OS error and the
+    checkpoint a restart resumes from).
+    """
     from pydantic import ValidationError
 
     from configs.job import JobConfig
+    from pipeline.errors import StoreDiskError
     from pipeline.train_job import Progress, TrainJob
 
     if args.nproc > 1:
@@ -65,8 +75,12 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    with job:
-        summary = job.run(max_events=args.max_events, idle_timeout_s=args.idle_timeout)
+    try:
+        with job:
+            summary = job.run(max_events=args.max_events, idle_timeout_s=args.idle_timeout)
+    except StoreDiskError as err:
+        print(f"freshet train: {err}", file=sys.stderr)
+        return DISK_FAILED
     out = {k: v for k, v in asdict(summary).items() if k != "history"}
     print(json.dumps(out, indent=2))
     return 0

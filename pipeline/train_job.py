@@ -10,10 +10,21 @@
 
 Constructing a job does no I/O; :meth:`TrainJob.open` opens the store and builds the model,
 :meth:`TrainJob.run` consumes until ``max_events``, an idle timeout or :meth:`stop`.
+
+When RocksDB cannot write (disk full, read-only: a :class:`~embedding_store.errors.StorageError`)
+``store.on_disk_error`` decides. ``stop``: :meth:`TrainJob.run` raises
+:class:`~pipeline.errors.StoreDiskError` naming the directory, the OS error and the last good
+checkpoint, and no checkpoint is written on the way out. ``pause``::
+
+    StorageError ─► abandon the store (nothing more written), close source and operators
+                 ─► every disk_retry_s: write + fsync a probe file in the store directory
+                 ─► it succeeds: open() again = restore the last good checkpoint, seek the
+                    source to its offsets, train on (the steps since it are trained again)
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -25,6 +36,8 @@ from types import TracebackType
 from typing import Any
 
 from embedding_store import EmbeddingStore, PrefetchTicket, StoreConfig
+from embedding_store.errors import StorageError
+from pipeline.errors import StoreDiskError
 from pipeline.features import Featurizer
 from pipeline.metrics import PrequentialMetrics
 from pipeline.models import BatchLayout, build_model, model_tables
@@ -61,6 +74,7 @@ class TrainSummary:
     log_loss: float = float("nan")
     dead_letters: int = 0
     hit_ratio: float = 0.0
+    disk_pauses: int = 0  # times training paused on a disk failure and resumed
     history: list[Progress] = field(default_factory=list)
 
     @property
@@ -98,6 +112,9 @@ class TrainJob:
         self.metrics_exporter: Any = None
         self._stop = threading.Event()
         self._tickets: dict[int, PrefetchTicket] = {}
+        self._opened_hooks: list[Any] = []  # hooks open() added; close() takes them out
+        self._disk_failed = False
+        self.disk_probes = 0  # failed writability probes while paused
 
     # -- life cycle ----------------------------------------------------------
     def open(self) -> TrainJob:
@@ -112,6 +129,8 @@ class TrainJob:
         mspec = cfg.model.to_spec()
         layout = BatchLayout.from_spec(fspec)
         _discard_unchecked_store(cfg)
+        self.events_trained, self.start_offsets = 0, {}  # until a checkpoint is restored
+        hooks_before = list(self.step_hooks) + list(self.batch_hooks)
         overrides = cfg.store.table_overrides()
         tables = tuple(replace(t, **overrides) for t in model_tables(mspec, layout))
         self.store = EmbeddingStore(
@@ -140,6 +159,11 @@ class TrainJob:
             from pipeline.trainer_metrics import attach_metrics
 
             self.metrics_exporter = attach_metrics(self, cfg.metrics_port, cfg.metrics_addr)
+        self._opened_hooks = [
+            h
+            for h in [*self.step_hooks, *self.batch_hooks]
+            if not any(h is old for old in hooks_before)
+        ]
         return self
 
     def _source_config(self) -> SourceConfig:
@@ -159,12 +183,19 @@ class TrainJob:
         )
 
     def close(self, clean: bool = True) -> None:
-        """Release pins, write the final checkpoint (if ``clean``), close source and store."""
+        """Release pins, write the final checkpoint (if ``clean``), close source and store.
+
+        After a disk failure no checkpoint is written and the store is abandoned, not flushed.
+        """
+        clean = clean and not self._disk_failed
         if self.operators is not None:
             try:
                 self.operators.close(clean and self.store is not None)
             finally:
                 self.operators = None
+        opened, self._opened_hooks = self._opened_hooks, []
+        self.step_hooks[:] = [h for h in self.step_hooks if not any(h is o for o in opened)]
+        self.batch_hooks[:] = [h for h in self.batch_hooks if not any(h is o for o in opened)]
         if self.metrics_exporter is not None:
             self.metrics_exporter.close()
             self.metrics_exporter = None
@@ -175,8 +206,16 @@ class TrainJob:
             self.source.close()
             self.source = None
         if self.store is not None:
-            self.store.close()
-            self.store = None
+            store, self.store = self.store, None
+            if self._disk_failed:
+                store.abandon()
+                return
+            try:
+                store.close()
+            except StorageError as err:  # the last flush failed: say so, as during training
+                store.abandon()
+                path = self.config.store.path
+                raise StoreDiskError(path, err, self._last_good_checkpoint()) from err
 
     def __enter__(self) -> TrainJob:
         return self.open()
@@ -202,11 +241,8 @@ class TrainJob:
         tcfg = self.config.training
         max_events = max_events if max_events is not None else tcfg.max_events
         idle = idle_timeout_s if idle_timeout_s is not None else tcfg.idle_timeout_s
-        if self.source is None:
-            self.source = KafkaSource(self._source_config())
-            if self.start_offsets:
-                self.source.seek(self.start_offsets)
-            self.source.start()
+        self._ensure_source()
+        assert self.source is not None
         summary = TrainSummary()
         if max_events is not None and self.events_trained >= max_events:
             self._stop.set()  # a restored lineage that already trained everything asked for
@@ -222,12 +258,19 @@ class TrainJob:
             if not started:
                 started, t0, last_progress = True, now, now
             last_event = now
-            self._train_one(batch)
-            summary.events += len(batch.events)
-            self.events_trained += len(batch.events)
-            summary.batches += 1
-            for hook in self.step_hooks:
-                hook(self)
+            try:
+                self._train_one(batch)
+                summary.events += len(batch.events)
+                self.events_trained += len(batch.events)
+                summary.batches += 1
+                for hook in self.step_hooks:
+                    hook(self)
+            except StorageError as err:
+                if not self._pause_on_disk_error(err):  # raises StoreDiskError in stop mode
+                    break  # stop() while paused
+                summary.disk_pauses += 1
+                last_event = time.perf_counter()
+                continue
             if now - last_progress >= self._progress_every_s:
                 last_progress = now
                 point = self.progress(now - t0, summary)
@@ -242,6 +285,61 @@ class TrainJob:
         summary.auc, summary.log_loss = final.auc, final.log_loss
         summary.dead_letters, summary.hit_ratio = final.dead_letters, final.hit_ratio
         return summary
+
+    def _ensure_source(self) -> None:
+        if self.source is None:
+            self.source = KafkaSource(self._source_config())
+            if self.start_offsets:
+                self.source.seek(self.start_offsets)
+            self.source.start()
+
+    def _last_good_checkpoint(self) -> str | None:
+        ops = getattr(self.config, "operators", None)
+        if ops is None or ops.checkpoint is None:
+            return None
+        from operators.checkpoint import CheckpointManager
+
+        manager = CheckpointManager(ops.checkpoint.dir)
+        try:
+            latest = manager.latest_complete()
+        except Exception:  # the report must not hide the disk error
+            log.exception("could not list the checkpoints in %s", ops.checkpoint.dir)
+            return None
+        finally:
+            manager.close()
+        if latest is None:
+            return None
+        return f"{latest.id} (version {latest.version}, in {manager.root})"
+
+    def _pause_on_disk_error(self, err: StorageError) -> bool:
+        """Stop (raise) or pause until the disk takes writes again; False if stopped meanwhile."""
+        store_cfg = self.config.store
+        failure = StoreDiskError(store_cfg.path, err, self._last_good_checkpoint())
+        self._disk_failed = True
+        if store_cfg.on_disk_error != "pause":
+            log.error("%s", failure)
+            raise failure from err
+        log.error(
+            "%s; pausing: probing %s every %.1f s, then resuming from that checkpoint",
+            failure,
+            store_cfg.path,
+            store_cfg.disk_retry_s,
+        )
+        self.close(clean=False)
+        while not _disk_writable(store_cfg.path):
+            self.disk_probes += 1
+            if self._stop.wait(store_cfg.disk_retry_s):
+                return False
+        self._disk_failed = False
+        self.open()
+        self._ensure_source()
+        log.warning(
+            "the disk under %s takes writes again: resumed at %d events trained, offsets %s",
+            store_cfg.path,
+            self.events_trained,
+            self.start_offsets,
+        )
+        return True
 
     def _train_one(self, batch: SourceBatch) -> None:
         assert self.store is not None and self.trainer is not None and self.source is not None
@@ -283,6 +381,24 @@ class TrainJob:
             dead_letters=self.source.dead_letters if self.source is not None else 0,
             store_version=self.store.version,
         )
+
+
+def _disk_writable(path: str, probe_bytes: int = 1 << 20) -> bool:
+    """Whether ``probe_bytes`` can be written and fsynced in ``path`` (or its parent)."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    probe = os.path.join(folder, ".freshet-write-probe")
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * probe_bytes)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        log.debug("write probe in %s failed: %s", folder, err)
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    return True
 
 
 def _discard_unchecked_store(cfg: Any) -> None:
