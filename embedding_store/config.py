@@ -133,6 +133,10 @@ class StoreConfig:
     ``staleness`` is the bound S on how many versions behind a read may be (0: synchronous).
     ``lfu_decay`` ages access counts by this factor at every :meth:`EmbeddingStore.age`.
     ``evict_slack`` evicts a little below the budget so eviction runs in batches.
+    RocksDB's own memory is bounded for the whole store, all shards and tables together:
+    ``block_cache_bytes`` is one LRU block cache they share, ``memtable_budget_bytes`` caps
+    their memtables (RocksDB flushes early to stay under it; ``None``: only the per-column-family
+    ``write_buffer_bytes``, up to two of them each).
     """
 
     path: str
@@ -144,6 +148,8 @@ class StoreConfig:
     parallel_shards: bool = True
     write_buffer_bytes: int = 16 << 20
     sync_writes: bool = False
+    block_cache_bytes: int = 32 << 20
+    memtable_budget_bytes: int | None = 64 << 20
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_shards <= 1024:
@@ -157,6 +163,12 @@ class StoreConfig:
             raise ConfigError(f"lfu_decay must be in (0, 1], got {self.lfu_decay}")
         if not 0.0 <= self.evict_slack < 1.0:
             raise ConfigError(f"evict_slack must be in [0, 1), got {self.evict_slack}")
+        if self.block_cache_bytes < 0:
+            raise ConfigError(f"block_cache_bytes must be >= 0, got {self.block_cache_bytes}")
+        if self.memtable_budget_bytes is not None and self.memtable_budget_bytes < 1 << 20:
+            raise ConfigError(
+                f"memtable_budget_bytes must be >= 1 MiB or None, got {self.memtable_budget_bytes}"
+            )
 
     def table(self, name: str) -> TableConfig:
         """The table called ``name``."""

@@ -31,7 +31,17 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
-from rocksdict import AccessType, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    Cache,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteBufferManager,
+    WriteOptions,
+)
 
 from embedding_store.errors import StorageError, StoreClosedError, StoreNotOpenError
 from embedding_store.rows import RowLayout, decode_keys, encode_keys
@@ -47,6 +57,43 @@ def table_cf(table: str) -> str:
     return f"t.{table}"
 
 
+class RocksMemory:
+    """One block cache and one memtable budget shared by every shard of a store.
+
+    Without it each column family of each shard has its own 8 MB block cache and up to two
+    ``write_buffer_bytes`` memtables, so RocksDB's memory grows with shards x tables and
+    creeps up for minutes in a long run. Built by :meth:`EmbeddingStore.open` (no I/O).
+    """
+
+    def __init__(self, block_cache_bytes: int, memtable_budget_bytes: int | None) -> None:
+        self.block_cache_bytes = block_cache_bytes
+        self.memtable_budget_bytes = memtable_budget_bytes
+        self.cache = Cache(block_cache_bytes) if block_cache_bytes > 0 else None
+        self.write_buffers = (
+            WriteBufferManager(memtable_budget_bytes, False)
+            if memtable_budget_bytes is not None
+            else None
+        )
+
+    def apply(self, opts: Options) -> None:
+        """Point ``opts`` (a DB's or a column family's) at the shared cache and budget."""
+        table = BlockBasedOptions()
+        if self.cache is None:
+            table.disable_cache()
+        else:
+            table.set_block_cache(self.cache)
+        opts.set_block_based_table_factory(table)
+        if self.write_buffers is not None:
+            opts.set_write_buffer_manager(self.write_buffers)
+
+    def usage(self) -> dict[str, int]:
+        """Bytes in the block cache and in memtables now."""
+        return {
+            "block_cache": self.cache.get_usage() if self.cache is not None else 0,
+            "memtables": self.write_buffers.get_usage() if self.write_buffers is not None else 0,
+        }
+
+
 class RocksShard:
     """One RocksDB instance holding a shard of every table."""
 
@@ -57,8 +104,11 @@ class RocksShard:
         write_buffer_bytes: int = 16 << 20,
         sync_writes: bool = False,
         read_only: bool = False,
+        *,
+        memory: RocksMemory | None = None,
     ) -> None:
         self.path = path
+        self.memory = memory
         self.tables = list(tables)
         self.write_buffer_bytes = write_buffer_bytes
         self.sync_writes = sync_writes
@@ -73,6 +123,8 @@ class RocksShard:
         opts.create_missing_column_families(True)
         opts.set_write_buffer_size(self.write_buffer_bytes)
         opts.set_max_open_files(256)
+        if self.memory is not None:
+            self.memory.apply(opts)
         return opts
 
     def open(self) -> None:

@@ -56,7 +56,7 @@ from embedding_store.errors import (
 )
 from embedding_store.initializers import hash_ids
 from embedding_store.prefetch import Prefetcher, PrefetchTicket
-from embedding_store.rocks import RocksShard
+from embedding_store.rocks import RocksMemory, RocksShard
 from embedding_store.rows import RowLayout
 from embedding_store.shard import ShardTable
 from embedding_store.staleness import StalenessClock
@@ -161,12 +161,14 @@ class EmbeddingStore:
             raise StorageError(cfg.path, "create directory", err) from err
         self._check_schema()
         names = [t.name for t in cfg.tables]
+        memory = RocksMemory(cfg.block_cache_bytes, cfg.memtable_budget_bytes)
         self._shards = [
             RocksShard(
                 os.path.join(cfg.path, f"shard-{i:04d}"),
                 names,
                 cfg.write_buffer_bytes,
                 cfg.sync_writes,
+                memory=memory,
             )
             for i in range(cfg.num_shards)
         ]
