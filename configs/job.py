@@ -122,6 +122,26 @@ class StoreSection(_Section):
     )
     lfu_decay: float = Field(default=0.5, gt=0, le=1, description="LFU aging factor")
     write_buffer_mb: int = Field(default=16, ge=1, le=4096, description="RocksDB memtable")
+    block_cache_mb: int = Field(
+        default=32, ge=0, le=1 << 20, description="RocksDB block cache shared by all shards"
+    )
+    memtable_budget_mb: int | None = Field(
+        default=64, ge=1, le=1 << 20, description="all RocksDB memtables together (none: no cap)"
+    )
+
+    def rocks_memory(self) -> dict[str, Any]:
+        """``StoreConfig`` keyword arguments bounding RocksDB's memory.
+
+        >>> StoreSection().rocks_memory()["memtable_budget_bytes"] >> 20
+        64
+        """
+        budget = self.memtable_budget_mb
+        return {
+            "write_buffer_bytes": self.write_buffer_mb << 20,
+            "block_cache_bytes": self.block_cache_mb << 20,
+            "memtable_budget_bytes": None if budget is None else budget << 20,
+        }
+
     on_disk_error: Literal["stop", "pause"] = Field(
         default="stop",
         description=(

@@ -139,7 +139,7 @@ class TrainJob:
                 tables,
                 num_shards=cfg.store.num_shards,
                 lfu_decay=cfg.store.lfu_decay,
-                write_buffer_bytes=cfg.store.write_buffer_mb << 20,
+                **cfg.store.rocks_memory(),
             )
         ).open()
         self.featurizer = Featurizer(fspec)
