@@ -7,6 +7,7 @@ kind (:mod:`pipeline.events`), so serving sees exactly what training saw.
 problem                                    status  message
 =========================================  ======  ==========================================
 not JSON / not UTF-8                       400     ``bad JSON: ...``
+nested > 200 deep, integer > 4,300 digits  400     ``bad JSON: ...`` (as training's parser)
 not an object, unknown key                 400     ``body must be a JSON object ...``
 no ``events`` / not a list                 400     ``missing field 'events'`` / ``... list``
 empty list                                 422     ``'events' is empty``
@@ -32,6 +33,7 @@ from functools import cache
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import from_json
 
 from pipeline.errors import DecodeError
 from pipeline.events import Event, decode, event_model
@@ -46,10 +48,7 @@ def _adapter(kind: str) -> TypeAdapter[list[Any]]:
 
 def parse_predict_body(body: bytes, kind: str, max_events: int) -> list[Event]:
     """Validate a ``/predict`` body; raises :class:`RequestError` with the HTTP status."""
-    try:
-        obj = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RequestError(400, f"bad JSON: {err}") from None
+    obj = _parse_json(body)
     if not isinstance(obj, dict):
         got = type(obj).__name__
         raise RequestError(400, f"body must be a JSON object with an 'events' list, got {got}")
@@ -69,10 +68,31 @@ def parse_predict_body(body: bytes, kind: str, max_events: int) -> list[Event]:
         out: list[Event] = _adapter(kind).validate_json(json.dumps(events))
         return out
     except ValidationError as err:
-        first = err.errors(include_url=False)[0]["loc"]
-        index = first[0] if first and isinstance(first[0], int) else 0
+        loc = err.errors(include_url=False)[0]["loc"]
+        first = loc[0] if loc and isinstance(loc[0], int) else 0
+    for index in range(first, len(events)):  # name the first event refused on its own
+        try:
+            decode(kind, json.dumps(events[index]).encode())
+        except DecodeError as err:
+            raise RequestError(422, f"invalid event {index}: {err}") from None
+    raise RequestError(422, "invalid events")  # pragma: no cover - one of them fails alone
+
+
+def _parse_json(body: bytes) -> Any:
+    """Parse JSON as the event schema does (jiter), so a body reads as a message would.
+
+    UTF-8 only, at most 200 levels deep, integers of at most 4,300 digits; ``json.loads``
+    would guess UTF-16 or UTF-32, and raise ``RecursionError`` or a bare ``ValueError`` (a 500)
+    past its own limits.
+    """
     try:
-        decode(kind, json.dumps(events[index]).encode())
-    except DecodeError as err:
-        raise RequestError(422, f"invalid event {index}: {err}") from None
-    raise RequestError(422, f"invalid event {index}")  # pragma: no cover - decode agrees
+        body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        byte = body[err.start : err.start + 1].hex()
+        raise RequestError(
+            400, f"bad JSON: the body is not UTF-8 ({err.reason}: 0x{byte} at byte {err.start})"
+        ) from None
+    try:
+        return from_json(body)
+    except ValueError as err:
+        raise RequestError(400, f"bad JSON: {err}") from None
