@@ -319,9 +319,14 @@ def _decode_error(kind: str, err: ValidationError) -> DecodeError:
     return DecodeError(failure, f"{kind}: {detail}{more}", field=field)
 
 
+_SHOWN_NAME: Final = 60
+"""Longest field name a message quotes in full (an unknown key may be a megabyte long)."""
+
+
 def _describe(error: ErrorDetails) -> tuple[DecodeFailure, str, str | None]:
     kind = error["type"]
     field = ".".join(str(part) for part in error["loc"]) or None
+    name = field if field is None or len(field) <= _SHOWN_NAME else field[: _SHOWN_NAME - 3] + "..."
     if kind in ("json_invalid", "json_type"):
         msg = error["msg"].removeprefix("Invalid JSON: ")
         return DecodeFailure.BAD_JSON, f"bad JSON: {msg}", None
@@ -329,18 +334,18 @@ def _describe(error: ErrorDetails) -> tuple[DecodeFailure, str, str | None]:
         got = type(error["input"]).__name__
         return DecodeFailure.BAD_JSON, f"bad JSON: expected an object, got {got}", None
     if kind == "missing":
-        return DecodeFailure.MISSING_FIELD, f"missing field {field!r}", field
+        return DecodeFailure.MISSING_FIELD, f"missing field {name!r}", field
     if kind == "extra_forbidden":
-        return DecodeFailure.UNKNOWN_FIELD, f"unknown field {field!r}", field
+        return DecodeFailure.UNKNOWN_FIELD, f"unknown field {name!r}", field
     shown = repr(error["input"])
     if len(shown) > 40:
         shown = shown[:37] + "..."
     if kind in _RANGE_ERRORS:
-        detail = f"value out of range for {field!r}: {shown} ({error['msg'].lower()})"
+        detail = f"value out of range for {name!r}: {shown} ({error['msg'].lower()})"
         return DecodeFailure.OUT_OF_RANGE, detail, field
     if kind.endswith("_type"):
         got = type(error["input"]).__name__
-        detail = f"wrong type for {field!r}: {error['msg'].lower()}, got {got} {shown}"
+        detail = f"wrong type for {name!r}: {error['msg'].lower()}, got {got} {shown}"
         return DecodeFailure.WRONG_TYPE, detail, field
-    detail = f"invalid value for {field!r}: {shown} ({error['msg'].lower()})"
+    detail = f"invalid value for {name!r}: {shown} ({error['msg'].lower()})"
     return DecodeFailure.INVALID_VALUE, detail, field

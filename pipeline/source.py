@@ -5,6 +5,12 @@ closed batches, so the next batches (and the feature ids in them) are known befo
 asks: the store can prefetch their cold rows. Malformed messages go to a dead-letter topic and
 training goes on.
 
+A dead letter carries the original key and payload, with the reason (at most 1,000 characters)
+and the source position in its headers. A payload that would take it past
+``DEAD_LETTER_MAX_BYTES`` is cut to fit the producer's 1 MiB request limit; its
+``payload_bytes`` header keeps the original size, and the source position says where to read it
+whole. One oversized bad message must not stop the source.
+
 ::
 
     Kafka partitions ──► polling thread ──decode──► open batch ──(max_events | max_wait_ms)──┐
@@ -82,6 +88,10 @@ Offsets = dict[PartitionKey, int]
 """Next offset to read per partition: what a checkpoint stores and ``KafkaSource.seek`` takes."""
 
 DEAD_LETTER_SUFFIX: Final = ".dlq"
+DEAD_LETTER_MAX_BYTES: Final = 1_000_000
+"""Key, payload and headers of a dead letter, at most: under the producer's and a default
+broker's 1 MiB limit, whatever the original message's size."""
+_MAX_REASON_CHARS: Final = 1_000
 
 
 def dead_letter_topic_for(topic: str, configured: str | None = None) -> str:
@@ -391,6 +401,7 @@ class KafkaSource:
                 client_id=cfg.client_id + "-dlq",
                 acks="all",
                 linger_ms=5,
+                max_request_size=1 << 20,  # DEAD_LETTER_MAX_BYTES fits, with the overhead
                 **security,
             )
             self._consumer = KafkaConsumer(
@@ -619,19 +630,26 @@ class KafkaSource:
 
     def _dead_letter(self, record: Any, err: ValueError) -> None:
         code = err.failure.value if isinstance(err, DecodeError) else "invalid_value"
+        reason = str(err)
+        if len(reason) > _MAX_REASON_CHARS:
+            reason = reason[: _MAX_REASON_CHARS - 3] + "..."
+        value: bytes = record.value or b""
         headers = [
-            ("reason", str(err).encode()),
+            ("reason", reason.encode()),
             ("reason_code", code.encode()),
             ("event_kind", self.config.kind.encode()),
             ("source_topic", record.topic.encode()),
             ("source_partition", str(record.partition).encode()),
             ("source_offset", str(record.offset).encode()),
             ("source_timestamp_ms", str(record.timestamp).encode()),
+            ("payload_bytes", str(len(value)).encode()),
         ]
+        room = DEAD_LETTER_MAX_BYTES - len(record.key or b"")
+        room -= sum(len(k) + len(v) for k, v in headers)
+        if len(value) > room:  # else the producer raises, and every restart meets it again
+            value = value[: max(0, room)]
         topic = dead_letter_topic_for(record.topic, self.config.dead_letter_topic)
-        future = self._producer.send(
-            topic, value=record.value or b"", key=record.key, headers=headers
-        )
+        future = self._producer.send(topic, value=value, key=record.key, headers=headers)
         self._dlq_futures.append(future)
         self._dead_letters += 1
         log.debug("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, err)
