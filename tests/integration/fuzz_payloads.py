@@ -1,10 +1,11 @@
 """Hypothesis strategies for event payloads whose validity is known by construction.
 
-A valid payload is a record drawn inside the schema of :mod:`pipeline.events`, written with any
-JSON spacing and key order. A malformed one starts from a valid record and is spoilt in a way
-the schema refuses (a field dropped, a value of the wrong type or out of range, bytes that are
-not UTF-8 or not JSON, ...), so the tests know it is bad, and which ``reason_code`` may name it,
-without asking the validator; :func:`draw_many` cross-checks both against it.
+A valid payload is a record of :func:`pipeline.generators.generate` with up to three fields
+redrawn anywhere inside the schema of :mod:`pipeline.events`, in any key order and JSON spacing.
+A malformed one starts from a valid record and is spoilt in a way the schema refuses (a field
+dropped, a value of the wrong type or out of range, bytes that are not UTF-8 or not JSON, ...),
+so the tests know it is bad, and which ``reason_code`` may name it, without asking the
+validator; :func:`check_oracle` then asks it, to catch a wrong construction (or validator).
 
 ::
 
