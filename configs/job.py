@@ -109,6 +109,14 @@ class SourceSection(_Section):
         default=None, max_length=249, description="dead letters (default <topic>.dlq)"
     )
     session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000, description="group")
+    decode_in: Literal["thread", "process"] = Field(
+        default="thread",
+        description=(
+            "where messages are polled, parsed and validated: a thread of the trainer process, "
+            "or a source process of its own (the trainer's interpreter lock is then left to "
+            "features and training; pipeline.source_process)"
+        ),
+    )
     security: SecurityConfig = Field(default_factory=SecurityConfig, description="TLS / SASL")
 
 

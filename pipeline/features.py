@@ -2,7 +2,7 @@
 
 ::
 
-    events (dicts, or objects with the fields as attributes, e.g. pydantic models)
+    events (dicts, objects with the fields as attributes (pydantic models), or ColumnarEvents)
       │ columns per field
       ├─ sparse features ──► hashed int64 ids ──► Batch.sparse[table]: (B, F_t) grid
       │                                                      or JaggedIds(values, offsets)
@@ -45,6 +45,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from pipeline.aggregates import WindowedAggregate, WindowStats
+from pipeline.columnar import ColumnarEvents
 from pipeline.feature_errors import FeatureValueError
 from pipeline.feature_spec import (
     AggregateSpec,
@@ -150,12 +151,15 @@ class Batch:
 def event_columns(events: Sequence[Any]) -> Column:
     """Return a function giving one field's values across ``events`` (``None`` where absent).
 
-    Accepts mappings (decoded JSON) or objects carrying the fields as attributes (pydantic
-    event models; ``model_dump()`` is not needed).
+    Accepts mappings (decoded JSON), objects carrying the fields as attributes (pydantic
+    event models; ``model_dump()`` is not needed), or :class:`~pipeline.columnar.ColumnarEvents`
+    (already columns: nothing is built per event).
 
     >>> event_columns([{"a": 1}, {"b": 2}])("a")
     [1, None]
     """
+    if isinstance(events, ColumnarEvents):
+        return events.column
     if events and isinstance(events[0], Mapping):
         return lambda name: [e.get(name) for e in events]
     return lambda name: [getattr(e, name, None) for e in events]

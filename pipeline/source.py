@@ -59,7 +59,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, Literal, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
@@ -67,6 +67,9 @@ from kafka.structs import OffsetAndMetadata
 from pipeline.broker import ensure_topics
 from pipeline.errors import BrokerError, ConfigError, DecodeError, SourceError, SourceStateError
 from pipeline.events import EVENT_KINDS, Event, decode
+
+if TYPE_CHECKING:
+    from pipeline.columnar import ColumnarEvents
 
 __all__ = [
     "Assignment",
@@ -234,7 +237,7 @@ class SourceBatch:
     """
 
     seq: int
-    events: tuple[Event, ...]
+    events: tuple[Event, ...] | ColumnarEvents  # columns: from a ProcessSource
     keys: tuple[bytes | None, ...]
     positions: tuple[tuple[str, int, int], ...]
     timestamps_ms: tuple[int, ...]

@@ -8,6 +8,10 @@
     between steps: step hooks (scheduled operators: migration, checkpoints, publish)
     after each batch: source.mark_trained(batch) ─► source.snapshot() = offsets to resume
 
+With ``source.decode_in: process`` the source is a
+:class:`~pipeline.source_process.ProcessSource`: polling and decoding run in a child process
+and batches arrive as columns.
+
 Constructing a job does no I/O; :meth:`TrainJob.open` opens the store and builds the model,
 :meth:`TrainJob.run` consumes until ``max_events``, an idle timeout or :meth:`stop`.
 
@@ -42,6 +46,7 @@ from pipeline.features import Featurizer
 from pipeline.metrics import PrequentialMetrics
 from pipeline.models import BatchLayout, build_model, model_tables
 from pipeline.source import Assignment, KafkaSource, SourceBatch, SourceConfig
+from pipeline.source_process import ProcessSource
 from pipeline.trainer import BatchResult, OnlineTrainer
 
 log = logging.getLogger(__name__)
@@ -102,7 +107,7 @@ class TrainJob:
         self.step_hooks: list[StepHook] = []  # run between steps (scheduled operators)
         self.batch_hooks: list[BatchHook] = []  # see every trained batch and its result
         self.store: EmbeddingStore | None = None
-        self.source: KafkaSource | None = None
+        self.source: KafkaSource | ProcessSource | None = None
         self.trainer: OnlineTrainer | None = None
         self.featurizer: Featurizer | None = None
         self.model: Any = None
@@ -288,7 +293,8 @@ class TrainJob:
 
     def _ensure_source(self) -> None:
         if self.source is None:
-            self.source = KafkaSource(self._source_config())
+            in_process = self.config.source.decode_in == "process"
+            self.source = (ProcessSource if in_process else KafkaSource)(self._source_config())
             if self.start_offsets:
                 self.source.seek(self.start_offsets)
             self.source.start()

@@ -13,6 +13,7 @@ from pipeline.errors import DecodeFailure
 from pipeline.formats import read_messages
 from pipeline.replay import keyed_by_index, replay
 from pipeline.source import Assignment, KafkaSource, SourceBatch, SourceConfig
+from pipeline.source_process import ProcessSource
 from tests.integration.conftest import CRITEO_TRAIN, Read
 
 pytestmark = pytest.mark.integration
@@ -45,10 +46,12 @@ SPOILERS: list[tuple[DecodeFailure, str | None, Callable[[bytes], bytes]]] = [
 ]
 
 
+@pytest.mark.parametrize("source_type", [KafkaSource, ProcessSource])
 def test_malformed_events_go_to_the_dead_letter_topic(
     bootstrap: str,
     new_topic: Callable[[int], str],
     read_topic: Callable[..., list[Read]],
+    source_type: type[KafkaSource | ProcessSource],
 ) -> None:
     topic = new_topic(1)  # one partition: a message's offset is its position in the stream
     good = list(read_messages(CRITEO_TRAIN))
@@ -73,7 +76,7 @@ def test_malformed_events_go_to_the_dead_letter_topic(
         max_wait_ms=50,
     )
     batches: list[SourceBatch] = []
-    with KafkaSource(config) as source:
+    with source_type(config) as source:
         deadline = time.monotonic() + 30
         while sum(map(len, batches)) < len(good) and time.monotonic() < deadline:
             batch = source.next_batch(timeout_s=1.0)

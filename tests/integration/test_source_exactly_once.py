@@ -9,16 +9,19 @@ from collections.abc import Callable
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from pipeline.events import CtrEvent
+from pipeline.events import CtrEvent, to_record
 from pipeline.formats import read_messages
 from pipeline.replay import keyed_by_index, replay
 from pipeline.source import Assignment, KafkaSource, SourceBatch, SourceConfig
+from pipeline.source_process import ProcessSource
 from tests.integration.conftest import CRITEO_TRAIN, SESSION_TIMEOUT_MS
 
 pytestmark = pytest.mark.integration
 
 
-def drain(source: KafkaSource, expected: int, timeout_s: float = 30.0) -> list[SourceBatch]:
+def drain(
+    source: KafkaSource | ProcessSource, expected: int, timeout_s: float = 30.0
+) -> list[SourceBatch]:
     """Take batches until ``expected`` events arrived, marking each trained."""
     batches: list[SourceBatch] = []
     got = 0
@@ -34,8 +37,12 @@ def drain(source: KafkaSource, expected: int, timeout_s: float = 30.0) -> list[S
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("source_type", [KafkaSource, ProcessSource])
 def test_criteo_file_is_consumed_in_order_exactly_once(
-    bootstrap: str, new_topic: Callable[[int], str], criteo_lines: list[str]
+    bootstrap: str,
+    new_topic: Callable[[int], str],
+    criteo_lines: list[str],
+    source_type: type[KafkaSource | ProcessSource],
 ) -> None:
     topic = new_topic(3)
     sent = replay(bootstrap, topic, keyed_by_index(read_messages(CRITEO_TRAIN)), progress=False)
@@ -52,7 +59,7 @@ def test_criteo_file_is_consumed_in_order_exactly_once(
         max_wait_ms=50,
         session_timeout_ms=SESSION_TIMEOUT_MS,
     )
-    with KafkaSource(config) as source:
+    with source_type(config) as source:
         batches = drain(source, sent)
         assert source.next_batch(timeout_s=0.5) is None  # nothing beyond the file
         assert source.dead_letters == 0
@@ -78,7 +85,11 @@ def test_criteo_file_is_consumed_in_order_exactly_once(
     for batch in batches:
         for key, event in zip(batch.keys, batch.events, strict=True):
             assert key is not None
-            assert event == CtrEvent.from_criteo_line(criteo_lines[int(key)])
+            expected = CtrEvent.from_criteo_line(criteo_lines[int(key)])
+            if source_type is ProcessSource:  # events arrive as columns, read back as dicts
+                assert event == to_record(expected)
+            else:
+                assert event == expected
 
     # the snapshot points right after the last event of every partition
     assert snapshot == {(topic, p): len(v) for p, v in per_partition.items()}

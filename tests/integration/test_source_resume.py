@@ -10,12 +10,15 @@ import pytest
 from pipeline.formats import read_messages
 from pipeline.replay import keyed_by_index, replay
 from pipeline.source import Assignment, KafkaSource, SourceBatch, SourceConfig
+from pipeline.source_process import ProcessSource
 from tests.integration.conftest import CRITEO_TRAIN, SESSION_TIMEOUT_MS
 
 pytestmark = pytest.mark.integration
 
 
-def take(source: KafkaSource, at_least: int, timeout_s: float = 30.0) -> list[SourceBatch]:
+def take(
+    source: KafkaSource | ProcessSource, at_least: int, timeout_s: float = 30.0
+) -> list[SourceBatch]:
     batches: list[SourceBatch] = []
     deadline = time.monotonic() + timeout_s
     while sum(map(len, batches)) < at_least and time.monotonic() < deadline:
@@ -30,12 +33,16 @@ def keys_of(batches: list[SourceBatch]) -> list[int]:
     return [int(k) for b in batches for k in b.keys if k is not None]
 
 
+@pytest.mark.parametrize("source_type", [KafkaSource, ProcessSource])
 @pytest.mark.parametrize(
     "assignment",
     [Assignment.MANUAL, pytest.param(Assignment.GROUP, marks=pytest.mark.slow)],
 )
 def test_restart_from_snapshot_delivers_the_rest_exactly_once(
-    bootstrap: str, new_topic: Callable[[int], str], assignment: Assignment
+    bootstrap: str,
+    new_topic: Callable[[int], str],
+    assignment: Assignment,
+    source_type: type[KafkaSource | ProcessSource],
 ) -> None:
     topic = new_topic(3)
     total = replay(bootstrap, topic, keyed_by_index(read_messages(CRITEO_TRAIN)), progress=False)
@@ -51,7 +58,7 @@ def test_restart_from_snapshot_delivers_the_rest_exactly_once(
         session_timeout_ms=SESSION_TIMEOUT_MS,
     )
 
-    first = KafkaSource(config).start()
+    first = source_type(config).start()
     try:
         trained = take(first, total // 2)
         time.sleep(0.3)  # let the polling thread fill its buffer past the trained batches
@@ -64,7 +71,7 @@ def test_restart_from_snapshot_delivers_the_rest_exactly_once(
     assert set(snapshot) == {(topic, p) for p in range(3)}  # every partition, read or not
     assert sum(snapshot.values()) == len(first_keys)
 
-    second = KafkaSource(config)
+    second = source_type(config)
     second.seek(snapshot)
     with second:
         rest = take(second, total - len(first_keys))

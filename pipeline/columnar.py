@@ -1,0 +1,108 @@
+"""A batch of events held as columns: one list of values per field, decoded when first read.
+
+What :class:`~pipeline.source_process.ProcessSource` hands the trainer: its source process
+validated every event already, so the trainer process gets each field's values across the
+batch and never builds one object per event. The featurizer reads it column by column
+(``event_columns`` in :mod:`pipeline.features`); anything else may still index it and get one
+event as a dict.
+
+::
+
+    ColumnarEvents (n events)
+      "label" ──► [0, 1, 0, ...]            a list, or a function making it on first read
+      "i1"    ──► [5, None, 12, ...]        (then kept)
+      "c1"    ──► ["68fd1e64", None, ...]
+    column("i1") ─► the list        [k] ─► {"label": 0, "i1": 5, "c1": "68fd1e64", ...}
+
+A field not in the batch reads as ``None`` for every event, as ``Mapping.get`` would.
+
+>>> batch = ColumnarEvents(2, {"label": [0, 1], "c1": lambda: ["68fd1e64", None]})
+>>> len(batch), batch.column("c1"), batch.column("i9")
+(2, ['68fd1e64', None], [None, None])
+>>> batch[1]
+{'label': 1, 'c1': None}
+>>> batch[1:].to_records()
+[{'label': 1, 'c1': None}]
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, overload
+
+__all__ = ["ColumnarEvents", "LazyColumn"]
+
+LazyColumn = list[Any] | Callable[[], list[Any]]
+"""A column's values, or a function returning them (called at most once)."""
+
+
+class ColumnarEvents(Sequence[dict[str, Any]]):
+    """``n`` events as named columns of equal length (see the module docstring)."""
+
+    __slots__ = ("_columns", "_lock", "_n")
+
+    def __init__(self, n: int, columns: Mapping[str, LazyColumn]) -> None:
+        self._n = n
+        self._columns: dict[str, LazyColumn] = dict(columns)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_records(cls, records: Sequence[Mapping[str, Any]]) -> ColumnarEvents:
+        """Columns of ``records`` (dicts); a field missing from a record is ``None`` there.
+
+        >>> ColumnarEvents.from_records([{"a": 1}, {"b": 2}]).column("a")
+        [1, None]
+        """
+        names = list(dict.fromkeys(name for r in records for name in r))
+        return cls(len(records), {n: [r.get(n) for r in records] for n in names})
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The fields the batch carries, in their order."""
+        return tuple(self._columns)
+
+    def column(self, name: str) -> list[Any]:
+        """The values of field ``name`` across the batch (decoded now if not yet)."""
+        values = self._columns.get(name)
+        if values is None:
+            return [None] * self._n
+        if isinstance(values, list):
+            return values
+        with self._lock:  # decode once even if two threads ask at the same time
+            current = self._columns[name]
+            if isinstance(current, list):
+                return current
+            decoded = current()
+            if len(decoded) != self._n:
+                raise ValueError(f"column {name!r} has {len(decoded)} values, expected {self._n}")
+            self._columns[name] = decoded
+            return decoded
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """Every event as a dict (decodes every column)."""
+        cols = {name: self.column(name) for name in self._columns}
+        return [{name: values[i] for name, values in cols.items()} for i in range(self._n)]
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> ColumnarEvents: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | ColumnarEvents:
+        if isinstance(index, slice):
+            cols = {name: self.column(name)[index] for name in self._columns}
+            return ColumnarEvents(len(range(*index.indices(self._n))), cols)
+        if not -self._n <= index < self._n:
+            raise IndexError(f"event {index} of a batch of {self._n}")
+        return {name: self.column(name)[index] for name in self._columns}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.to_records())
+
+    def __repr__(self) -> str:
+        return f"ColumnarEvents({self._n} events, fields {list(self._columns)})"
