@@ -13,14 +13,15 @@ event as a dict.
       "i1"    ──► [5, None, 12, ...]        (then kept)
       "c1"    ──► ["68fd1e64", None, ...]
     column("i1") ─► the list        [k] ─► {"label": 0, "i1": 5, "c1": "68fd1e64", ...}
+                                          (an EventRecord: event["i1"] or event.i1)
 
 A field not in the batch reads as ``None`` for every event, as ``Mapping.get`` would.
 
 >>> batch = ColumnarEvents(2, {"label": [0, 1], "c1": lambda: ["68fd1e64", None]})
 >>> len(batch), batch.column("c1"), batch.column("i9")
 (2, ['68fd1e64', None], [None, None])
->>> batch[1]
-{'label': 1, 'c1': None}
+>>> batch[1], batch[1].label
+({'label': 1, 'c1': None}, 1)
 >>> batch[1:].to_records()
 [{'label': 1, 'c1': None}]
 """
@@ -31,13 +32,33 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, overload
 
-__all__ = ["ColumnarEvents", "LazyColumn"]
+__all__ = ["ColumnarEvents", "EventRecord", "LazyColumn"]
 
 LazyColumn = list[Any] | Callable[[], list[Any]]
 """A column's values, or a function returning them (called at most once)."""
 
 
-class ColumnarEvents(Sequence[dict[str, Any]]):
+class EventRecord(dict[str, Any]):
+    """One event taken out of a :class:`ColumnarEvents`: a dict whose fields read as attributes.
+
+    So code written for the event models (``event.label``) reads it too; a field named like a
+    dict method (``items``, ``get``, ...) is only reachable as ``event["items"]``.
+
+    >>> e = EventRecord({"label": 1, "c1": None})
+    >>> e.label, e["c1"], e == {"label": 1, "c1": None}
+    (1, None, True)
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"the event has no field {name!r}") from None
+
+
+class ColumnarEvents(Sequence[EventRecord]):
     """``n`` events as named columns of equal length (see the module docstring)."""
 
     __slots__ = ("_columns", "_lock", "_n")
@@ -79,29 +100,33 @@ class ColumnarEvents(Sequence[dict[str, Any]]):
             self._columns[name] = decoded
             return decoded
 
-    def to_records(self) -> list[dict[str, Any]]:
+    def to_records(self) -> list[EventRecord]:
         """Every event as a dict (decodes every column)."""
+        if not self._columns:
+            return [EventRecord() for _ in range(self._n)]
         cols = {name: self.column(name) for name in self._columns}
-        return [{name: values[i] for name, values in cols.items()} for i in range(self._n)]
+        names = list(cols)
+        rows = zip(*cols.values(), strict=True)
+        return [EventRecord(zip(names, row, strict=True)) for row in rows]
 
     def __len__(self) -> int:
         return self._n
 
     @overload
-    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    def __getitem__(self, index: int) -> EventRecord: ...
 
     @overload
     def __getitem__(self, index: slice) -> ColumnarEvents: ...
 
-    def __getitem__(self, index: int | slice) -> dict[str, Any] | ColumnarEvents:
+    def __getitem__(self, index: int | slice) -> EventRecord | ColumnarEvents:
         if isinstance(index, slice):
             cols = {name: self.column(name)[index] for name in self._columns}
             return ColumnarEvents(len(range(*index.indices(self._n))), cols)
         if not -self._n <= index < self._n:
             raise IndexError(f"event {index} of a batch of {self._n}")
-        return {name: self.column(name)[index] for name in self._columns}
+        return EventRecord((name, self.column(name)[index]) for name in self._columns)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[EventRecord]:
         return iter(self.to_records())
 
     def __repr__(self) -> str:

@@ -35,6 +35,7 @@ leave the state alone (look-ahead prefetch, serving).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -74,6 +75,9 @@ __all__ = [
     "MultiHotSpec",
     "TimePartSpec",
 ]
+
+AHEAD_KEPT = 8
+"""Batches whose sparse ids ``Featurizer.sparse_ids`` keeps for their ``transform``."""
 
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
@@ -250,6 +254,9 @@ class Featurizer:
         self.moments = RunningMoments(int(self._std_cols.sum()))
         self.events_seen = 0
         self._strings: dict[str, int] = {}
+        # sparse ids and times of batches seen by sparse_ids(), for their transform() later
+        self._ahead: OrderedDict[int, tuple[Sequence[Any], dict[str, SparseIds], F64 | None]]
+        self._ahead = OrderedDict()
 
     # -- sparse (stateless) --------------------------------------------------
     def _feature_ids(
@@ -293,12 +300,30 @@ class Featurizer:
         return out
 
     def sparse_ids(self, events: Sequence[Any]) -> dict[str, I64]:
-        """Sorted unique ids per table of ``events``, without touching any state."""
+        """Sorted unique ids per table of ``events``, without touching any state.
+
+        Sparse ids are a pure function of the events, so for an immutable batch (a tuple or
+        :class:`~pipeline.columnar.ColumnarEvents`) they are kept until :meth:`transform`
+        takes that same batch (the last ``AHEAD_KEPT`` batches): a batch looked at ahead for
+        prefetching is not hashed twice.
+        """
         col = event_columns(events)
         times = self._times(col) if self._needs_time() else None
-        return Batch(
-            np.zeros(0, np.float32), np.zeros((0, 0), np.float32), self._sparse(col, times)
-        ).unique_ids()
+        sparse = self._sparse(col, times)
+        if isinstance(events, tuple | ColumnarEvents):
+            self._ahead[id(events)] = (events, sparse, times)
+            while len(self._ahead) > AHEAD_KEPT:
+                self._ahead.popitem(last=False)
+        return Batch(np.zeros(0, np.float32), np.zeros((0, 0), np.float32), sparse).unique_ids()
+
+    def _sparse_and_times(
+        self, events: Sequence[Any], col: Column
+    ) -> tuple[dict[str, SparseIds], F64 | None]:
+        kept = self._ahead.pop(id(events), None)
+        if kept is not None and kept[0] is events:
+            return kept[1], kept[2]
+        times = self._times(col) if self._needs_time() else None
+        return self._sparse(col, times), times
 
     # -- dense (stateful) ----------------------------------------------------
     def _needs_time(self) -> bool:
@@ -406,8 +431,7 @@ class Featurizer:
         """
         col = event_columns(events)
         labels = numeric(col(self.spec.label), self.spec.label).astype(np.float32)
-        times = self._times(col) if self._needs_time() else None
-        sparse = self._sparse(col, times)
+        sparse, times = self._sparse_and_times(events, col)
         dense = self._dense(col, times, labels, update)
         if update:
             self.events_seen += len(labels)

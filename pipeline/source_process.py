@@ -27,11 +27,11 @@ terminal's Ctrl-C reaches the trainer only, which then closes the source.
 
 Differences from ``KafkaSource``: batch events are
 :class:`~pipeline.columnar.ColumnarEvents` (what the featurizer reads; index one to get a
-dict), up to ``2 * queue_batches`` batches are read ahead (the child's buffer and this one),
-``dead_letters`` and ``events_read`` follow the child's counts as its frames arrive, and
-``on_batch_ready`` callbacks run on the reader thread. A child that exits unasked makes
-:meth:`ProcessSource.next_batch` raise :class:`~pipeline.errors.SourceError` naming its exit
-code and last log lines.
+dict); up to ``queue_batches + 3`` batches are read ahead (this buffer, the child's two and
+the one it is encoding); ``dead_letters`` and ``events_read`` follow the child's counts as its
+frames arrive; ``on_batch_ready`` callbacks run on the reader thread. A child that exits
+unasked makes :meth:`ProcessSource.next_batch` raise :class:`~pipeline.errors.SourceError`
+naming its exit code and last log lines.
 
 >>> from pipeline.source import SourceConfig
 >>> cfg = SourceConfig(bootstrap_servers="127.0.0.1:9092", topics=("clicks",), kind="ctr")

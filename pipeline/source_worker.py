@@ -11,7 +11,8 @@ event run here, on this process's own interpreter lock.
     stdin ──► command thread: start | took | mark_trained | commit | close | end of stream
                                  │ credits            │ source.mark_trained / commit
     KafkaSource ──► main thread: next_batch ──► columns ──► frame ──► stdout
-                    (polls ahead)    at most queue_batches frames not yet taken by the trainer
+    (polls ahead,    at most queue_batches frames not yet taken by the trainer
+     2 batches)
 
 It stops when told to close or when stdin ends (the trainer died): it closes the source and
 exits 0. A fatal source error is sent as an ``error`` frame, then it exits 1.
@@ -26,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import IO, Any
 
 from pipeline.events import EVENT_KINDS, Event, decode
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 
 _WAIT_S = 0.1
 """Longest wait for a batch or a credit, so a close is served promptly."""
+CHILD_QUEUE_BATCHES = 2
+"""Batches this process's KafkaSource buffers (the trainer's buffer holds ``queue_batches``)."""
 
 
 class _TimedDecoder:
@@ -227,7 +231,9 @@ def main() -> int:
         if isinstance(password, str):
             register_secret(password)
         decoder = _TimedDecoder(config.kind)
-        source = KafkaSource(config, decoder=decoder)
+        # the trainer buffers queue_batches; here a couple keep the pipe fed
+        own = replace(config, queue_batches=min(config.queue_batches, CHILD_QUEUE_BATCHES))
+        source = KafkaSource(own, decoder=decoder)
         source.seek(offsets_from_wire(header.get("seek", [])))
         source.start()
     except Exception as err:

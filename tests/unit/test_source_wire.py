@@ -221,3 +221,29 @@ def test_errors_cross_with_their_type_and_message() -> None:
     assert type(state) is SourceError and "commit() is not allowed" in str(state)
     other = error_from_wire(error_to_wire(KeyError("x")))
     assert type(other) is SourceError and str(other).startswith("KeyError")
+
+
+@pytest.mark.parametrize("as_columns", [False, True])
+def test_ids_looked_at_ahead_are_the_ids_trained(as_columns: bool) -> None:
+    """sparse_ids() keeps a batch's ids for its transform(): the same as computing them anew."""
+    spec = JobConfig.from_yaml(REPO / "configs" / "fraud.yaml").features.to_spec()
+    records = list(generate("transaction", 600, 2))
+    batches: list[Any] = []
+    for i in range(0, 600, 100):
+        chunk = tuple(TransactionEvent.from_record(e) for e in records[i : i + 100])
+        if as_columns:
+            batch = SourceBatch(0, chunk, (None,) * 100, (("t", 0, 0),) * 100, (0,) * 100, {})
+            header, body = encode_batch(batch, tuple(TransactionEvent.model_fields))
+            batches.append(decode_batch(json.loads(json.dumps(header)), b"".join(body)).events)
+        else:
+            batches.append(chunk)
+    ahead, plain = Featurizer(spec), Featurizer(spec)
+    for i, events in enumerate(batches):
+        for later in batches[i : i + 3]:  # as TrainJob's prefetch peeks 2 batches ahead
+            ahead.sparse_ids(later)
+        a, b = ahead.transform(events), plain.transform(events)
+        for table in b.sparse:
+            np.testing.assert_array_equal(a.sparse[table], b.sparse[table])
+        np.testing.assert_array_equal(a.dense, b.dense)
+        assert a.timestamps is not None and b.timestamps is not None
+        np.testing.assert_array_equal(a.timestamps, b.timestamps)
