@@ -110,11 +110,12 @@ class SourceSection(_Section):
     )
     session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000, description="group")
     decode_in: Literal["thread", "process"] = Field(
-        default="thread",
+        default="process",
         description=(
-            "where messages are polled, parsed and validated: a thread of the trainer process, "
-            "or a source process of its own (the trainer's interpreter lock is then left to "
-            "features and training; pipeline.source_process)"
+            "where messages are polled, parsed and validated: a source process of its own "
+            "(the trainer's interpreter lock is left to features and training; "
+            "pipeline.source_process) or a thread of the trainer process; ranks of "
+            "freshet train --nproc N always use a thread"
         ),
     )
     security: SecurityConfig = Field(default_factory=SecurityConfig, description="TLS / SASL")

@@ -8,9 +8,9 @@
     between steps: step hooks (scheduled operators: migration, checkpoints, publish)
     after each batch: source.mark_trained(batch) ─► source.snapshot() = offsets to resume
 
-With ``source.decode_in: process`` the source is a
+With ``source.decode_in: process`` (the default) the source is a
 :class:`~pipeline.source_process.ProcessSource`: polling and decoding run in a child process
-and batches arrive as columns.
+and batches arrive as columns; with ``thread`` it is the :class:`KafkaSource` itself.
 
 Constructing a job does no I/O; :meth:`TrainJob.open` opens the store and builds the model,
 :meth:`TrainJob.run` consumes until ``max_events``, an idle timeout or :meth:`stop`.
