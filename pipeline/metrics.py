@@ -193,6 +193,13 @@ class PrequentialMetrics:
         """Whether :meth:`auc` is exact (``False`` once past ``exact_limit`` events)."""
         return self._scores is not None
 
+    def recent(self) -> tuple[F64, npt.NDArray[np.bool_]]:
+        """Scores and labels of the last ``window`` events, oldest first (copies)."""
+        n = min(self._ring_at, self.window)
+        start = self._ring_at % self.window if self._ring_at > self.window else 0
+        order = (start + np.arange(n)) % self.window
+        return self._ring_s[order], self._ring_y[order]
+
     def _tail(self) -> tuple[F64, npt.NDArray[np.bool_]]:
         n = min(self._ring_at, self.window)
         return self._ring_s[:n], self._ring_y[:n]

@@ -113,3 +113,4 @@ def test_window_ring_handles_batches_larger_than_the_window() -> None:
     m.update(np.array([0.5]), np.array([0]))
     s, _ = m._tail()
     assert sorted(s.tolist()) == [0.4, 0.5, 0.9]
+    assert m.recent()[0].tolist() == [0.4, 0.9, 0.5]  # oldest first

@@ -83,7 +83,7 @@ def test_scores_come_from_parameters_before_the_batch(
         after = trainer.score(batch)
         np.testing.assert_allclose(result.scores, before, rtol=1e-6, atol=1e-7)
         assert np.abs(after - before).max() > 0.1
-        recorded, _ = trainer.metrics._all()
+        recorded, _ = trainer.metrics.recent()
         np.testing.assert_allclose(recorded[-300:], before, rtol=1e-6, atol=1e-7)
         assert result.step == 2 and trainer.store.version == 2
 
