@@ -105,6 +105,17 @@ def _proc_stats(pid: int, store: Path | None = None) -> dict[str, Any] | None:
     }
 
 
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (the trainer's source process, ``decode_in: process``)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            out += [int(c) for c in task.read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return out
+
+
 def _sst_files(store: Path) -> int:
     """Live RocksDB table files under the store (what SST descriptors may point at)."""
     return sum(1 for _ in store.glob("shard-*/*.sst"))
@@ -214,6 +225,14 @@ def _summary(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
     rep_rss_start = statistics.median(s["replica"]["rss_bytes"] for s in rep[:k]) if rep else 0
     rep_rss_end = statistics.median(s["replica"]["rss_bytes"] for s in rep[-k:]) if rep else 0
     chains_max = max(s["chains"] for s in after)
+    src = [s for s in after if s.get("source") is not None]
+    src_growth = (
+        statistics.median(s["source"]["rss_bytes"] for s in src[-k:])
+        / statistics.median(s["source"]["rss_bytes"] for s in src[:k])
+        - 1.0
+        if len(src) >= 2 * k
+        else None
+    )
     growth = rss_end / rss_start - 1.0
     rep_growth = rep_rss_end / rep_rss_start - 1.0 if rep_rss_start else None
     return {
@@ -227,6 +246,10 @@ def _summary(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
         "trainer_non_table_fds_max_after_warmup": non_table_after,
         "trainer_deleted_files_held_max": deleted_max,
         "trainer_sst_fds_minus_live_sst_files_max": sst_excess,
+        "source_process_rss_growth": src_growth,
+        "source_process_fds_max_after_warmup": (
+            max(s["source"]["fds"] for s in src) if src else None
+        ),
         "replica_rss_growth": rep_growth,
         "replica_fds_max_after_warmup": max(s["replica"]["fds"] for s in rep) if rep else None,
         "chains_on_disk_max": chains_max,
@@ -314,6 +337,9 @@ def run(args: argparse.Namespace) -> int:
                         "t": now,
                         "trainer": _proc_stats(trainer.pid, tmp / "store"),
                         "replica": _proc_stats(replica.pid),
+                        "source": next(
+                            (st for c in _children(trainer.pid) if (st := _proc_stats(c))), None
+                        ),
                         "chains": _chains(tmp / "ckpt"),
                         "checkpoints": sum(_count_dirs(p) for p in (tmp / "ckpt").glob("chain-*")),
                         "snapshots": _count_dirs(tmp / "snapshots"),
