@@ -202,6 +202,12 @@ class EmbeddedBroker:
                 raise BrokerError(f"tansu exited at start-up; its log:\n{self._log_tail()}")
             if "AddrInUse" in self._log_tail():  # tansu may panic in a worker and live on
                 raise BrokerError(f"port {self._port} is in use; tansu's log:\n{self._log_tail()}")
+            try:  # a plain TCP probe first: kafka-python logs ERRORs for a refused connect
+                socket.create_connection((self._host, self._port), timeout=0.5).close()
+            except OSError as err:
+                last = err
+                time.sleep(0.05)
+                continue
             try:
                 admin = KafkaAdminClient(
                     bootstrap_servers=self.bootstrap, request_timeout_ms=2000, client_id="probe"
