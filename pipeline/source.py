@@ -53,7 +53,6 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Self
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from pipeline.batch_buffer import BatchBuffer
 from pipeline.broker import ensure_topics
 from pipeline.errors import BrokerError, ConfigError, DecodeError, SourceError, SourceStateError
 from pipeline.events import EVENT_KINDS, Event, decode
@@ -309,9 +309,8 @@ class KafkaSource:
         self._fetched: Offsets = {}
         self._unsettled: set[PartitionKey] = set()
         self._lock = threading.Lock()
-        self._ready = threading.Condition(self._lock)
-        self._buffer: deque[SourceBatch] = deque()
-        self._callbacks: list[Callable[[SourceBatch], None]] = []
+        self._batches: BatchBuffer[SourceBatch] = BatchBuffer(self._lock)
+        self._ready = self._batches.ready
         self._commands: queue.SimpleQueue[tuple[Offsets, Future[None]]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -495,29 +494,22 @@ class KafkaSource:
         thread failed.
         """
         self._check_running("next_batch()")
-        deadline = time.monotonic() + max(0.0, timeout_s)
-        with self._ready:
-            while not self._buffer:
-                if self._error is not None:
-                    raise SourceError(f"the polling thread failed: {self._error!r}") from (
-                        self._error
-                    )
-                if self._state is not SourceState.RUNNING:
-                    raise SourceStateError("next_batch()", self._state.value)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._ready.wait(remaining)
-            batch = self._buffer.popleft()
-            self._handed_seq = batch.seq
-            self._ready.notify_all()
-            return batch
+        return self._batches.take(timeout_s, self._check_can_deliver, self._handed)
+
+    def _check_can_deliver(self) -> None:
+        """Raise if no more batches can come (lock held, buffer empty)."""
+        if self._error is not None:
+            raise SourceError(f"the polling thread failed: {self._error!r}") from self._error
+        if self._state is not SourceState.RUNNING:
+            raise SourceStateError("next_batch()", self._state.value)
+
+    def _handed(self, batch: SourceBatch) -> None:
+        self._handed_seq = batch.seq
 
     def peek_ahead(self, k: int) -> list[SourceBatch]:
         """Return the next ``k`` buffered batches (fewer if fewer are ready), leaving them there."""
         self._check_running("peek_ahead()")
-        with self._lock:
-            return [b for _, b in zip(range(k), self._buffer, strict=False)]
+        return self._batches.peek(k)
 
     def on_batch_ready(self, callback: Callable[[SourceBatch], None]) -> None:
         """Call ``callback(batch)`` from the polling thread as each batch enters the buffer.
@@ -525,12 +517,11 @@ class KafkaSource:
         Keep it short (e.g. hand the batch's ids to the store's prefetch); exceptions are
         logged and ignored.
         """
-        self._callbacks.append(callback)
+        self._batches.on_ready(callback)
 
     def buffered(self) -> int:
         """Count the closed batches waiting in the buffer."""
-        with self._lock:
-            return len(self._buffer)
+        return len(self._batches)
 
     def commit(self, offsets: Mapping[PartitionKey, int], timeout_s: float = 10.0) -> None:
         """Commit ``offsets`` to the consumer group (after a checkpoint; for lag monitoring).
@@ -668,19 +659,7 @@ class KafkaSource:
             raise SourceError(f"{len(failed)} dead letters could not be produced: {first!r}")
 
     def _offer(self, batch: SourceBatch) -> bool:
-        with self._ready:
-            if len(self._buffer) >= self.config.queue_batches:
-                self._ready.wait(0.05)
-            if len(self._buffer) >= self.config.queue_batches or self._stop.is_set():
-                return False
-            self._buffer.append(batch)
-            self._ready.notify_all()
-        for callback in self._callbacks:
-            try:
-                callback(batch)
-            except Exception:
-                log.exception("on_batch_ready callback failed for batch %d", batch.seq)
-        return True
+        return self._batches.put(batch, self.config.queue_batches, self._stop)
 
     def _poll_while_full(self) -> None:
         """Keep the group session alive while the buffer is full, reading nothing new."""

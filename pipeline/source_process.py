@@ -50,7 +50,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -58,6 +57,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
+from pipeline.batch_buffer import BatchBuffer
 from pipeline.errors import ConfigError, PipelineError, SourceError, SourceStateError
 from pipeline.source import (
     Offsets,
@@ -110,9 +110,8 @@ class ProcessSource:
         self._trained: Offsets = {}
         self._reported: Offsets = {}  # the child's snapshot: start positions of partitions
         self._lock = threading.Lock()
-        self._ready = threading.Condition(self._lock)
-        self._buffer: deque[SourceBatch] = deque()
-        self._callbacks: list[Callable[[SourceBatch], None]] = []
+        self._batches: BatchBuffer[SourceBatch] = BatchBuffer(self._lock)
+        self._ready = self._batches.ready
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._stderr_reader: threading.Thread | None = None
@@ -306,36 +305,33 @@ class ProcessSource:
         process failed or exited.
         """
         self._check_running("next_batch()")
-        deadline = time.monotonic() + max(0.0, timeout_s)
-        with self._ready:
-            while not self._buffer:
-                if self._failure is not None:
-                    raise error_from_wire(self._failure)
-                if self._state is not SourceState.RUNNING:
-                    raise SourceStateError("next_batch()", self._state.value)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._ready.wait(remaining)
-            batch = self._buffer.popleft()
-            self._handed_seq = batch.seq
-        self._command({"op": "took", "seq": batch.seq})
+        batch = self._batches.take(timeout_s, self._check_can_deliver, self._handed)
+        if batch is not None:
+            self._command({"op": "took", "seq": batch.seq})
         return batch
+
+    def _check_can_deliver(self) -> None:
+        """Raise if no more batches can come (lock held, buffer empty)."""
+        if self._failure is not None:
+            raise error_from_wire(self._failure)
+        if self._state is not SourceState.RUNNING:
+            raise SourceStateError("next_batch()", self._state.value)
+
+    def _handed(self, batch: SourceBatch) -> None:
+        self._handed_seq = batch.seq
 
     def peek_ahead(self, k: int) -> list[SourceBatch]:
         """Return the next ``k`` buffered batches (fewer if fewer are ready), leaving them there."""
         self._check_running("peek_ahead()")
-        with self._lock:
-            return [b for _, b in zip(range(k), self._buffer, strict=False)]
+        return self._batches.peek(k)
 
     def on_batch_ready(self, callback: Callable[[SourceBatch], None]) -> None:
         """Call ``callback(batch)`` from the reader thread as each batch enters the buffer."""
-        self._callbacks.append(callback)
+        self._batches.on_ready(callback)
 
     def buffered(self) -> int:
         """Count the batches waiting in this process's buffer."""
-        with self._lock:
-            return len(self._buffer)
+        return len(self._batches)
 
     def commit(self, offsets: Mapping[PartitionKey, int], timeout_s: float = 10.0) -> None:
         """Commit ``offsets`` to the consumer group (the child's source does it and answers)."""
@@ -462,14 +458,7 @@ class ProcessSource:
         return f"the source process (pid {proc.pid}) for {self.config.topics} {how}{last}"
 
     def _offer(self, batch: SourceBatch) -> None:
-        with self._ready:
-            self._buffer.append(batch)
-            self._ready.notify_all()
-        for callback in self._callbacks:
-            try:
-                callback(batch)
-            except Exception:
-                log.exception("on_batch_ready callback failed for batch %d", batch.seq)
+        self._batches.put(batch)
 
     def _take_stats(self, stats: Mapping[str, Any]) -> None:
         with self._lock:
