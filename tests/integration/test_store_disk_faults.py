@@ -15,7 +15,9 @@ file, so RocksDB's next WAL append fails with ENOSPC. Checkpoints live on the or
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -63,15 +65,23 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(disk: Path) -> Path:
-    """Write a filler file until the file system is full; returns its path."""
+    """Write a filler file until the file system is full, to the last byte; returns its path.
+
+    Unbuffered writes: a buffered file would raise ENOSPC again when closed.
+    """
     filler = disk / "filler"
-    with open(filler, "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * (1 << 16))
-                fh.flush()
-        except OSError:
-            pass
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        chunk = b"\0" * (1 << 16)
+        while chunk:
+            try:
+                os.write(fd, chunk)
+            except OSError as err:
+                if err.errno != errno.ENOSPC:
+                    raise
+                chunk = chunk[: len(chunk) // 2]  # then fill what is left in smaller pieces
+    finally:
+        os.close(fd)
     return filler
 
 
