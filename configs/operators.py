@@ -42,7 +42,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from operators.base import Operator
 from operators.checkpoint import CheckpointManager
-from operators.checkpoint_ops import FullCheckpoint, FullMode, IncrementalCheckpoint
+from operators.checkpoint_ops import (
+    CHECKPOINT_OPERATORS,
+    FullCheckpoint,
+    FullMode,
+    IncrementalCheckpoint,
+)
 from operators.errors import ScheduleError
 from operators.expiry import Expiry
 from operators.metrics_report import MetricsReport
@@ -52,7 +57,6 @@ from operators.scheduler import OperatorSchedule, OperatorScheduler, TriggerKind
 OperatorName = Literal[
     "tier_migration", "incremental_checkpoint", "full_checkpoint", "expiry", "metrics_report"
 ]
-CHECKPOINT_OPERATORS = ("incremental_checkpoint", "full_checkpoint")
 
 
 class _Section(BaseModel):

@@ -189,3 +189,7 @@ class FullCheckpoint(Operator):
         if self.background:
             return _handle_result(manager.submit_full(*args), context.metrics)
         return _info_result(manager.write_full(*args), context.metrics)
+
+
+CHECKPOINT_OPERATORS = (IncrementalCheckpoint.name, FullCheckpoint.name)
+"""Names of the operators that write checkpoints (they need a checkpoint manager)."""

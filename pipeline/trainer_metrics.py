@@ -46,6 +46,8 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import start_wsgi_server
 
+from operators.base import Outcome
+from operators.checkpoint_ops import CHECKPOINT_OPERATORS
 from pipeline.consumer_lag import ConsumerLag
 
 if TYPE_CHECKING:
@@ -61,7 +63,6 @@ DEFAULT_PORT = 9400
 
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 RATE_WINDOW_S = 10.0
-_CHECKPOINT_OPERATORS = ("incremental_checkpoint", "full_checkpoint")
 QUALITY_COST_FACTOR = 100.0  # prequential refreshes take at most 1% of the training thread
 
 
@@ -263,9 +264,9 @@ class TrainerMetrics:
         if new:
             reports = list(ops.reports)
             for report in reports[max(0, len(reports) - new) :]:
-                if report.operator in _CHECKPOINT_OPERATORS and report.outcome.value in (
-                    "done",
-                    "submitted",
+                if report.operator in CHECKPOINT_OPERATORS and report.outcome in (
+                    Outcome.DONE,
+                    Outcome.SUBMITTED,
                 ):
                     self.observe_checkpoint(report.seconds)
             self._reports_seen = count
