@@ -46,10 +46,9 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Final
 
-from pipeline.secrets import register_secret
+from pipeline.secrets import SecretError, read_secret_bytes
 from pipeline.serving_errors import (
     ChecksumError,
     DeltaFormatError,
@@ -97,22 +96,12 @@ class Signer:
         """
         if env is not None and path is not None:
             raise SigningKeyError(f"${env} and {path}", "give one source, not both")
-        if env is not None:
-            value = os.environ.get(env)
-            if not value:
-                raise SigningKeyError(f"${env}", "the variable is unset or empty")
-            register_secret(value.strip())
-            return cls(value.strip().encode())
-        if path is not None:
-            try:
-                raw = Path(path).read_bytes().strip()
-            except OSError as err:
-                raise SigningKeyError(str(path), f"cannot read it ({err.strerror})") from err
-            if not raw:
-                raise SigningKeyError(str(path), "the file is empty")
-            register_secret(raw.decode("utf-8", "replace"))
-            return cls(raw)
-        return None
+        if env is None and path is None:
+            return None
+        try:
+            return cls(read_secret_bytes("signing key", env, path))
+        except SecretError as err:
+            raise SigningKeyError(err.source, err.detail) from err.__cause__
 
     def sign(self, version: int, base: int | None, size: int, sha256: str) -> str:
         """Hex HMAC of one payload's identity."""

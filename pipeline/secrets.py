@@ -26,7 +26,14 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 
-__all__ = ["RedactSecrets", "SecretError", "read_secret", "redact", "register_secret"]
+__all__ = [
+    "RedactSecrets",
+    "SecretError",
+    "read_secret",
+    "read_secret_bytes",
+    "redact",
+    "register_secret",
+]
 
 MASK = "***"
 _lock = threading.Lock()
@@ -39,6 +46,7 @@ class SecretError(PipelineError, ValueError):
     def __init__(self, what: str, source: str, detail: str) -> None:
         self.what = what
         self.source = source
+        self.detail = detail
         super().__init__(f"{what} from {source}: {detail}")
 
 
@@ -64,26 +72,37 @@ def read_secret(
 ) -> str:
     """The secret in environment variable ``env`` or file ``path`` (whitespace stripped).
 
-    Exactly one source must be given; an unset variable, an unreadable or empty file raise
-    :class:`SecretError` naming ``what`` and the source. The value is registered for redaction.
+    Exactly one source must be given; an unset variable, an unreadable, empty or non-UTF-8
+    file raise :class:`SecretError` naming ``what`` and the source. The value is registered
+    for redaction.
     """
+    raw = read_secret_bytes(what, env, path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SecretError(what, str(path), "cannot read it (not UTF-8 text)") from err
+
+
+def read_secret_bytes(
+    what: str, env: str | None = None, path: str | os.PathLike[str] | None = None
+) -> bytes:
+    """:func:`read_secret` for binary secrets (signing keys): a file's bytes are kept as-is."""
     if (env is None) == (path is None):
         raise SecretError(what, f"${env} / {path}", "give exactly one of env or file")
     if env is not None:
-        value = os.environ.get(env, "").strip()
-        if not value:
+        raw = os.environ.get(env, "").strip().encode()
+        if not raw:
             raise SecretError(what, f"${env}", "the variable is unset or empty")
     else:
         assert path is not None
         try:
-            value = Path(path).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as err:
-            detail = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
-            raise SecretError(what, str(path), f"cannot read it ({detail})") from err
-        if not value:
+            raw = Path(path).read_bytes().strip()
+        except OSError as err:
+            raise SecretError(what, str(path), f"cannot read it ({err.strerror})") from err
+        if not raw:
             raise SecretError(what, str(path), "the file is empty")
-    register_secret(value)
-    return value
+    register_secret(raw.decode("utf-8", "replace"))
+    return raw
 
 
 class RedactSecrets(logging.Filter):
