@@ -200,10 +200,6 @@ class PrequentialMetrics:
         order = (start + np.arange(n)) % self.window
         return self._ring_s[order], self._ring_y[order]
 
-    def _tail(self) -> tuple[F64, npt.NDArray[np.bool_]]:
-        n = min(self._ring_at, self.window)
-        return self._ring_s[:n], self._ring_y[:n]
-
     def auc(self) -> float:
         """Cumulative AUC over every event so far."""
         if self._scores is None or self._labels is None:
@@ -215,7 +211,7 @@ class PrequentialMetrics:
 
     def window_auc(self) -> float:
         """AUC over the last ``window`` events."""
-        return auc(*self._tail())
+        return auc(*self.recent())
 
     def log_loss(self) -> float:
         """Cumulative mean log loss."""
@@ -223,7 +219,7 @@ class PrequentialMetrics:
 
     def window_log_loss(self) -> float:
         """Mean log loss over the last ``window`` events."""
-        return log_loss(*self._tail())
+        return log_loss(*self.recent())
 
     def positive_rate(self) -> float:
         """Fraction of positive labels so far."""

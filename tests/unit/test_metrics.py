@@ -107,10 +107,10 @@ def test_memory_is_bounded_and_the_histogram_auc_stays_close_to_exact() -> None:
 def test_window_ring_handles_batches_larger_than_the_window() -> None:
     m = PrequentialMetrics(window=3)
     m.update(np.array([0.1, 0.2, 0.3, 0.4, 0.9]), np.array([0, 0, 1, 0, 1]))
-    s, y = m._tail()
+    s, y = m.recent()
     assert sorted(s.tolist()) == [0.3, 0.4, 0.9]
     assert sorted(y.tolist()) == [False, True, True]
     m.update(np.array([0.5]), np.array([0]))
-    s, _ = m._tail()
+    s, _ = m.recent()
     assert sorted(s.tolist()) == [0.4, 0.5, 0.9]
     assert m.recent()[0].tolist() == [0.4, 0.9, 0.5]  # oldest first
