@@ -433,21 +433,13 @@ class DistributedTrainJob:
     def progress(self, elapsed: float, summary: TrainSummary) -> Progress:
         """A progress point: global events and throughput, this rank's metrics and store."""
         assert self.trainer is not None and self.store is not None
-        m = self.trainer.metrics
-        local = self.store.local
-        lookups = sum(local.stats(t.name).lookups for t in local.tables)
-        cold = sum(local.stats(t.name).cold_reads for t in local.tables)
-        return Progress(
-            elapsed_s=elapsed,
-            events=self.global_events,
-            batches=self.steps,
-            events_per_s=self.global_events / elapsed if elapsed > 0 else 0.0,
-            auc=m.auc(),
-            window_auc=m.window_auc(),
-            log_loss=m.log_loss(),
-            hit_ratio=max(0.0, 1 - cold / lookups) if lookups else 0.0,
+        return Progress.measure(
+            elapsed,
+            self.global_events,
+            self.steps,
+            metrics=self.trainer.metrics,
+            store=self.store.local,
             dead_letters=self.source.dead_letters if self.source is not None else 0,
-            store_version=self.store.version,
         )
 
 

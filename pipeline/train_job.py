@@ -67,6 +67,36 @@ class Progress:
     dead_letters: int
     store_version: int
 
+    @classmethod
+    def measure(
+        cls,
+        elapsed: float,
+        events: int,
+        batches: int,
+        *,
+        metrics: PrequentialMetrics,
+        store: Any,
+        dead_letters: int,
+    ) -> Progress:
+        """The progress now: prequential metrics, and the hit ratio over ``store``'s tables.
+
+        ``store`` is an :class:`EmbeddingStore` (or a rank's local part of a distributed one).
+        """
+        lookups = sum(store.stats(t.name).lookups for t in store.tables)
+        cold = sum(store.stats(t.name).cold_reads for t in store.tables)
+        return cls(
+            elapsed_s=elapsed,
+            events=events,
+            batches=batches,
+            events_per_s=events / elapsed if elapsed > 0 else 0.0,
+            auc=metrics.auc(),
+            window_auc=metrics.window_auc(),
+            log_loss=metrics.log_loss(),
+            hit_ratio=max(0.0, 1 - cold / lookups) if lookups else 0.0,
+            dead_letters=dead_letters,
+            store_version=store.version,
+        )
+
 
 @dataclass
 class TrainSummary:
@@ -371,21 +401,13 @@ class TrainJob:
     def progress(self, elapsed: float, summary: TrainSummary) -> Progress:
         """The current progress point."""
         assert self.trainer is not None and self.store is not None
-        m = self.trainer.metrics
-        tables = [t.name for t in self.store.tables]
-        lookups = sum(self.store.stats(t).lookups for t in tables)
-        cold = sum(self.store.stats(t).cold_reads for t in tables)
-        return Progress(
-            elapsed_s=elapsed,
-            events=summary.events,
-            batches=summary.batches,
-            events_per_s=summary.events / elapsed if elapsed > 0 else 0.0,
-            auc=m.auc(),
-            window_auc=m.window_auc(),
-            log_loss=m.log_loss(),
-            hit_ratio=max(0.0, 1 - cold / lookups) if lookups else 0.0,
+        return Progress.measure(
+            elapsed,
+            summary.events,
+            summary.batches,
+            metrics=self.trainer.metrics,
+            store=self.store,
             dead_letters=self.source.dead_letters if self.source is not None else 0,
-            store_version=self.store.version,
         )
 
 
