@@ -299,10 +299,12 @@ class KafkaSource:
     """
 
     def __init__(
-        self, config: SourceConfig, *, decoder: Callable[[bytes], Event] | None = None
+        self, config: SourceConfig, *, decoder: Callable[[bytes], Any] | None = None
     ) -> None:
+        # a decoder returns an object with the event's fields as attributes (the pydantic
+        # model by default; the source process uses FastDecoder's Structs) or raises ValueError
         self.config = config
-        self._decoder = decoder or functools.partial(decode, config.kind)
+        self._decoder: Callable[[bytes], Event] = decoder or functools.partial(decode, config.kind)
         self._state = SourceState.NEW
         self._seek: Offsets = {}
         self._trained: Offsets = {}

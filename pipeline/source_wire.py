@@ -243,7 +243,12 @@ def encode_column(name: str, values: Sequence[Any], at: int) -> tuple[Header, Ch
         data = _fixed_width(values, nulls, "<i8" if kind is int else "<f8")
         spec["enc"] = "int" if kind is int else "float"
     elif kind is str:
-        text = "\n".join("" if v is None else v for v in values) if has_nulls else "\n".join(values)
+        texts = values
+        if nulls is not None:
+            texts = list(values)
+            for i in np.flatnonzero(nulls).tolist():
+                texts[i] = ""
+        text = "\n".join(texts)
         if text.count("\n") == n - 1:
             data = text.encode("utf-8", "surrogatepass")
             spec["enc"] = "str"
@@ -278,6 +283,10 @@ def _nulls(values: Sequence[Any]) -> npt.NDArray[np.bool_]:
     return np.fromiter(map(operator.is_, values, itertools.repeat(None)), np.bool_, len(values))
 
 
+_EXACT_IN_FLOAT64: Final = 2**53
+"""Integers up to this magnitude survive a trip through float64 unchanged."""
+
+
 def _fixed_width(
     values: Sequence[Any], nulls: npt.NDArray[np.bool_] | None, dtype: str
 ) -> bytes | None:
@@ -285,6 +294,11 @@ def _fixed_width(
     try:
         if nulls is None:
             return np.asarray(values, dtype=dtype).tobytes()
+        if dtype == "<i8":  # through float64 (None -> nan) when every value is exact there
+            wide = np.array(values, dtype=np.float64)
+            wide[nulls] = 0.0
+            if len(wide) == 0 or np.abs(wide).max() <= _EXACT_IN_FLOAT64:
+                return wide.astype(dtype).tobytes()
         filled = np.array(values, dtype=object)
         filled[nulls] = 0
         return filled.astype(dtype).tobytes()
