@@ -107,6 +107,7 @@ def _store_only(bootstrap: str, store: str, batch: int, models: list[Any]) -> di
         "features_s": tr.featurize_seconds,
         "train_s": tr.seconds - tr.featurize_seconds,
         "other_threads_cpu_s": (proc1 - proc0) - (thread1 - thread0),
+        "process_cpu_s": proc1 - proc0,
     }
 
 
@@ -172,6 +173,7 @@ def _pipeline(bootstrap: str, store: str, batch: int, n: int, mode: str) -> dict
         "wait_for_batch_s": wait,
         "other_s": max(0.0, summary.seconds - tr.seconds - prefetch_ids.seconds - wait),
         "other_threads_cpu_s": (proc1 - proc0) - (thread1 - thread0),
+        "process_cpu_s": proc1 - proc0,
     }
     if worker:
         out["child_cpu_s"] = worker.get("cpu_s", 0.0)

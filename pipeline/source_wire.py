@@ -48,6 +48,7 @@ from dataclasses import fields
 from datetime import UTC, datetime, timedelta, timezone
 from typing import IO, Any, Final
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -491,6 +492,9 @@ def _transpose(events: Sequence[Any], names: Sequence[str]) -> list[tuple[Any, .
     if not events:
         return [() for _ in names]
     first = events[0]
+    if isinstance(first, msgspec.Struct) and first.__struct_fields__ == tuple(names):
+        if all(type(e) is type(first) for e in events):  # FastDecoder's events
+            return list(zip(*map(msgspec.structs.astuple, events), strict=True))
     fast = list(getattr(first, "__dict__", ())) == list(names) and len(names) > 1
     if fast and all(type(e) is type(first) for e in events):
         return list(zip(*[e.__dict__.values() for e in events], strict=True))

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from configs.job import JobConfig
 from pipeline.columnar import ColumnarEvents
 from pipeline.errors import BrokerError, ConfigError, SourceError, SourceStateError
-from pipeline.events import CtrEvent, TransactionEvent, to_record
+from pipeline.events import EVENT_KINDS, CtrEvent, TransactionEvent, decode, to_record
+from pipeline.fast_decode import FastDecoder
 from pipeline.features import Featurizer, event_columns
 from pipeline.generators import generate
 from pipeline.source import Assignment, SourceBatch, SourceConfig
@@ -148,6 +149,22 @@ def test_a_batch_round_trips_through_a_frame() -> None:
     assert isinstance(back.events, ColumnarEvents)
     assert back.events.to_records() == [to_record(e) for e in batch.events]
     assert back.events[5] == to_record(batch.events[5])
+
+
+@pytest.mark.parametrize("kind", ["ctr", "transaction"])
+def test_fast_decoder_structs_make_the_same_frame_as_models(kind: str) -> None:
+    payloads = [json.dumps(r, default=str).encode() for r in generate(kind, 300, seed=2)]
+    fast = FastDecoder(kind)
+    structs = tuple(fast(p) for p in payloads)
+    models = tuple(decode(kind, p) for p in payloads)
+    assert fast.fast == len(payloads)
+    names = tuple(EVENT_KINDS[kind].model_fields)
+    frames = []
+    for events in (structs, models):
+        batch = SourceBatch(1, events, (None,) * 300, (("t", 0, 0),) * 300, (0,) * 300, {})
+        frames.append(encode_batch(batch, names))
+    (h1, c1), (h2, c2) = frames
+    assert h1 == h2 and b"".join(c1) == b"".join(c2)
 
 
 def test_an_empty_batch_round_trips() -> None:
