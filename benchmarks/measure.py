@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import resource
 import statistics
 import sys
@@ -59,6 +61,38 @@ def peak_rss_since_reset() -> int | None:
     except OSError:
         return None
     return None
+
+
+def cpu_by_thread() -> dict[str, float]:
+    """CPU seconds (user + system) of this process's live threads, summed by thread name.
+
+    Native threads keep their own names (RocksDB's ``rocksdb:low`` compaction and
+    ``rocksdb:high`` flush pools), so their share shows apart from the interpreter's and
+    torch's threads, which carry the process's name. Threads that already ended are missing.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/comm", encoding="utf-8") as fh:
+                name = fh.read().strip()
+            with open(f"/proc/self/task/{task}/stat", encoding="ascii") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = re.sub(r"[-:_ ]?\d+$", "", name) or "?"
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def cpu_by_thread_since(start: dict[str, float]) -> dict[str, float]:
+    """:func:`cpu_by_thread` now minus ``start``, by name, rounded to 0.01 s."""
+    now = cpu_by_thread()
+    return {k: round(v - start.get(k, 0.0), 2) for k, v in sorted(now.items())}
 
 
 def summarise_windows(seconds: list[float], samples_per_window: int) -> dict[str, Any]:

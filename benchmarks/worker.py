@@ -86,6 +86,7 @@ class Worker:
         self.profiler: Any = None
         self.reset_ok = False
         self.last_cpu = cpu_seconds()
+        self.thread_cpu0: dict[str, float] = {}
         self.loss = float("nan")
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -106,6 +107,7 @@ class Worker:
             self.profiler = Profiler(self.spec.profile_path)
             self.profiler.start()
         self.last_cpu = cpu_seconds()
+        self.thread_cpu0 = measure.cpu_by_thread()
         self.send({
             "event": "ready", "prepare_seconds": prepare_s, "rss_start_bytes": rss_start,
             "rss_after_prepare_bytes": measure.current_rss_bytes(),
@@ -145,6 +147,8 @@ class Worker:
             "rss_end_bytes": rss_end,
             "process_seconds": time.time() - self.started,
             "torch_threads": torch.get_num_threads(),
+            # after the pre-warm: warm-up, windows and what ran between them (compactions)
+            "cpu_by_thread_s": measure.cpu_by_thread_since(self.thread_cpu0),
             "final_loss": self.loss,
             "info": info,
             "notes": self.system.notes,
