@@ -26,8 +26,11 @@ write-back thread overlaps with training.
 
 from __future__ import annotations
 
+import operator
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from itertools import repeat
 from typing import Any, TypeVar
 
 import numpy as np
@@ -246,16 +249,18 @@ class RocksTier:
         return self.shard.cf(self._cf_name)
 
     def get(self, ids: IdArray) -> tuple[BoolArray, RowBlock]:
-        """Multi-get ``ids``."""
-        out = self.layout.empty(len(ids))
-        if not len(ids):
-            return np.zeros(0, dtype=np.bool_), out
+        """Multi-get ``ids``: which were found, and their rows (others' rows undefined)."""
+        n = len(ids)
+        if not n:
+            return np.zeros(0, dtype=np.bool_), self.layout.empty(0)
         cf = self._cf()
         keys = encode_keys(ids)
         values: list[bytes | None] = self.shard.call("multi-get", lambda: cf.get(keys))  # type: ignore[arg-type, return-value]
-        found = np.fromiter((v is not None for v in values), dtype=np.bool_, count=len(values))
-        if found.any():
-            out[found] = self.layout.decode([v for v in values if v is not None])
+        if None not in values:  # the common case: one copy, no per-row work
+            return np.ones(n, dtype=np.bool_), self.layout.decode(values)  # type: ignore[arg-type]
+        found = np.fromiter(map(operator.is_not, values, repeat(None)), dtype=np.bool_, count=n)
+        out = self.layout.empty(n)
+        out[found] = self.layout.decode(list(filter(None, values)))
         return found, out
 
     def put(self, ids: IdArray, rows: RowBlock) -> None:
@@ -264,8 +269,7 @@ class RocksTier:
             return
         self._cf()
         wb = self.shard.batch(self._cf_name)
-        for k, v in zip(encode_keys(ids), self.layout.encode(rows), strict=True):
-            wb.put(k, v)
+        deque(map(wb.put, encode_keys(ids), self.layout.encode(rows)), maxlen=0)
         self.shard.write(wb)
 
     def delete(self, ids: IdArray) -> None:
@@ -274,8 +278,7 @@ class RocksTier:
             return
         self._cf()
         wb = self.shard.batch(self._cf_name)
-        for k in encode_keys(ids):
-            wb.delete(k)
+        deque(map(wb.delete, encode_keys(ids)), maxlen=0)
         self.shard.write(wb)
 
     def iterate(self, chunk: int = 65536) -> Iterator[tuple[IdArray, RowBlock]]:
