@@ -8,7 +8,9 @@ One RocksDB instance per shard, one column family per table plus ``_meta``::
         cf "_meta"             store state (step, aging epochs, tombstones)
 
 rocksdict releases the GIL inside multi-get and write-batch calls, so a prefetch or
-write-back thread overlaps with training.
+write-back thread overlaps with training. How files are laid out (block size, Bloom filters,
+compression) is :class:`~embedding_store.config.SstConfig`: with Bloom filters a cold read
+loads one data block, from the file that holds its key, instead of one per recent file.
 
 >>> import tempfile, numpy as np
 >>> from embedding_store.rows import RowLayout
@@ -38,6 +40,8 @@ from rocksdict import (
     AccessType,
     BlockBasedOptions,
     Cache,
+    DataBlockIndexType,
+    DBCompressionType,
     Options,
     Rdict,
     ReadOptions,
@@ -46,12 +50,14 @@ from rocksdict import (
     WriteOptions,
 )
 
+from embedding_store.config import SstConfig
 from embedding_store.errors import StorageError, StoreClosedError, StoreNotOpenError
 from embedding_store.rows import RowLayout, decode_keys, encode_keys
 from embedding_store.tier import RowBlock
 from embedding_store.types import BoolArray, IdArray
 
 META_CF = "_meta"
+MEMTABLE_BLOOM_RATIO = 0.02
 T = TypeVar("T")
 
 
@@ -78,9 +84,12 @@ class RocksMemory:
             else None
         )
 
-    def apply(self, opts: Options) -> None:
-        """Point ``opts`` (a DB's or a column family's) at the shared cache and budget."""
-        table = BlockBasedOptions()
+    def apply(self, opts: Options, table: BlockBasedOptions | None = None) -> None:
+        """Point ``opts`` (a DB's or a column family's) at the shared cache and budget.
+
+        ``table`` is the table format to give the cache to (default: RocksDB's own).
+        """
+        table = table if table is not None else BlockBasedOptions()
         if self.cache is None:
             table.disable_cache()
         else:
@@ -97,6 +106,32 @@ class RocksMemory:
         }
 
 
+_COMPRESSION = {
+    "none": DBCompressionType.none,
+    "snappy": DBCompressionType.snappy,
+    "lz4": DBCompressionType.lz4,
+    "zstd": DBCompressionType.zstd,
+}
+
+
+def table_options(sst: SstConfig) -> BlockBasedOptions:
+    """The block-based table format of ``sst`` (no block cache set)."""
+    table = BlockBasedOptions()
+    table.set_block_size(sst.block_size)
+    if sst.bloom_bits_per_key:
+        table.set_bloom_filter(sst.bloom_bits_per_key, False)
+    if sst.hash_index:
+        table.set_data_block_index_type(DataBlockIndexType.binary_and_hash())
+    return table
+
+
+def read_options(sst: SstConfig) -> ReadOptions:
+    """The options of every point read (multi-get) of the cold tier."""
+    opts = ReadOptions()
+    opts.set_verify_checksums(sst.verify_checksums)
+    return opts
+
+
 class RocksShard:
     """One RocksDB instance holding a shard of every table."""
 
@@ -109,9 +144,11 @@ class RocksShard:
         read_only: bool = False,
         *,
         memory: RocksMemory | None = None,
+        sst: SstConfig | None = None,
     ) -> None:
         self.path = path
         self.memory = memory
+        self.sst = sst if sst is not None else SstConfig()
         self.tables = list(tables)
         self.write_buffer_bytes = write_buffer_bytes
         self.sync_writes = sync_writes
@@ -119,6 +156,7 @@ class RocksShard:
         self._db: Rdict | None = None
         self._cfs: dict[str, Rdict] = {}
         self._closed = False
+        self.read_options = ReadOptions()
 
     def _options(self) -> Options:
         opts = Options(raw_mode=True)
@@ -126,14 +164,22 @@ class RocksShard:
         opts.create_missing_column_families(True)
         opts.set_write_buffer_size(self.write_buffer_bytes)
         opts.set_max_open_files(256)
+        opts.set_compression_type(_COMPRESSION[self.sst.compression]())
+        if self.sst.bloom_bits_per_key:  # memtables get a whole-key filter too, 2% their size
+            opts.set_memtable_whole_key_filtering(True)
+            opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO)
+        table = table_options(self.sst)
         if self.memory is not None:
-            self.memory.apply(opts)
+            self.memory.apply(opts, table)
+        else:
+            opts.set_block_based_table_factory(table)
         return opts
 
     def open(self) -> None:
         """Open (creating if needed) the instance and its column families."""
         names = [table_cf(t) for t in self.tables] + [META_CF]
         opts = self._options()
+        self.read_options = read_options(self.sst)
         access = AccessType.read_only(False) if self.read_only else AccessType.read_write()
         try:
             if not self.read_only:
@@ -255,7 +301,11 @@ class RocksTier:
             return np.zeros(0, dtype=np.bool_), self.layout.empty(0)
         cf = self._cf()
         keys = encode_keys(ids)
-        values: list[bytes | None] = self.shard.call("multi-get", lambda: cf.get(keys))  # type: ignore[arg-type, return-value]
+        read = self.shard.read_options
+        values: list[bytes | None] = self.shard.call(
+            "multi-get",
+            lambda: cf.get(keys, None, read),  # type: ignore[arg-type, return-value]
+        )
         if None not in values:  # the common case: one copy, no per-row work
             return np.ones(n, dtype=np.bool_), self.layout.decode(values)  # type: ignore[arg-type]
         found = np.fromiter(map(operator.is_not, values, repeat(None)), dtype=np.bool_, count=n)

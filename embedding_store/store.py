@@ -169,6 +169,7 @@ class EmbeddingStore:
                 cfg.write_buffer_bytes,
                 cfg.sync_writes,
                 memory=memory,
+                sst=cfg.sst,
             )
             for i in range(cfg.num_shards)
         ]
