@@ -105,6 +105,11 @@ class DramTier:
         """Every slot in use."""
         return np.flatnonzero(self.live[: self._high])
 
+    @property
+    def high(self) -> int:
+        """One past the highest slot ever used: every live slot is below it."""
+        return self._high
+
     def _allocate(self, n: int) -> SlotArray:
         take = min(n, len(self._free))
         reused = self._free[len(self._free) - take :]
