@@ -3,10 +3,13 @@
 Every field of :class:`~embedding_store.config.StoreConfig` and its tables is recorded except
 the path, which the restorer chooses.
 
->>> from embedding_store.config import OptimizerConfig, StoreConfig, TableConfig
+>>> from embedding_store.config import OptimizerConfig, SstConfig, StoreConfig, TableConfig
 >>> cfg = StoreConfig("/a", (TableConfig("ads", 8, OptimizerConfig("adam", lr=0.1)),), 2)
 >>> store_config_from_json(store_config_to_json(cfg), "/b") == StoreConfig("/b", cfg.tables, 2)
 True
+>>> cfg = StoreConfig("/a", cfg.tables, sst=SstConfig(compression="zstd"))
+>>> store_config_from_json(store_config_to_json(cfg), "/b").sst.compression
+'zstd'
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from embedding_store.config import OptimizerConfig, StoreConfig, TableConfig, Unadmitted
+from embedding_store.config import (
+    OptimizerConfig,
+    SstConfig,
+    StoreConfig,
+    TableConfig,
+    Unadmitted,
+)
 
 
 def table_config_to_json(table: TableConfig) -> dict[str, Any]:
@@ -38,8 +47,9 @@ def store_config_to_json(config: StoreConfig) -> dict[str, Any]:
     out = {
         f.name: getattr(config, f.name)
         for f in dataclasses.fields(config)
-        if f.name not in ("path", "tables")
+        if f.name not in ("path", "tables", "sst")
     }
+    out["sst"] = dataclasses.asdict(config.sst)
     out["tables"] = [table_config_to_json(t) for t in config.tables]
     return out
 
@@ -50,8 +60,11 @@ def store_config_from_json(
     """A :class:`StoreConfig` at ``path`` from :func:`store_config_to_json`'s output.
 
     ``num_shards`` overrides the recorded shard count (rows are routed again on import).
+    Checkpoints written before ``sst`` was recorded get the default layout.
     """
-    fields = {k: v for k, v in data.items() if k != "tables"}
+    fields: dict[str, Any] = {k: v for k, v in data.items() if k != "tables"}
+    if "sst" in fields:
+        fields["sst"] = SstConfig(**fields["sst"])
     if num_shards is not None:
         fields["num_shards"] = num_shards
     tables = tuple(table_config_from_json(t) for t in data["tables"])
