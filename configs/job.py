@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from configs.features import FeaturesConfig, ModelConfig
 from configs.operators import OperatorsConfig
 from configs.serving import PublishConfig, ServeConfig
+from embedding_store.config import SstConfig
 from pipeline.secrets import read_secret
 
 
@@ -121,6 +122,28 @@ class SourceSection(_Section):
     security: SecurityConfig = Field(default_factory=SecurityConfig, description="TLS / SASL")
 
 
+class SstSection(_Section):
+    """How RocksDB lays out and reads the cold tier's files (``embedding_store.SstConfig``)."""
+
+    block_size: int = Field(default=4096, ge=256, le=1 << 20, description="data block bytes")
+    compression: Literal["none", "snappy", "lz4", "zstd"] = Field(
+        default="none", description="block compression (embeddings hardly compress)"
+    )
+    bloom_bits_per_key: int = Field(
+        default=10, ge=0, le=64, description="Bloom filter bits per key on files and memtables"
+    )
+    hash_index: bool = Field(default=False, description="a hash index in each data block")
+    verify_checksums: bool = Field(default=True, description="check every block read")
+
+    def to_config(self) -> SstConfig:
+        """The store's ``SstConfig``.
+
+        >>> SstSection(block_size=2048).to_config().block_size
+        2048
+        """
+        return SstConfig(**self.model_dump())
+
+
 class StoreSection(_Section):
     """Where and how the embedding store lives."""
 
@@ -138,10 +161,12 @@ class StoreSection(_Section):
         default=64, ge=1, le=1 << 20, description="all RocksDB memtables together (none: no cap)"
     )
 
-    def rocks_memory(self) -> dict[str, Any]:
-        """``StoreConfig`` keyword arguments bounding RocksDB's memory.
+    sst: SstSection = Field(default_factory=SstSection, description="RocksDB file layout")
 
-        >>> StoreSection().rocks_memory()["memtable_budget_bytes"] >> 20
+    def rocks_options(self) -> dict[str, Any]:
+        """``StoreConfig`` keyword arguments for RocksDB: its memory bounds and file layout.
+
+        >>> StoreSection().rocks_options()["memtable_budget_bytes"] >> 20
         64
         """
         budget = self.memtable_budget_mb
@@ -149,6 +174,7 @@ class StoreSection(_Section):
             "write_buffer_bytes": self.write_buffer_mb << 20,
             "block_cache_bytes": self.block_cache_mb << 20,
             "memtable_budget_bytes": None if budget is None else budget << 20,
+            "sst": self.sst.to_config(),
         }
 
     on_disk_error: Literal["stop", "pause"] = Field(

@@ -184,7 +184,7 @@ class DistributedTrainJob:
             tables,
             num_shards=cfg.store.num_shards,
             lfu_decay=cfg.store.lfu_decay,
-            **cfg.store.rocks_memory(),
+            **cfg.store.rocks_options(),
         )
         self.store = DistributedStore(store_cfg, self.group).open()
         # build_model types its store as EmbeddingStore; the distributed store offers what

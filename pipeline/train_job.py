@@ -174,7 +174,7 @@ class TrainJob:
                 tables,
                 num_shards=cfg.store.num_shards,
                 lfu_decay=cfg.store.lfu_decay,
-                **cfg.store.rocks_memory(),
+                **cfg.store.rocks_options(),
             )
         ).open()
         self.featurizer = Featurizer(fspec)

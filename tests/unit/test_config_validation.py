@@ -196,3 +196,12 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     assert schema.returncode == 0, schema.stderr
     text = (tmp_path / "schema.json").read_text()
     assert '"title": "JobConfig"' in text and '"additionalProperties": false' in text
+
+
+def test_store_sst_layout_reaches_the_store_config() -> None:
+    raw = _raw()
+    raw.setdefault("store", {})["sst"] = {"block_size": 2048, "bloom_bits_per_key": 0}  # type: ignore[index]
+    sst = JobConfig.model_validate(raw).store.rocks_options()["sst"]
+    assert (sst.block_size, sst.bloom_bits_per_key, sst.compression) == (2048, 0, "none")
+    raw["store"]["sst"] = {"compression": "brotli"}  # type: ignore[index]
+    assert any(p.startswith("store.sst.compression:") for p in _problems(raw))
