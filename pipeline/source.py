@@ -48,7 +48,6 @@ Assignment (:class:`Assignment`):
 
 from __future__ import annotations
 
-import functools
 import logging
 import queue
 import threading
@@ -66,7 +65,8 @@ from kafka.structs import OffsetAndMetadata
 from pipeline.batch_buffer import BatchBuffer
 from pipeline.broker import ensure_topics
 from pipeline.errors import BrokerError, ConfigError, DecodeError, SourceError, SourceStateError
-from pipeline.events import EVENT_KINDS, Event, decode
+from pipeline.events import EVENT_KINDS, Event
+from pipeline.fast_decode import FastDecoder
 
 if TYPE_CHECKING:
     from pipeline.columnar import ColumnarEvents
@@ -301,10 +301,11 @@ class KafkaSource:
     def __init__(
         self, config: SourceConfig, *, decoder: Callable[[bytes], Any] | None = None
     ) -> None:
-        # a decoder returns an object with the event's fields as attributes (the pydantic
-        # model by default; the source process uses FastDecoder's Structs) or raises ValueError
+        # a decoder returns an object with the event's fields as attributes or raises
+        # ValueError; by default FastDecoder (msgspec Structs, the pydantic model deciding
+        # every message it does not accept, so dead letters carry the model's reasons)
         self.config = config
-        self._decoder: Callable[[bytes], Event] = decoder or functools.partial(decode, config.kind)
+        self._decoder: Callable[[bytes], Any] = decoder or FastDecoder(config.kind)
         self._state = SourceState.NEW
         self._seek: Offsets = {}
         self._trained: Offsets = {}
