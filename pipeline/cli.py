@@ -44,12 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``freshet`` console script."""
     from embedding_store.allocator import tune_allocator
+    from pipeline.gc_tuning import tune_gc
     from pipeline.logging import setup_logging
 
     tune_allocator()  # before any thread starts; FRESHET_MALLOC_TUNING=0 keeps glibc's defaults
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_format)
+    tune_gc()  # start-up is done: every subcommand's module is imported
     mod = importlib.import_module(args._module)
     code: int = mod.run(args)
     return code

@@ -7,7 +7,8 @@ process re-emits. Polling, kafka-python's record parsing and the validation of e
 run here, on this process's own interpreter lock. Events are validated by
 :class:`~pipeline.fast_decode.FastDecoder` (msgspec, with the pydantic model deciding every
 message it does not accept; ``FRESHET_FAST_DECODE=0`` uses the models alone, for A/B runs).
-The collector is tuned for this process's many short-lived objects (``_tune_gc``).
+The collector is tuned for this process's many short-lived objects
+(:func:`~pipeline.gc_tuning.tune_gc`).
 
 ::
 
@@ -24,7 +25,6 @@ exits 0. A fatal source error is sent as an ``error`` frame, then it exits 1.
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import os
 import sys
@@ -38,6 +38,7 @@ import msgspec
 
 from pipeline.events import EVENT_KINDS, Event, decode
 from pipeline.fast_decode import FastDecoder
+from pipeline.gc_tuning import tune_gc
 from pipeline.logging import JsonFormatter
 from pipeline.secrets import RedactSecrets, register_secret
 from pipeline.source import KafkaSource, SourceBatch, SourceConfig
@@ -222,24 +223,6 @@ def _setup_logging(level: int) -> None:
     logging.getLogger("kafka").setLevel(max(level, logging.WARNING))
 
 
-GC_GEN0_THRESHOLD = 50_000
-"""Allocations between young collections here (Python's default is 700).
-
-Every message makes several tracked objects (kafka-python's records, positions); at the
-default threshold the collector ran every few messages and, counting its older generations,
-took a third of this process's decode time. A batch's objects are freed by reference
-counting; cycles are still collected, just less often.
-"""
-
-
-def _tune_gc() -> None:
-    """Freeze start-up's objects out of collections and collect the young less often."""
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
-
-
 def main() -> int:
     """Run one source process (see the module docstring); the exit code."""
     out = _claim_stdout()
@@ -267,7 +250,7 @@ def main() -> int:
         write_frame(out, {"type": "error", **error_to_wire(err)})
         return 1
     worker = Worker(source, out, decoder)
-    _tune_gc()
+    tune_gc()
     code = 0
     try:
         worker.send({"type": "started", "stats": worker.stats()})
