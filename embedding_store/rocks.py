@@ -74,9 +74,15 @@ class RocksMemory:
     creeps up for minutes in a long run. Built by :meth:`EmbeddingStore.open` (no I/O).
     """
 
-    def __init__(self, block_cache_bytes: int, memtable_budget_bytes: int | None) -> None:
+    def __init__(
+        self,
+        block_cache_bytes: int,
+        memtable_budget_bytes: int | None,
+        column_families: int = 1,
+    ) -> None:
         self.block_cache_bytes = block_cache_bytes
         self.memtable_budget_bytes = memtable_budget_bytes
+        self.column_families = max(1, column_families)
         self.cache = Cache(block_cache_bytes) if block_cache_bytes > 0 else None
         self.write_buffers = (
             WriteBufferManager(memtable_budget_bytes, False)
@@ -97,6 +103,25 @@ class RocksMemory:
         opts.set_block_based_table_factory(table)
         if self.write_buffers is not None:
             opts.set_write_buffer_manager(self.write_buffers)
+
+    def memtable_bloom_ratio(self, write_buffer_bytes: int) -> float:
+        """A memtable's Bloom filter, as RocksDB's fraction of ``write_buffer_bytes``.
+
+        RocksDB allocates the filter when a memtable is created, sized from
+        ``write_buffer_bytes``, and charges it to the budget. Under a budget shared by many
+        column families a memtable is flushed long before it reaches ``write_buffer_bytes``,
+        so the filter is sized for the memtable the budget allows (``budget / families``):
+        sized for the full buffer, 12 families' filters alone filled a 4 MiB budget.
+
+        >>> RocksMemory(0, None).memtable_bloom_ratio(16 << 20)
+        0.02
+        >>> round(RocksMemory(0, 4 << 20, column_families=12).memtable_bloom_ratio(16 << 20), 6)
+        0.000417
+        """
+        if self.memtable_budget_bytes is None:
+            return MEMTABLE_BLOOM_RATIO
+        share = self.memtable_budget_bytes / self.column_families
+        return MEMTABLE_BLOOM_RATIO * min(1.0, share / write_buffer_bytes)
 
     def usage(self) -> dict[str, int]:
         """Bytes in the block cache and in memtables now."""
@@ -167,7 +192,12 @@ class RocksShard:
         opts.set_compression_type(_COMPRESSION[self.sst.compression]())
         if self.sst.bloom_bits_per_key:  # memtables get a whole-key filter too, 2% their size
             opts.set_memtable_whole_key_filtering(True)
-            opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO)
+            ratio = (
+                self.memory.memtable_bloom_ratio(self.write_buffer_bytes)
+                if self.memory is not None
+                else MEMTABLE_BLOOM_RATIO
+            )
+            opts.set_memtable_prefix_bloom_ratio(ratio)
         table = table_options(self.sst)
         if self.memory is not None:
             self.memory.apply(opts, table)

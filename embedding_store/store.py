@@ -161,7 +161,11 @@ class EmbeddingStore:
             raise StorageError(cfg.path, "create directory", err) from err
         self._check_schema()
         names = [t.name for t in cfg.tables]
-        memory = RocksMemory(cfg.block_cache_bytes, cfg.memtable_budget_bytes)
+        memory = RocksMemory(
+            cfg.block_cache_bytes,
+            cfg.memtable_budget_bytes,
+            column_families=cfg.num_shards * (len(names) + 1),  # + each shard's _meta
+        )
         self._shards = [
             RocksShard(
                 os.path.join(cfg.path, f"shard-{i:04d}"),
