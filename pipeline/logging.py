@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from pipeline.secrets import RedactSecrets
 
@@ -27,9 +29,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler writing to ``sys.stderr`` as it is when each record is emitted.
+
+    A plain ``StreamHandler()`` keeps the ``sys.stderr`` of the moment it was made: once that
+    stream is replaced and closed (pytest's capture between tests, a daemon redirecting
+    its output), a background thread's later records fail with "I/O operation on closed
+    file". This one follows the replacement, as :data:`logging.lastResort` does, unless
+    ``setStream`` pins it to another stream.
+    """
+
+    def __init__(self, level: int = logging.NOTSET) -> None:
+        logging.Handler.__init__(self, level)
+        self._pinned: Any = None
+
+    @property
+    def stream(self) -> Any:
+        """The stream given to ``setStream``, else the current ``sys.stderr``."""
+        return self._pinned if self._pinned is not None else sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        self._pinned = value
+
+
 def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     """Configure the root logger once."""
-    handler = logging.StreamHandler()
+    handler = StderrHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
