@@ -69,6 +69,14 @@ _BOUNDS: Final = (
 )
 
 
+_KIND_TYPES: Final[dict[str, type]] = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "datetime": datetime,
+}
+
+
 class _Unsupported(Exception):
     """A field the fast path cannot check exactly as the model does."""
 
@@ -131,11 +139,13 @@ def fast_struct(kind: str) -> tuple[type[msgspec.Struct], dict[str, str], list[s
     patterns: dict[str, str] = {}
     datetimes: list[str] = []
     floats: list[str] = []
+    kinds: dict[str, type] = {}
     for name, info in model.model_fields.items():
         if info.alias not in (None, name) or not info.is_required():
             raise _Unsupported(f"{kind}.{name}: an alias or a default")
         typ, pattern, base = _field_type(name, info)
         fields.append((name, typ))
+        kinds[name] = _KIND_TYPES[base]
         if pattern is not None:
             patterns[name] = pattern
         if base == "datetime":
@@ -143,24 +153,58 @@ def fast_struct(kind: str) -> tuple[type[msgspec.Struct], dict[str, str], list[s
         elif base == "float":
             floats.append(name)
     struct = msgspec.defstruct(
-        f"Fast{model.__name__}", fields, forbid_unknown_fields=True, gc=False
+        f"Fast{model.__name__}",
+        fields,
+        forbid_unknown_fields=True,
+        gc=False,
+        # the Python type each field holds once FastDecoder accepted the event (datetimes
+        # are parsed after msgspec); the source process encodes columns by it
+        namespace={"field_kinds": kinds},
     )
     return struct, patterns, datetimes, floats
 
 
+_CLASS_REPEAT: Final = re.compile(r"\^(\[[^\]\[\\]+\](?:\{\d+(?:,\d*)?\}|[+*?])?)\$")
+"""Patterns of one character class, repeated: ``^[0-9a-f]{8}$``, ``^[A-Z]+$``..."""
+
+_SEP: Final = "\x00"
+
+
 class _PatternCheck:
-    """Fields sharing one pattern, with the values already seen to pass it."""
+    """Fields sharing one pattern: all of an event's values checked in one regex call.
+
+    A pattern of one character class repeated (``^[0-9a-f]{8}$``), whose class excludes the
+    NUL character, is checked on the event's values joined by NULs: each piece between
+    separators must match, and a value holding a NUL (which fails the class anyway) is
+    caught by counting the separators. About 3 µs for the 26 categories of a generated CTR
+    event here, however many distinct values the stream has (the cache below went cold on
+    streams with many). Other patterns remember the values seen to pass and run the regex
+    on new ones only.
+    """
 
     def __init__(self, pattern: str, names: list[str]) -> None:
         self._regex = re.compile(pattern)
         self._get: Callable[[Any], Any] = operator.attrgetter(*names)
         self._single = len(names) == 1
         self._good: set[str | None] = {None}  # None reached here only where the type allows it
+        self._joined: re.Pattern[str] | None = None
+        form = _CLASS_REPEAT.fullmatch(pattern)
+        if form is not None:
+            piece = form.group(1)
+            if re.fullmatch(piece.split("]")[0] + "]", _SEP) is None:
+                self._joined = re.compile(f"(?:{piece}{_SEP})*{piece}")
 
     def __call__(self, event: Any) -> bool:
         values = self._get(event)
         if self._single:
             values = (values,)
+        if self._joined is not None:
+            if None in values:
+                values = [v for v in values if v is not None]
+                if not values:
+                    return True
+            text = _SEP.join(values)
+            return text.count(_SEP) == len(values) - 1 and self._joined.fullmatch(text) is not None
         if self._good.issuperset(values):
             return True
         for value in set(values).difference(self._good):

@@ -222,15 +222,23 @@ def error_from_wire(header: Mapping[str, Any]) -> PipelineError:
 Chunks = list[bytes]
 
 
-def encode_column(name: str, values: Sequence[Any], at: int) -> tuple[Header, Chunks]:
+def encode_column(
+    name: str, values: Sequence[Any], at: int, kind_hint: type | None = None
+) -> tuple[Header, Chunks]:
     """Describe and serialise one event field across a batch; its bytes start at ``at``.
 
+    ``kind_hint``: the type every value not ``None`` is known to have (FastDecoder's
+    Structs declare it), which spares a pass asking each value its type.
     Returns the column's header entry and its body chunks.
     """
     n = len(values)
-    kinds = set(map(type, values))
-    has_nulls = _NoneType in kinds
-    kinds.discard(_NoneType)
+    if kind_hint is not None:
+        has_nulls = None in values
+        kinds = {kind_hint} if n - (values.count(None) if has_nulls else 0) else set()
+    else:
+        kinds = set(map(type, values))
+        has_nulls = _NoneType in kinds
+        kinds.discard(_NoneType)
     spec: Header = {"name": name}
     chunks: Chunks = []
     if not kinds:
@@ -413,8 +421,9 @@ def encode_batch(batch: SourceBatch, names: Sequence[str]) -> tuple[Header, Chun
         add("key_lengths", np.array([-1 if k is None else len(k) for k in keys], "<i4").tobytes())
         add("key_bytes", b"".join(k for k in keys if k is not None))
     specs: list[Header] = []
+    kinds = _field_kinds(batch.events)
     for name, values in zip(names, _transpose(batch.events, names), strict=True):
-        spec, data = encode_column(name, values, at)
+        spec, data = encode_column(name, values, at, kinds.get(name))
         specs.append(spec)
         chunks.extend(data)
         at += sum(len(c) for c in data)
@@ -480,6 +489,19 @@ def _keys(body: bytes, header: Mapping[str, Any], n: int) -> tuple[bytes | None,
             keys.append(data[pos : pos + length])
             pos += length
     return tuple(keys)
+
+
+def _field_kinds(events: Sequence[Any]) -> Mapping[str, type]:
+    """Each field's value type, when every event is one FastDecoder Struct class (else {})."""
+    if not events:
+        return {}
+    first = type(events[0])
+    kinds = getattr(first, "field_kinds", None)
+    if not isinstance(events[0], msgspec.Struct) or not isinstance(kinds, dict):
+        return {}
+    if not all(type(e) is first for e in events):
+        return {}
+    return kinds
 
 
 def _transpose(events: Sequence[Any], names: Sequence[str]) -> list[tuple[Any, ...]]:

@@ -10,11 +10,13 @@ own checks: patterns, timestamps, integer bounds, floats.
 from __future__ import annotations
 
 import json
+import re
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import fast_decode
@@ -131,20 +133,49 @@ def test_ctr_near_misses(cats: list[str | None], count: Any, seed: int) -> None:
     same_verdict("ctr", spoil(record, "i1", count), dec)
 
 
-def test_a_value_refused_once_is_refused_again_and_the_cache_is_bounded(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_value_refused_once_is_refused_again() -> None:
     record = next(iter(generate("ctr", 1, seed=0)))
     dec = FastDecoder("ctr")
     bad = json.dumps({**record, "c1": "68fd1e6\n"}).encode()
     for _ in range(2):
         with pytest.raises(DecodeError, match="c1"):
             dec(bad)
+    assert dec._checks[0]._joined is not None  # ^[0-9a-f]{8}$: one regex call per event
+
+
+def test_the_cache_of_other_patterns_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    check = fast_decode._PatternCheck(r"^(?:ab|cd)+$", ["a", "b"])
+    assert check._joined is None  # not one character class: values are remembered
     monkeypatch.setattr(fast_decode, "PATTERN_CACHE_LIMIT", 10)
     for i in range(50):
-        dec(json.dumps({**record, "c2": f"{i:08x}"}).encode())
-    assert len(dec._checks[0]._good) <= 12  # None + the limit + the value that tipped it
-    assert dec.fast == 50
+        assert check(SimpleNamespace(a="ab" * (i + 1), b=None))
+    assert not check(SimpleNamespace(a="abc", b="ab"))
+    assert not check(SimpleNamespace(a="ab", b="ab\n"))
+    assert len(check._good) <= 12  # None + the limit + the value that tipped it
+
+
+PIECES = st.sampled_from(["", "0", "7f", "deadbeef", "DEADBEEF", "g", "\x00", "\n", "é", "a\x00b"])
+VALUES = st.one_of(st.none(), st.lists(PIECES, max_size=4).map("".join))
+CLASS_PATTERNS = ["^[0-9a-f]{8}$", "^[0-9a-f]{2,8}$", "^[a-f]+$", "^[0-9]*$", "^[^x]{1,3}$"]
+
+
+@SETTINGS
+@given(pattern=st.sampled_from(CLASS_PATTERNS), values=st.lists(VALUES, min_size=1, max_size=6))
+@example(pattern="^[0-9a-f]{8}$", values=["deadbeef\x00deadbeef"])  # one value, two pieces
+@example(pattern="^[a-f]+$", values=["ab", None, "c\x00d", None])
+def test_one_call_per_event_gives_each_values_verdict(
+    pattern: str, values: list[str | None]
+) -> None:
+    names = [f"f{i}" for i in range(len(values))]
+    check = fast_decode._PatternCheck(pattern, names)
+    event = SimpleNamespace(**dict(zip(names, values, strict=True)))
+    # what the model's engine says: the pattern matches the whole value (no final newline)
+    want = all(v is None or ("\n" not in v and re.search(pattern, v)) for v in values)
+    if pattern == "^[^x]{1,3}$":  # its class holds NUL: values are remembered instead
+        assert check._joined is None
+    else:
+        assert check._joined is not None
+    assert check(event) == bool(want)
 
 
 def test_a_model_it_cannot_mirror_is_decoded_by_pydantic_only(

@@ -109,6 +109,20 @@ def test_any_json_column_round_trips(values: list[Any]) -> None:
     assert same(roundtrip(values)[1], values)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.one_of(
+        st.tuples(st.just(int), st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)))),
+        st.tuples(st.just(float), st.lists(st.one_of(st.none(), st.floats(allow_nan=False)))),
+        st.tuples(st.just(str), st.lists(st.one_of(st.none(), st.text()))),
+    )
+)
+def test_a_kind_hint_gives_the_same_column(hinted: tuple[type, list[Any]]) -> None:
+    kind, values = hinted
+    plain = encode_column("f", tuple(values), 8)
+    assert encode_column("f", tuple(values), 8, kind) == plain
+
+
 def test_a_value_no_frame_can_carry_is_a_source_error() -> None:
     with pytest.raises(SourceError, match="field 'f' cannot be sent"):
         encode_column("f", [object()], 0)
