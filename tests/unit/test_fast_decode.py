@@ -154,15 +154,30 @@ def test_the_cache_of_other_patterns_is_bounded(monkeypatch: pytest.MonkeyPatch)
     assert len(check._good) <= 12  # None + the limit + the value that tipped it
 
 
-PIECES = st.sampled_from(["", "0", "7f", "deadbeef", "DEADBEEF", "g", "\x00", "\n", "é", "a\x00b"])
+PIECES = st.sampled_from(
+    ["", "0", "7f", "deadbeef", "DEADBEEF", "g", "\x00", "\n", "é", "a\x00b", "0000000", "x"]
+)
 VALUES = st.one_of(st.none(), st.lists(PIECES, max_size=4).map("".join))
-CLASS_PATTERNS = ["^[0-9a-f]{8}$", "^[0-9a-f]{2,8}$", "^[a-f]+$", "^[0-9]*$", "^[^x]{1,3}$"]
+CLASS_PATTERNS = {  # pattern: how it is checked
+    "^[0-9a-f]{8}$": "translate",
+    "^[0-9a-f]{2,8}$": "translate",
+    "^[a-f]+$": "translate",
+    "^[0-9]*$": "translate",
+    "^[0-9]?$": "translate",
+    "^[b-z]$": "translate",
+    "^[a-fé]{1,4}$": "regex",  # not ASCII: one regex call on the joined values
+    "^[^x]{1,3}$": "cache",  # its class holds NUL: values are remembered instead
+}
 
 
 @SETTINGS
-@given(pattern=st.sampled_from(CLASS_PATTERNS), values=st.lists(VALUES, min_size=1, max_size=6))
+@given(
+    pattern=st.sampled_from(sorted(CLASS_PATTERNS)), values=st.lists(VALUES, min_size=1, max_size=6)
+)
 @example(pattern="^[0-9a-f]{8}$", values=["deadbeef\x00deadbeef"])  # one value, two pieces
 @example(pattern="^[a-f]+$", values=["ab", None, "c\x00d", None])
+@example(pattern="^[0-9a-f]{8}$", values=["0000000", "000000000"])  # 7 + 9 = 2 x 8
+@example(pattern="^[a-fé]{1,4}$", values=["é", "a\x00b"])
 def test_one_call_per_event_gives_each_values_verdict(
     pattern: str, values: list[str | None]
 ) -> None:
@@ -171,10 +186,8 @@ def test_one_call_per_event_gives_each_values_verdict(
     event = SimpleNamespace(**dict(zip(names, values, strict=True)))
     # what the model's engine says: the pattern matches the whole value (no final newline)
     want = all(v is None or ("\n" not in v and re.search(pattern, v)) for v in values)
-    if pattern == "^[^x]{1,3}$":  # its class holds NUL: values are remembered instead
-        assert check._joined is None
-    else:
-        assert check._joined is not None
+    path = "cache" if check._joined is None else "translate" if check._delete else "regex"
+    assert path == CLASS_PATTERNS[pattern]
     assert check(event) == bool(want)
 
 
