@@ -216,10 +216,14 @@ class OperatorScheduler:
     ) -> list[OperatorReport]:
         """Run the pending operators on this thread (call between two training steps).
 
-        ``limit`` bounds how many run now; the rest wait for the next boundary.
+        Only what was queued when the call began runs: an operator that fires again while
+        these run (a short interval, a long operator) waits for the next boundary instead
+        of running twice in one. ``limit`` bounds how many run now; the rest wait too.
         """
         reports: list[OperatorReport] = []
-        while limit is None or len(reports) < limit:
+        with self._lock:
+            queued = len(self._queue)  # fires append behind these
+        for _ in range(queued if limit is None else min(queued, limit)):
             with self._lock:
                 if not self._queue:
                     break

@@ -74,6 +74,27 @@ def test_a_busy_trainer_runs_a_coalesced_operator_once(ctx: OperatorContext) -> 
     assert len(op.threads) == 1
 
 
+def test_an_operator_fired_while_the_boundary_runs_waits_for_the_next(
+    ctx: OperatorContext,
+) -> None:
+    class Refires(Recorder):
+        """Fires its own trigger while it runs, as an interval shorter than the run does."""
+
+        def execute(self, context: OperatorContext) -> OperatorResult:
+            if len(self.threads) < 5:  # bounded, so a scheduler that loops fails, not hangs
+                scheduler.trigger(self.name)
+            return super().execute(context)
+
+    a, b = Refires("a"), Recorder("b")
+    scheduler = OperatorScheduler([], {"a": a, "b": b})
+    scheduler.trigger("a")
+    scheduler.trigger("b")
+    assert [r.operator for r in scheduler.run_pending(ctx)] == ["a", "b"]
+    assert scheduler.pending() == ("a",)  # once per boundary, not in a loop
+    assert [r.operator for r in scheduler.run_pending(ctx)] == ["a"]
+    assert (len(a.threads), len(b.threads)) == (2, 1)
+
+
 def test_a_failing_operator_is_reported_and_the_rest_still_run(ctx: OperatorContext) -> None:
     bad, good = Recorder("bad", fail=True), Recorder("good")
     scheduler = OperatorScheduler([], {"bad": bad, "good": good})
