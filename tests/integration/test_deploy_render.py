@@ -169,6 +169,23 @@ def test_overlays_render(overlay: str) -> None:
 # -- compose ---------------------------------------------------------------------------------
 
 
+def test_the_deployed_trainer_schedules_its_operators(monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = container(find(render(K8S), "StatefulSet", "freshet-trainer"))
+    for e in trainer["env"]:
+        if e["name"].startswith("FRESHET_OPERATORS__"):
+            monkeypatch.setenv(e["name"], e["value"])
+    ops = JobConfig.from_yaml(REPO / "configs" / "fraud.yaml").operators
+    assert ops is not None and ops.checkpoint is not None
+    assert ops.checkpoint.dir == "/var/lib/freshet/checkpoints"
+    every = {s.name: s.every for s in ops.to_schedules()}
+    assert every == {
+        "tier_migration": 30.0,
+        "incremental_checkpoint": 60.0,
+        "full_checkpoint": "0 3 * * *",
+        "metrics_report": 15.0,
+    }
+
+
 def test_compose_uses_the_k8s_image_commands_and_ports() -> None:
     services = compose()["services"]
     objects = render(K8S)
@@ -189,6 +206,7 @@ def test_compose_uses_the_k8s_image_commands_and_ports() -> None:
         "FRESHET_PUBLISH__TOPIC",
         "FRESHET_PUBLISH__SNAPSHOT_DIR",
         "FRESHET_OPERATORS__CHECKPOINT__DIR",
+        "FRESHET_OPERATORS__SCHEDULES",
     ):
         assert trainer["environment"][key] == k8s_env[key], key
 
