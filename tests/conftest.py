@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pipeline.logging import StderrHandler
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _freshet_log_handler_removed() -> Iterator[None]:
+    """A test that runs a command in-process (``setup_logging``) leaves no handler behind:
+    later tests' background threads then log through pytest's capture, not through the
+    handler of a test that has ended. Levels are put back too."""
+    root, kafka = logging.getLogger(), logging.getLogger("kafka")
+    levels = root.level, kafka.level
+    yield
+    for handler in root.handlers[:]:
+        if isinstance(handler, StderrHandler):
+            root.removeHandler(handler)
+    root.setLevel(levels[0])
+    kafka.setLevel(levels[1])
 
 
 @pytest.fixture
