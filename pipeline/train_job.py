@@ -335,6 +335,11 @@ class TrainJob:
             return None
         from operators.checkpoint import CheckpointManager
 
+        writer = getattr(self.operators, "manager", None)
+        if writer is not None:
+            # a checkpoint captured before the failure may still be landing in the
+            # background; it is good, and it is the one a restart resumes from
+            writer.wait()
         manager = CheckpointManager(ops.checkpoint.dir)
         try:
             latest = manager.latest_complete()
