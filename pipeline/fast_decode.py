@@ -200,12 +200,12 @@ class _PatternCheck:
         self._delete: bytes | None = None  # the class's bytes, for an ASCII-only class
         self._bounds: tuple[int, int | None] = (0, None)
         form = _CLASS_REPEAT.fullmatch(pattern)
-        if form is not None and re.fullmatch(form.group(1), _SEP) is None:
+        klass = re.compile(form.group(1)) if form is not None else None
+        if form is not None and klass is not None and klass.fullmatch(_SEP) is None:
             piece = form.group(1) + (form.group(3) or "")
             self._joined = re.compile(f"(?:{piece}{_SEP})*{piece}")
             body = form.group(2)
             if body.isascii() and not body.startswith("^"):
-                klass = re.compile(form.group(1))
                 ascii_chars = map(chr, range(128))
                 self._delete = "".join(c for c in ascii_chars if klass.fullmatch(c)).encode()
                 self._bounds = _repeat_bounds(form)

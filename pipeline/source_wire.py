@@ -421,8 +421,10 @@ def encode_batch(batch: SourceBatch, names: Sequence[str]) -> tuple[Header, Chun
         add("key_lengths", np.array([-1 if k is None else len(k) for k in keys], "<i4").tobytes())
         add("key_bytes", b"".join(k for k in keys if k is not None))
     specs: list[Header] = []
-    kinds = _field_kinds(batch.events)
-    for name, values in zip(names, _transpose(batch.events, names), strict=True):
+    struct = _one_struct_class(batch.events)
+    # FastDecoder's Structs declare the type each field holds (``field_kinds``)
+    kinds: Mapping[str, type] = getattr(struct, "field_kinds", None) or {}
+    for name, values in zip(names, _transpose(batch.events, names, struct), strict=True):
         spec, data = encode_column(name, values, at, kinds.get(name))
         specs.append(spec)
         chunks.extend(data)
@@ -491,32 +493,30 @@ def _keys(body: bytes, header: Mapping[str, Any], n: int) -> tuple[bytes | None,
     return tuple(keys)
 
 
-def _field_kinds(events: Sequence[Any]) -> Mapping[str, type]:
-    """Each field's value type, when every event is one FastDecoder Struct class (else {})."""
-    if not events:
-        return {}
+def _one_struct_class(events: Sequence[Any]) -> type[msgspec.Struct] | None:
+    """The class of ``events`` when all are instances of one msgspec Struct class."""
+    if not events or not isinstance(events[0], msgspec.Struct):
+        return None
     first = type(events[0])
-    kinds = getattr(first, "field_kinds", None)
-    if not isinstance(events[0], msgspec.Struct) or not isinstance(kinds, dict):
-        return {}
-    if not all(type(e) is first for e in events):
-        return {}
-    return kinds
+    return first if all(type(e) is first for e in events) else None
 
 
-def _transpose(events: Sequence[Any], names: Sequence[str]) -> list[tuple[Any, ...]]:
+def _transpose(
+    events: Sequence[Any], names: Sequence[str], struct: type[msgspec.Struct] | None = None
+) -> list[tuple[Any, ...]]:
     """One tuple of values per field of ``events`` (objects with the fields as attributes).
 
-    Pydantic models of one class keep their fields in ``__dict__`` in declaration order, so
-    when the first event's dict has exactly ``names`` and every event is of its class, the
-    dicts' values are transposed directly.
+    ``struct``: the one Struct class of every event (:func:`_one_struct_class`), whose
+    fields are transposed with ``astuple`` when they are exactly ``names``. Pydantic
+    models of one class keep their fields in ``__dict__`` in declaration order, so when the
+    first event's dict has exactly ``names`` and every event is of its class, the dicts'
+    values are transposed directly.
     """
     if not events:
         return [() for _ in names]
+    if struct is not None and struct.__struct_fields__ == tuple(names):  # FastDecoder's
+        return list(zip(*map(msgspec.structs.astuple, events), strict=True))
     first = events[0]
-    if isinstance(first, msgspec.Struct) and first.__struct_fields__ == tuple(names):
-        if all(type(e) is type(first) for e in events):  # FastDecoder's events
-            return list(zip(*map(msgspec.structs.astuple, events), strict=True))
     fast = list(getattr(first, "__dict__", ())) == list(names) and len(names) > 1
     if fast and all(type(e) is type(first) for e in events):
         return list(zip(*[e.__dict__.values() for e in events], strict=True))
