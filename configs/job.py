@@ -119,6 +119,13 @@ class SourceSection(_Section):
             "freshet train --nproc N always use a thread"
         ),
     )
+    record_reader: Literal["fast", "kafka-python"] = Field(
+        default="fast",
+        description=(
+            "how fetched record batches become records: pipeline.kafka_records (the same "
+            "records for about half the CPU) or kafka-python's own reader"
+        ),
+    )
     security: SecurityConfig = Field(default_factory=SecurityConfig, description="TLS / SASL")
 
 
