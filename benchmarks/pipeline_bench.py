@@ -10,6 +10,10 @@ fields, batches of ``--batch`` events) on the same synthetic events, in one run:
 - pipeline (process): the same job with ``source.decode_in: process`` (ProcessSource: polling
   and decoding in a child process, batches arrive as columns).
 
+``--modes`` also takes ``process-kafka-python`` and ``thread-kafka-python``: the same job with
+``source.record_reader: kafka-python``, so the fast record reader (pipeline.kafka_records) is
+compared with kafka-python's own in the same run.
+
 Time split. On the training thread: waiting in ``next_batch`` (poll and decode that did not
 overlap), features (in ``train_batch`` plus the ids of the batches peeked at for prefetch),
 train, and the rest (prefetch tickets, hooks). Off it, as CPU seconds: poll (kafka-python
@@ -36,6 +40,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("thread", "process")
+KNOWN_MODES = (*MODES, "thread-kafka-python", "process-kafka-python")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,15 +48,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=None, help="events per system")
     parser.add_argument("--batch", type=int, default=4096, help="events per batch")
     parser.add_argument(
-        "--modes", default=",".join(MODES), help="pipeline modes to run (thread,process)"
+        "--modes",
+        default=",".join(MODES),
+        help=f"pipeline modes to run, of {','.join(KNOWN_MODES)}",
     )
     parser.add_argument(
         "--repeat", type=int, default=None, help="rounds of all systems; medians (default 5)"
     )
 
 
-def _config(bootstrap: str, topic: str, store: str, batch: int, decode_in: str) -> Any:
+def _config(bootstrap: str, topic: str, store: str, batch: int, mode: str) -> Any:
     from configs.job import JobConfig
+
+    decode_in, _, reader = mode.partition("-")
 
     base = JobConfig.from_yaml(REPO / "configs" / "ctr.yaml")
     return base.model_copy(
@@ -60,11 +69,12 @@ def _config(bootstrap: str, topic: str, store: str, batch: int, decode_in: str) 
                 update={
                     "bootstrap_servers": [bootstrap],
                     "topic": topic,
-                    "group_id": f"bench-{decode_in}",
+                    "group_id": f"bench-{mode}",
                     "assignment": "manual",
                     "max_events": batch,
                     "max_wait_ms": 2000,
                     "decode_in": decode_in,
+                    "record_reader": reader or "fast",
                 }
             ),
             "store": base.store.model_copy(update={"path": store}),
@@ -199,6 +209,9 @@ def run(args: argparse.Namespace) -> int:
     if args.repeat is None:
         args.repeat = 1 if args.quick else 5
     modes = [m for m in args.modes.split(",") if m]
+    unknown = sorted(set(modes) - set(KNOWN_MODES))
+    if unknown:
+        raise SystemExit(f"--modes: unknown {unknown}; known: {', '.join(KNOWN_MODES)}")
     events = list(generate("ctr", n, 5))
     models = [CtrEvent.from_record(e) for e in events]
     out: dict[str, Any] = {
@@ -249,7 +262,7 @@ def _round(
     base_other = out["store_only"]["other_threads_cpu_s"]
     for mode in modes:
         result = _pipeline(bootstrap, f"{tmp}/{mode}", batch, n, mode)
-        if mode == "thread":
+        if mode.startswith("thread"):
             source_cpu = max(0.0, result["other_threads_cpu_s"] - base_other)
             result["decode_s"] = decode_s
             result["poll_s"] = max(0.0, source_cpu - decode_s)
