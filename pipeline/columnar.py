@@ -17,6 +17,10 @@ event as a dict.
 
 A field not in the batch reads as ``None`` for every event, as ``Mapping.get`` would.
 
+A string column may also come with its values' unsalted 64-bit hashes, computed by the
+source process (:class:`~pipeline.hashing.StringHasher`): ``string_hashes(name)`` gives them,
+and the featurizer salts them instead of hashing the text itself.
+
 >>> batch = ColumnarEvents(2, {"label": [0, 1], "c1": lambda: ["68fd1e64", None]})
 >>> len(batch), batch.column("c1"), batch.column("i9")
 (2, ['68fd1e64', None], [None, None])
@@ -32,10 +36,16 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, overload
 
-__all__ = ["ColumnarEvents", "EventRecord", "LazyColumn"]
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["ColumnarEvents", "EventRecord", "LazyColumn", "LazyHashes"]
 
 LazyColumn = list[Any] | Callable[[], list[Any]]
 """A column's values, or a function returning them (called at most once)."""
+
+LazyHashes = npt.NDArray[np.uint64] | Callable[[], npt.NDArray[np.uint64]]
+"""A string column's hashes, or a function returning them."""
 
 
 class EventRecord(dict[str, Any]):
@@ -61,11 +71,17 @@ class EventRecord(dict[str, Any]):
 class ColumnarEvents(Sequence[EventRecord]):
     """``n`` events as named columns of equal length (see the module docstring)."""
 
-    __slots__ = ("_columns", "_lock", "_n")
+    __slots__ = ("_columns", "_hashes", "_lock", "_n")
 
-    def __init__(self, n: int, columns: Mapping[str, LazyColumn]) -> None:
+    def __init__(
+        self,
+        n: int,
+        columns: Mapping[str, LazyColumn],
+        string_hashes: Mapping[str, LazyHashes] | None = None,
+    ) -> None:
         self._n = n
         self._columns: dict[str, LazyColumn] = dict(columns)
+        self._hashes: dict[str, LazyHashes] = dict(string_hashes or {})
         self._lock = threading.Lock()
 
     @classmethod
@@ -100,6 +116,27 @@ class ColumnarEvents(Sequence[EventRecord]):
             self._columns[name] = decoded
             return decoded
 
+    def string_hashes(self, name: str) -> npt.NDArray[np.uint64] | None:
+        """The hashes the source computed for string field ``name``, or ``None`` if none.
+
+        >>> import numpy as np
+        >>> batch = ColumnarEvents(1, {"c1": ["a"]}, {"c1": np.array([7], dtype=np.uint64)})
+        >>> batch.string_hashes("c1").tolist(), batch.string_hashes("c2")
+        ([7], None)
+        """
+        hashes = self._hashes.get(name)
+        if hashes is None or isinstance(hashes, np.ndarray):
+            return hashes
+        with self._lock:
+            current = self._hashes[name]
+            if isinstance(current, np.ndarray):
+                return current
+            made = current()
+            if made.shape != (self._n,):
+                raise ValueError(f"hashes of {name!r}: shape {made.shape}, expected ({self._n},)")
+            self._hashes[name] = made
+            return made
+
     def to_records(self) -> list[EventRecord]:
         """Every event as a dict (decodes every column)."""
         if not self._columns:
@@ -121,7 +158,12 @@ class ColumnarEvents(Sequence[EventRecord]):
     def __getitem__(self, index: int | slice) -> EventRecord | ColumnarEvents:
         if isinstance(index, slice):
             cols = {name: self.column(name)[index] for name in self._columns}
-            return ColumnarEvents(len(range(*index.indices(self._n))), cols)
+            hashes = {}
+            for name in self._hashes:
+                h = self.string_hashes(name)
+                assert h is not None
+                hashes[name] = h[index]
+            return ColumnarEvents(len(range(*index.indices(self._n))), cols, hashes)
         if not -self._n <= index < self._n:
             raise IndexError(f"event {index} of a batch of {self._n}")
         return EventRecord((name, self.column(name)[index]) for name in self._columns)

@@ -74,6 +74,7 @@ __all__ = [
     "JaggedIds",
     "MultiHotSpec",
     "TimePartSpec",
+    "string_category_fields",
 ]
 
 AHEAD_KEPT = 8
@@ -83,6 +84,8 @@ I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 Column = Callable[[str], list[Any]]
+Hashed = Callable[[str], "npt.NDArray[np.uint64] | None"]
+"""A field's string hashes computed ahead (:meth:`ColumnarEvents.string_hashes`), or None."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,32 @@ def event_columns(events: Sequence[Any]) -> Column:
     if events and isinstance(events[0], Mapping):
         return lambda name: [e.get(name) for e in events]
     return lambda name: [getattr(e, name, None) for e in events]
+
+
+def string_category_fields(spec: FeatureSpec) -> tuple[str, ...]:
+    """The event fields ``spec`` hashes as string categories (what a source may hash ahead).
+
+    >>> spec = FeatureSpec(sparse=(CategoricalSpec("c1", "t", "c1"),
+    ...                            CategoricalSpec("user", "t", "user_id", value_type="int")))
+    >>> string_category_fields(spec)
+    ('c1',)
+    """
+    return tuple(
+        dict.fromkeys(
+            s.field for s in spec.sparse if isinstance(s, CategoricalSpec) and s.value_type == "str"
+        )
+    )
+
+
+def _no_hashes(name: str) -> None:
+    return None
+
+
+def _hashed(events: Sequence[Any]) -> Hashed:
+    """The string hashes a source computed ahead for ``events`` (none for plain events)."""
+    if isinstance(events, ColumnarEvents):
+        return events.string_hashes
+    return _no_hashes
 
 
 def epoch_seconds(values: Sequence[Any], name: str = "timestamp") -> F64:
@@ -260,10 +289,19 @@ class Featurizer:
 
     # -- sparse (stateless) --------------------------------------------------
     def _feature_ids(
-        self, spec: SparseSpec, col: Column, done: dict[str, SparseIds], times: F64 | None
+        self,
+        spec: SparseSpec,
+        col: Column,
+        done: dict[str, SparseIds],
+        times: F64 | None,
+        hashed: Hashed,
     ) -> SparseIds:
         salt = spec.salt or spec.name
         if isinstance(spec, CategoricalSpec):
+            if spec.value_type == "str":
+                bases = hashed(spec.field)  # computed by the source process
+                if bases is not None:
+                    return hash_bases(bases, salt)
             return hash_column(col(spec.field), spec.value_type, salt, self._strings)
         if isinstance(spec, CrossSpec):
             parts = [done[o] for o in spec.of]
@@ -286,10 +324,10 @@ class Featurizer:
         base, _ = base_values(flat, spec.value_type, spec.field, self._strings)
         return JaggedIds.from_lengths(hash_bases(base, spec.salt or spec.name), lengths)
 
-    def _sparse(self, col: Column, times: F64 | None) -> dict[str, SparseIds]:
+    def _sparse(self, col: Column, times: F64 | None, hashed: Hashed) -> dict[str, SparseIds]:
         done: dict[str, SparseIds] = {}
         for spec in self.spec.sparse:
-            done[spec.name] = self._feature_ids(spec, col, done, times)
+            done[spec.name] = self._feature_ids(spec, col, done, times, hashed)
         out: dict[str, SparseIds] = {}
         for table in self.spec.tables:
             names = self.spec.table_features(table)
@@ -309,7 +347,7 @@ class Featurizer:
         """
         col = event_columns(events)
         times = self._times(col) if self._needs_time() else None
-        sparse = self._sparse(col, times)
+        sparse = self._sparse(col, times, _hashed(events))
         if isinstance(events, tuple | ColumnarEvents):
             self._ahead[id(events)] = (events, sparse, times)
             while len(self._ahead) > AHEAD_KEPT:
@@ -323,7 +361,7 @@ class Featurizer:
         if kept is not None and kept[0] is events:
             return kept[1], kept[2]
         times = self._times(col) if self._needs_time() else None
-        return self._sparse(col, times), times
+        return self._sparse(col, times, _hashed(events)), times
 
     # -- dense (stateful) ----------------------------------------------------
     def _needs_time(self) -> bool:

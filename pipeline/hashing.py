@@ -32,6 +32,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from pandas._libs.hashtable import PyObjectHashTable
 
 from pipeline.feature_errors import FeatureValueError
 
@@ -123,6 +124,68 @@ def base_values(
     strings = [u if isinstance(u, str) else str(u) for u in uniques]
     table = np.append(_hash_strings(strings, cache), MISSING_BASE)
     return table[codes], codes < 0
+
+
+class StringHasher:
+    """The unsalted bases of string columns, memoised: what a source process computes ahead.
+
+    ``hasher(values)`` equals ``base_values(values, "str")[0]`` for a column of strings and
+    ``None``; the salt is the featurizer's, applied later (:func:`hash_bases`), so the hashes
+    do not depend on the feature spec. Known strings are found by one vectorised lookup in a
+    pandas hash table (position -> base in an array); only strings not seen before are hashed
+    in Python. Past ``limit`` strings the memory is emptied. A value that is neither a string
+    nor ``None`` sends the call through :func:`base_values` (no memory).
+
+    >>> hasher = StringHasher()
+    >>> bool((hasher(["a", None, "a"]) == base_values(["a", None, "a"], "str")[0]).all())
+    True
+    >>> len(hasher)
+    1
+    """
+
+    def __init__(self, limit: int = CACHE_LIMIT) -> None:
+        self.limit = limit
+        self._reset()
+
+    def _reset(self) -> None:
+        self._index = PyObjectHashTable()  # value -> its position in self._bases
+        self._index.set_item(None, 0)
+        self._bases: U64 = np.empty(1024, dtype=np.uint64)
+        self._bases[0] = MISSING_BASE
+        self._size = 1
+
+    def __len__(self) -> int:
+        """Strings remembered."""
+        return self._size - 1
+
+    def __call__(self, values: Sequence[str | None]) -> U64:
+        """Bases of ``values`` (``None``: :data:`MISSING_BASE`)."""
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = values
+        pos: I64 = self._index.lookup(arr)
+        missing = pos < 0
+        if missing.any():
+            new = pd.unique(arr[missing])
+            if not all(isinstance(v, str) for v in new):
+                return base_values(values, "str")[0]
+            if self._size + len(new) > self.limit:
+                self._reset()
+                if len(new) >= self.limit:
+                    return base_values(values, "str")[0]
+                pos = self._index.lookup(arr)
+                missing = pos < 0
+                new = pd.unique(arr[missing])
+            need = self._size + len(new)
+            if need > len(self._bases):
+                grown = np.empty(max(need, 2 * len(self._bases)), dtype=np.uint64)
+                grown[: self._size] = self._bases[: self._size]
+                self._bases = grown
+            self._bases[self._size : need] = _hash_strings(list(new), None)
+            for i, text in enumerate(new.tolist(), self._size):
+                self._index.set_item(text, i)
+            self._size = need
+            pos[missing] = self._index.lookup(arr[missing])
+        return self._bases[pos]
 
 
 def hash_column(

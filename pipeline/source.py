@@ -159,6 +159,8 @@ class SourceConfig:
     fetch_max_wait_ms, ...  kafka-python fetch tuning (tansu needs fetch_max_wait_ms >= 1)
     fast_record_reader      read fetched record batches with :mod:`pipeline.kafka_records`
                             (same records, about half the CPU); false: kafka-python's reader
+    hash_fields             string fields a source process hashes for the featurizer (the
+                            fields it hashes as ``str`` categories); the thread source ignores it
     client_config           security options only (``security_protocol``, ``sasl_*``,
                             ``ssl_*``), passed to every kafka-python client the source creates
     ======================  =====================================================================
@@ -187,6 +189,7 @@ class SourceConfig:
     max_partition_fetch_bytes: int = 8 * 1024 * 1024
     client_id: str = "freshet-source"
     fast_record_reader: bool = True
+    hash_fields: tuple[str, ...] = ()
     # repr=False: it may hold a SASL password, and configs get logged
     client_config: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({}), repr=False

@@ -21,6 +21,8 @@ A batch's events travel as columns, one per event field (see :func:`encode_colum
     "int"      int64 values (None -> 0)     + "nulls": one byte per event, 1 = None
     "float"    float64 values               + nulls
     "str"      UTF-8 text, "\n" between values  + nulls       (no value holds a "\n")
+               + "hashes": each value's unsalted uint64 base (``StringHasher``), when the
+                 source was given a hasher: the featurizer then never reads the text
     "datetime" int64 µs since the epoch, int32 UTC offsets in s (absent: all naive)
     "json"     a JSON list (anything else JSON can carry: bools, mixed types, ...)
     "null"     every value None (no bytes)
@@ -43,7 +45,7 @@ import itertools
 import json
 import operator
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta, timezone
 from typing import IO, Any, Final
@@ -54,6 +56,7 @@ import numpy.typing as npt
 
 from pipeline.columnar import ColumnarEvents
 from pipeline.errors import BrokerError, ConfigError, PipelineError, SourceError
+from pipeline.hashing import U64, StringHasher
 from pipeline.source import Assignment, Offsets, SourceBatch, SourceConfig
 
 __all__ = [
@@ -62,6 +65,7 @@ __all__ = [
     "config_to_wire",
     "decode_batch",
     "decode_column",
+    "decode_hashes",
     "encode_batch",
     "encode_column",
     "error_from_wire",
@@ -169,6 +173,7 @@ def config_from_wire(raw: Mapping[str, Any]) -> SourceConfig:
     servers = values["bootstrap_servers"]
     values["bootstrap_servers"] = servers if isinstance(servers, str) else tuple(servers)
     values["topics"] = tuple(values["topics"])
+    values["hash_fields"] = tuple(values.get("hash_fields", ()))
     values["assignment"] = Assignment(values["assignment"])
     if values.get("partitions") is not None:
         values["partitions"] = tuple((str(t), int(p)) for t, p in values["partitions"])
@@ -223,13 +228,23 @@ Chunks = list[bytes]
 
 
 def encode_column(
-    name: str, values: Sequence[Any], at: int, kind_hint: type | None = None
+    name: str,
+    values: Sequence[Any],
+    at: int,
+    kind_hint: type | None = None,
+    hasher: StringHasher | None = None,
 ) -> tuple[Header, Chunks]:
     """Describe and serialise one event field across a batch; its bytes start at ``at``.
 
     ``kind_hint``: the type every value not ``None`` is known to have (FastDecoder's
-    Structs declare it), which spares a pass asking each value its type.
+    Structs declare it), which spares a pass asking each value its type. ``hasher``: a
+    string column also carries its values' hashes (read back with :func:`decode_hashes`).
     Returns the column's header entry and its body chunks.
+
+    >>> from pipeline.hashing import StringHasher
+    >>> spec, chunks = encode_column("c1", ["a", None], 0, str, StringHasher())
+    >>> decode_hashes(spec, b"".join(chunks), 2).tolist() == StringHasher()(["a", None]).tolist()
+    True
     """
     n = len(values)
     if kind_hint is not None:
@@ -285,6 +300,10 @@ def encode_column(
     if nulls is not None:
         spec["nulls_at"] = at
         chunks.append(nulls.tobytes())
+        at += n
+    if hasher is not None and spec["enc"] == "str":
+        spec["hashes_at"] = at
+        chunks.append(hasher(values).astype("<u8", copy=False).tobytes())
     return spec, chunks
 
 
@@ -367,6 +386,14 @@ def decode_column(spec: Mapping[str, Any], body: bytes, n: int) -> list[Any]:
     return values
 
 
+def decode_hashes(spec: Mapping[str, Any], body: bytes, n: int) -> U64:
+    """The hashes a string column carries (see :func:`encode_column`)."""
+    at = int(spec["hashes_at"])
+    if at + 8 * n > len(body):
+        raise WireError(f"column {spec.get('name')!r}: hashes at {at} not in the body")
+    return np.frombuffer(body, "<u8", n, at).astype(np.uint64, copy=False)
+
+
 def _decode_datetimes(spec: Mapping[str, Any], body: bytes, n: int) -> list[Any]:
     micros = np.frombuffer(body, "<i8", n, int(spec["at"])).tolist()
     if spec.get("naive"):
@@ -385,10 +412,16 @@ def _decode_datetimes(spec: Mapping[str, Any], body: bytes, n: int) -> list[Any]
     return out
 
 
-def encode_batch(batch: SourceBatch, names: Sequence[str]) -> tuple[Header, Chunks]:
+def encode_batch(
+    batch: SourceBatch,
+    names: Sequence[str],
+    hasher: StringHasher | None = None,
+    hash_fields: Collection[str] = (),
+) -> tuple[Header, Chunks]:
     """A ``"batch"`` frame's header and body chunks for ``batch`` (events with ``names``).
 
     The events are objects with the fields as attributes (the pydantic event models).
+    With ``hasher`` the string columns of ``hash_fields`` carry their hashes too.
     """
     n = len(batch.events)
     header: Header = {
@@ -425,7 +458,9 @@ def encode_batch(batch: SourceBatch, names: Sequence[str]) -> tuple[Header, Chun
     # FastDecoder's Structs declare the type each field holds (``field_kinds``)
     kinds: Mapping[str, type] = getattr(struct, "field_kinds", None) or {}
     for name, values in zip(names, _transpose(batch.events, names, struct), strict=True):
-        spec, data = encode_column(name, values, at, kinds.get(name))
+        spec, data = encode_column(
+            name, values, at, kinds.get(name), hasher if name in hash_fields else None
+        )
         specs.append(spec)
         chunks.extend(data)
         at += sum(len(c) for c in data)
@@ -440,8 +475,15 @@ def decode_batch(header: Mapping[str, Any], body: bytes) -> SourceBatch:
     when first read (by the featurizer, on the training thread).
     """
     n = int(header["n"])
+    columns = header["columns"]
     events = ColumnarEvents(
-        n, {str(s["name"]): functools.partial(decode_column, s, body, n) for s in header["columns"]}
+        n,
+        {str(s["name"]): functools.partial(decode_column, s, body, n) for s in columns},
+        {
+            str(s["name"]): functools.partial(decode_hashes, s, body, n)
+            for s in columns
+            if "hashes_at" in s
+        },
     )
     keys: tuple[bytes | None, ...] = ()
     positions: tuple[tuple[str, int, int], ...] = ()

@@ -39,6 +39,7 @@ import msgspec
 from pipeline.events import EVENT_KINDS, Event, decode
 from pipeline.fast_decode import FastDecoder
 from pipeline.gc_tuning import tune_gc
+from pipeline.hashing import StringHasher
 from pipeline.logging import JsonFormatter
 from pipeline.secrets import RedactSecrets, register_secret
 from pipeline.source import KafkaSource, SourceBatch, SourceConfig
@@ -97,6 +98,9 @@ class Worker:
         self._out = out
         self._decoder = decoder
         self._names = tuple(EVENT_KINDS[source.config.kind].model_fields)
+        # the featurizer's string categories: hashed here, off the training thread
+        self._hash_fields = frozenset(source.config.hash_fields)
+        self._hasher = StringHasher() if self._hash_fields else None
         self._write_lock = threading.Lock()
         self._cond = threading.Condition()
         self._stop = False
@@ -190,7 +194,7 @@ class Worker:
                 self._send_status_if_changed()
                 continue
             t0 = time.thread_time()
-            header, body = encode_batch(batch, self._names)
+            header, body = encode_batch(batch, self._names, self._hasher, self._hash_fields)
             self._encode_s += time.thread_time() - t0
             header["stats"] = self.stats()
             self._handed[batch.seq] = batch

@@ -42,7 +42,7 @@ from typing import Any
 from embedding_store import EmbeddingStore, PrefetchTicket, StoreConfig
 from embedding_store.errors import StorageError
 from pipeline.errors import StoreDiskError
-from pipeline.features import Featurizer
+from pipeline.features import Featurizer, string_category_fields
 from pipeline.metrics import PrequentialMetrics
 from pipeline.models import BatchLayout, build_model, model_tables
 from pipeline.source import Assignment, KafkaSource, SourceBatch, SourceConfig
@@ -215,6 +215,7 @@ class TrainJob:
             dead_letter_topic=src.dead_letter_topic,
             session_timeout_ms=src.session_timeout_ms,
             fast_record_reader=src.record_reader == "fast",
+            hash_fields=string_category_fields(self.config.features.to_spec()),
             client_config=src.security.client_config(),
         )
 

@@ -111,8 +111,10 @@ def test_close_stops_the_child_and_the_password_never_reaches_its_command_line(
         source.next_batch()
 
 
-def job_config(bootstrap: str, topic: str, store: Path, decode_in: str) -> JobConfig:
-    raw = yaml.safe_load((REPO / "configs" / "fraud.yaml").read_text())
+def job_config(
+    bootstrap: str, topic: str, store: Path, decode_in: str, config: str = "fraud.yaml"
+) -> JobConfig:
+    raw = yaml.safe_load((REPO / "configs" / config).read_text())
     raw["source"].update(
         bootstrap_servers=[bootstrap],
         topic=topic,
@@ -148,14 +150,26 @@ def train(config: JobConfig, events: int) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kind", "config"),
+    [
+        # fraud events: timestamps, aggregates and calendar features cross as columns
+        ("transaction", "fraud.yaml"),
+        # CTR events: 26 string categories, hashed by the source process (hash_fields)
+        ("ctr", "ctr.yaml"),
+    ],
+)
 def test_train_job_with_a_source_process_trains_the_same_model(
-    bootstrap: str, new_topic: Callable[[int], str], tmp_path: Path
+    bootstrap: str, new_topic: Callable[[int], str], tmp_path: Path, kind: str, config: str
 ) -> None:
-    events = 2000  # fraud events: timestamps, aggregates and calendar features cross as columns
+    events = 2000
     topic = new_topic(1)
-    assert replay(bootstrap, topic, generate("transaction", events, 7), progress=False) == events
-    thread = train(job_config(bootstrap, topic, tmp_path / "thread", "thread"), events)
-    process = train(job_config(bootstrap, topic, tmp_path / "process", "process"), events)
+    assert replay(bootstrap, topic, generate(kind, events, 7), progress=False) == events
+    thread = train(job_config(bootstrap, topic, tmp_path / "thread", "thread", config), events)
+    process_config = job_config(bootstrap, topic, tmp_path / "process", "process", config)
+    hashed = TrainJob(process_config)._source_config().hash_fields
+    assert len(hashed) == (26 if kind == "ctr" else 0)
+    process = train(process_config, events)
     assert thread.keys() == process.keys()
     for name, want in thread.items():
         got = process[name]

@@ -20,8 +20,9 @@ from pipeline.columnar import ColumnarEvents
 from pipeline.errors import BrokerError, ConfigError, SourceError, SourceStateError
 from pipeline.events import EVENT_KINDS, CtrEvent, TransactionEvent, decode, to_record
 from pipeline.fast_decode import FastDecoder
-from pipeline.features import Featurizer, event_columns
+from pipeline.features import Featurizer, event_columns, string_category_fields
 from pipeline.generators import generate
+from pipeline.hashing import MISSING_BASE, StringHasher, base_values
 from pipeline.source import Assignment, SourceBatch, SourceConfig
 from pipeline.source_wire import (
     WireError,
@@ -234,6 +235,8 @@ def test_config_round_trips_and_needs_json_security_options() -> None:
         group_id=None,
         assignment=Assignment.MANUAL,
         partitions=(("t", 0), ("u", 3)),
+        hash_fields=("c1", "c2"),
+        fast_record_reader=False,
         client_config={"security_protocol": "SASL_SSL", "sasl_plain_password": "pw"},
     )
     back = config_from_wire(json.loads(json.dumps(config_to_wire(config))))
@@ -278,3 +281,73 @@ def test_ids_looked_at_ahead_are_the_ids_trained(as_columns: bool) -> None:
         np.testing.assert_array_equal(a.dense, b.dense)
         assert a.timestamps is not None and b.timestamps is not None
         np.testing.assert_array_equal(a.timestamps, b.timestamps)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    calls=st.lists(
+        st.lists(st.one_of(st.none(), st.sampled_from("abcdefgh"), st.text(max_size=4))),
+        max_size=6,
+    ),
+    limit=st.sampled_from([3, 8, 1 << 20]),
+)
+def test_the_string_hasher_gives_base_values_whatever_it_remembers(
+    calls: list[list[str | None]], limit: int
+) -> None:
+    hasher = StringHasher(limit)
+    for values in calls:
+        want = base_values(values, "str")[0]
+        got = hasher(values)
+        assert got.dtype == np.uint64 and got.tolist() == want.tolist()
+        assert len(hasher) <= limit
+
+
+def test_the_string_hasher_takes_other_values_as_base_values_does() -> None:
+    hasher = StringHasher()
+    odd: list[Any] = ["1", 1, None, 2.5]
+    assert hasher(odd).tolist() == base_values(odd, "str")[0].tolist()
+    assert len(hasher) == 0  # nothing remembered from a column that is not all strings
+
+
+def test_string_hashes_cross_for_the_hash_fields_only() -> None:
+    events = [CtrEvent.from_record(e) for e in generate("ctr", 300, 3)]
+    events[7] = events[7].model_copy(update={"c1": None})
+    batch = SourceBatch(0, tuple(events), (None,) * 300, (("t", 0, 0),) * 300, (0,) * 300, {})
+    header, chunks = encode_batch(batch, tuple(CtrEvent.model_fields), StringHasher(), {"c1"})
+    columns = decode_batch(json.loads(json.dumps(header)), b"".join(chunks)).events
+    assert isinstance(columns, ColumnarEvents)
+    hashes = columns.string_hashes("c1")
+    assert hashes is not None and hashes[7] == MISSING_BASE
+    assert hashes.tolist() == base_values([e.c1 for e in events], "str")[0].tolist()
+    assert columns.column("c1") == [e.c1 for e in events]  # the text still crosses
+    assert columns.string_hashes("c2") is None and columns.string_hashes("i1") is None
+    assert columns[10:20].string_hashes("c1").tolist() == hashes[10:20].tolist()  # type: ignore[union-attr]
+
+
+def test_the_featurizer_salts_the_hashes_and_never_reads_the_text() -> None:
+    spec = JobConfig.from_yaml(REPO / "configs" / "ctr.yaml").features.to_spec()
+    fields = string_category_fields(spec)
+    events = [CtrEvent.from_record(e) for e in generate("ctr", 400, 4)]
+    batch = SourceBatch(0, tuple(events), (None,) * 400, (("t", 0, 0),) * 400, (0,) * 400, {})
+    header, chunks = encode_batch(batch, tuple(CtrEvent.model_fields), StringHasher(), fields)
+    decoded = decode_batch(json.loads(json.dumps(header)), b"".join(chunks)).events
+    assert isinstance(decoded, ColumnarEvents)
+
+    def unread(name: str) -> Any:
+        def fail() -> list[Any]:
+            raise AssertionError(f"the featurizer decoded {name}")
+
+        return fail
+
+    hashes = {f: decoded.string_hashes(f) for f in fields}
+    text_never_read = ColumnarEvents(
+        400,
+        {n: unread(n) if n in fields else decoded.column(n) for n in CtrEvent.model_fields},
+        {f: h for f, h in hashes.items() if h is not None},
+    )
+    want = Featurizer(spec).transform(events)
+    got = Featurizer(spec).transform(text_never_read)
+    assert want.sparse.keys() == got.sparse.keys()
+    for table in want.sparse:
+        np.testing.assert_array_equal(want.sparse[table], got.sparse[table])
+    np.testing.assert_array_equal(want.dense, got.dense)
