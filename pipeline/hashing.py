@@ -168,13 +168,13 @@ class StringHasher:
             new = pd.unique(arr[missing])
             if not all(isinstance(v, str) for v in new):
                 return base_values(values, "str")[0]
-            if self._size + len(new) > self.limit:
+            if len(self) + len(new) > self.limit:
                 self._reset()
-                if len(new) >= self.limit:
-                    return base_values(values, "str")[0]
                 pos = self._index.lookup(arr)
                 missing = pos < 0
                 new = pd.unique(arr[missing])
+                if len(new) > self.limit:  # more than it may remember in one column
+                    return base_values(values, "str")[0]
             need = self._size + len(new)
             if need > len(self._bases):
                 grown = np.empty(max(need, 2 * len(self._bases)), dtype=np.uint64)

@@ -97,7 +97,7 @@ def test_columns_round_trip_with_their_types(values: list[Any], encoding: str) -
             assert got.utcoffset() == want.utcoffset()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     st.one_of(
         st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)), min_size=1),
@@ -110,7 +110,7 @@ def test_any_json_column_round_trips(values: list[Any]) -> None:
     assert same(roundtrip(values)[1], values)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     st.one_of(
         st.tuples(st.just(int), st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)))),
@@ -283,13 +283,13 @@ def test_ids_looked_at_ahead_are_the_ids_trained(as_columns: bool) -> None:
         np.testing.assert_array_equal(a.timestamps, b.timestamps)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     calls=st.lists(
         st.lists(st.one_of(st.none(), st.sampled_from("abcdefgh"), st.text(max_size=4))),
         max_size=6,
     ),
-    limit=st.sampled_from([3, 8, 1 << 20]),
+    limit=st.sampled_from([1, 3, 8, 1 << 20]),
 )
 def test_the_string_hasher_gives_base_values_whatever_it_remembers(
     calls: list[list[str | None]], limit: int
@@ -351,3 +351,13 @@ def test_the_featurizer_salts_the_hashes_and_never_reads_the_text() -> None:
     for table in want.sparse:
         np.testing.assert_array_equal(want.sparse[table], got.sparse[table])
     np.testing.assert_array_equal(want.dense, got.dense)
+
+
+def test_the_string_hasher_forgets_before_it_passes_its_limit() -> None:
+    hasher = StringHasher(3)
+    assert hasher(["a", ""]).tolist() == base_values(["a", ""], "str")[0].tolist()
+    values = ["a", "b", "c", ""]  # 2 new: past the limit, so it starts again, with all 4 new
+    assert hasher(values).tolist() == base_values(values, "str")[0].tolist()
+    assert len(hasher) == 0  # 4 > 3: not remembered at all
+    assert hasher(["x", None, "y"]).tolist() == base_values(["x", None, "y"], "str")[0].tolist()
+    assert len(hasher) == 2
