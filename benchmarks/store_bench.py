@@ -87,7 +87,7 @@ def default_setup(quick: bool) -> tuple[Workload, Timing]:
 
 def system_specs(
     workload: Workload, timing: Timing, data: dict[str, str], root: Path, hot_fraction: float,
-    lookahead: int,
+    lookahead: int, shards: int = 4,
 ) -> list[RunSpec]:
     """The four systems of the comparison."""
     options: dict[str, dict[str, Any]] = {
@@ -97,7 +97,9 @@ def system_specs(
         NAIVE: {},
     }
     for label in (TIERED, DRAM):
-        options[label].update(prewarm="hot", store_path=str(root / label / "store"))
+        options[label].update(
+            prewarm="hot", store_path=str(root / label / "store"), num_shards=shards
+        )
     kinds = {TIERED: "freshet", DRAM: "freshet", TORCH: TORCH, NAIVE: NAIVE}
     batch_paths = {"ids": data["ids"], "labels": data["labels"]}
     return [
@@ -128,7 +130,7 @@ def prepare_data(
 def run_store_bench(
     out: Path, quick: bool = False, workload: Workload | None = None, timing: Timing | None = None,
     hot_fraction: float = 0.1, lookahead: int = 2, scratch: Path | None = None,
-    profile: tuple[str, ...] = (),
+    profile: tuple[str, ...] = (), shards: int = 4,
 ) -> dict[str, Any]:
     """Run the four systems, write ``out`` (JSON) and its PNG; returns the result."""
     from benchmarks.plot import plot_store
@@ -143,11 +145,11 @@ def run_store_bench(
         data, summary = prepare_data(workload, root, hot_fraction)
         log.info("importing a row for each of %d ids into a Freshet store ...", workload.num_ids)
         base = root / "freshet-base"
-        build_store(base, workload)
+        build_store(base, workload, num_shards=shards)
         specs = [
             replace(s, profile_path=str(out.with_suffix(f".{s.label}.pyspy.txt")))
             if s.label in profile else s
-            for s in system_specs(workload, timing, data, root, hot_fraction, lookahead)
+            for s in system_specs(workload, timing, data, root, hot_fraction, lookahead, shards)
         ]
         for spec in specs:
             if spec.kind == "freshet":
@@ -162,6 +164,7 @@ def run_store_bench(
         timing=asdict(timing),
         hot_fraction=hot_fraction,
         lookahead=lookahead,
+        shards=shards,
         systems=systems,
         targets=[t.check(systems) for t in TARGETS],
         ratios={
@@ -217,6 +220,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_size_arguments(parser)
     parser.add_argument("--hot-fraction", type=float, default=0.1, help="tiered DRAM budget")
     parser.add_argument("--lookahead", type=int, default=2, help="batches prefetched ahead")
+    parser.add_argument("--shards", type=int, default=4, help="shards of both Freshet stores")
     parser.add_argument(
         "--profile", nargs="+", default=[], choices=[TIERED, DRAM, TORCH, NAIVE],
         help="sample these systems' training phase with py-spy (FILE.<system>.pyspy.txt)",
@@ -261,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     result = run_store_bench(
         out, args.quick, workload, timing, args.hot_fraction, args.lookahead,
-        Path(args.scratch) if args.scratch else None, tuple(args.profile),
+        Path(args.scratch) if args.scratch else None, tuple(args.profile), args.shards,
     )
     print(format_store(result))
     for label in args.profile:
