@@ -3,8 +3,9 @@
 :class:`ProcessSource` is a drop-in for :class:`~pipeline.source.KafkaSource` (same life
 cycle, batches, snapshot, seek, commit and dead letters) that runs the unchanged
 ``KafkaSource`` in a child process (``python -m pipeline.source_worker``). kafka-python's
-record parsing and the pydantic validation of every event then hold the child's interpreter
-lock, not the trainer's, so featurisation and training no longer wait for them.
+record parsing, the validation of every event and the hashing of the string categories
+(``SourceConfig.hash_fields``; the featurizer only salts the hashes) then hold the child's
+interpreter lock, not the trainer's, so featurisation and training no longer wait for them.
 
 ::
 

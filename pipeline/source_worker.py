@@ -3,8 +3,10 @@
 Started by :class:`~pipeline.source_process.ProcessSource` as ``python -m
 pipeline.source_worker``; it speaks :mod:`pipeline.source_wire` frames on stdin (commands) and
 stdout (batches, replies), and writes its log as JSON lines on stderr, which the trainer
-process re-emits. Polling, kafka-python's record parsing and the validation of every event
-run here, on this process's own interpreter lock. Events are validated by
+process re-emits. Polling, record parsing (:mod:`pipeline.kafka_records`), the validation
+of every event and the hashing of the string fields the featurizer uses as categories
+(``SourceConfig.hash_fields``, :class:`~pipeline.hashing.StringHasher`) run here, on this
+process's own interpreter lock. Events are validated by
 :class:`~pipeline.fast_decode.FastDecoder` (msgspec, with the pydantic model deciding every
 message it does not accept; ``FRESHET_FAST_DECODE=0`` uses the models alone, for A/B runs).
 The collector is tuned for this process's many short-lived objects
@@ -14,7 +16,7 @@ The collector is tuned for this process's many short-lived objects
 
     stdin ──► command thread: start | took | mark_trained | commit | close | end of stream
                                  │ credits            │ source.mark_trained / commit
-    KafkaSource ──► main thread: next_batch ──► columns ──► frame ──► stdout
+    KafkaSource ──► main thread: next_batch ──► columns (+ hashes) ──► frame ──► stdout
     (polls ahead,    at most queue_batches frames not yet taken by the trainer
      2 batches)
 
