@@ -140,6 +140,7 @@ def run_store_bench(
     timing = timing or default_t
     workload = replace(workload or default_w, steps=timing.steps)
     result = run_header("store", quick)
+    out.parent.mkdir(parents=True, exist_ok=True)  # py-spy writes beside it before the JSON
     with tempfile.TemporaryDirectory(prefix="freshet-bench-", dir=scratch) as tmp:
         root = Path(tmp)
         data, summary = prepare_data(workload, root, hot_fraction)
