@@ -238,13 +238,19 @@ def run(args: argparse.Namespace) -> int:
         out[name] = _medians([rnd[name] for rnd in rounds])
     best = max(out[f"pipeline_{m}"]["ratio_to_store_only"] for m in modes)
     out["ratio_pipeline_to_store_only"] = best  # the best mode's median over the rounds
-    out["target_0.8_met"] = best >= 0.8
+    # --quick is a smoke run: 5 batches, where the source's first fetches weigh as much as the
+    # steady state; the target is judged on the full run only
+    out["target_0.8_met"] = None if args.quick else best >= 0.8
+    if args.quick:
+        out["target_note"] = "quick run: no verdict; run without --quick for the 0.8x target"
     out["machine"]["load_avg_end"] = os.getloadavg()[0]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     _plot(out, modes, Path(args.out).with_suffix(".png"))
     print(json.dumps({k: v for k, v in out.items() if k != "rounds"}, indent=2))
     print(_table(out, modes, f"medians of {args.repeat} rounds"))
+    if args.quick:
+        print(out["target_note"])
     return 0
 
 
