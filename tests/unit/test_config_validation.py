@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -205,3 +206,30 @@ def test_store_sst_layout_reaches_the_store_config() -> None:
     assert (sst.block_size, sst.bloom_bits_per_key, sst.compression) == (2048, 0, "none")
     raw["store"]["sst"] = {"compression": "brotli"}  # type: ignore[index]
     assert any(p.startswith("store.sst.compression:") for p in _problems(raw))
+
+
+@pytest.mark.parametrize("name", ["ctr.yaml", "fraud.yaml"])
+def test_the_commented_operators_block_is_valid_when_uncommented(name: str) -> None:
+    text = (REPO / "configs" / name).read_text()
+    lines = text.splitlines()
+    start = lines.index("# operators:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        block.append(line[2:])
+    raw = yaml.safe_load(text)
+    raw.update(yaml.safe_load("\n".join(block)))
+    config = JobConfig.model_validate(raw)
+    names = [s.operator for s in config.operators.schedules]
+    assert names == [
+        "tier_migration",
+        "incremental_checkpoint",
+        "full_checkpoint",
+        "metrics_report",
+    ]
+    assert config.operators.checkpoint is not None
+    assert config.operators.checkpoint.dir == f"./freshet-data/{name.split('.')[0]}/checkpoints"
+    compose = yaml.safe_load((REPO / "deploy" / "docker-compose.yml").read_text())
+    deployed = compose["services"]["trainer"]["environment"]["FRESHET_OPERATORS__SCHEDULES"]
+    assert raw["operators"]["schedules"] == json.loads(deployed)  # what deploy/ runs
