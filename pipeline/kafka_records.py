@@ -213,9 +213,7 @@ class FastPartitionRecords(_BASE):  # type: ignore[misc]
                         f"Found invalid number of record headers {header_count}"
                     )
                 headers: list[tuple[str, bytes | None]] = []
-                header_size = -1
                 if header_count:
-                    header_size = 0
                     for _ in range(header_count):
                         h_key_len, pos = decode_varint(buf, pos)
                         if h_key_len < 0:
@@ -230,7 +228,6 @@ class FastPartitionRecords(_BASE):  # type: ignore[misc]
                             h_value = buf[pos : pos + h_value_len]
                             pos += h_value_len
                         headers.append((h_key, h_value))
-                        header_size += len(h_key.encode("utf-8")) + len(h_value or b"")
                 if pos - start != length:
                     raise CorruptRecordError(
                         f"Invalid record size: expected to read {length} bytes in record "
@@ -255,7 +252,7 @@ class FastPartitionRecords(_BASE):  # type: ignore[misc]
                         None,
                         -1 if key is None else len(key),
                         -1 if value is None else len(value),
-                        header_size,
+                        _header_size(headers),
                     ),
                 )
         except (ValueError, IndexError) as err:
