@@ -165,14 +165,15 @@ class StringHasher:
         pos: I64 = self._index.lookup(arr)
         missing = pos < 0
         if missing.any():
-            new = pd.unique(arr[missing])
+            # codes: each missing value's rank among the new values, in order of appearance
+            codes, new = pd.factorize(arr[missing], use_na_sentinel=False)
             if not all(isinstance(v, str) for v in new):
                 return base_values(values, "str")[0]
             if len(self) + len(new) > self.limit:
                 self._reset()
                 pos = self._index.lookup(arr)
                 missing = pos < 0
-                new = pd.unique(arr[missing])
+                codes, new = pd.factorize(arr[missing], use_na_sentinel=False)
                 if len(new) > self.limit:  # more than it may remember in one column
                     return base_values(values, "str")[0]
             need = self._size + len(new)
@@ -183,8 +184,8 @@ class StringHasher:
             self._bases[self._size : need] = _hash_strings(list(new), None)
             for i, text in enumerate(new.tolist(), self._size):
                 self._index.set_item(text, i)
+            pos[missing] = codes + self._size  # where the new values were just put
             self._size = need
-            pos[missing] = self._index.lookup(arr[missing])
         return self._bases[pos]
 
 
