@@ -35,6 +35,14 @@ def format_targets(targets: list[dict[str, Any]]) -> list[str]:
         extra = f"; median of paired windows {paired:.2f}x" if paired is not None else ""
         lines.append(f"  {t['name']}: {t['ratio']:.2f}x (target {t['op']} {t['bound']}x) "
                      f"{'MET' if t['met'] else 'MISSED'}{extra}")
+        if "needs_samples_per_s" in t:
+            lines.append(
+                f"    asks the tiered store for {t['needs_samples_per_s']:,.0f} samples/s = "
+                f"{t['needs_vs_dense_only']:.2f}x the dense MLP alone "
+                f"({t['dense_only_samples_per_s']:,.0f}/s)"
+                + (": above the ceiling, out of reach of any store on this machine"
+                   if t["above_ceiling"] else "")
+            )
     return lines
 
 

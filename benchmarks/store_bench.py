@@ -9,7 +9,9 @@
     parent: ratios against the targets ─► FILE.json + FILE.png, a printed summary
 
 Targets (issue 2, same run): tiered >= 1.0x torch EmbeddingBag and >= 5x naive offloading
-in samples/s; tiered peak RSS <= 30% of Freshet all-DRAM.
+in samples/s; tiered peak RSS <= 30% of Freshet all-DRAM. A fifth process trains the dense
+MLP alone (``dense_only``): no system can beat it, so each samples/s target also reports the
+samples/s it asks of the tiered store against that ceiling.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from benchmarks.workload import Workload, ZipfSampler, generate, unique_per_batc
 log = logging.getLogger(__name__)
 
 TIERED, DRAM, TORCH, NAIVE = "freshet_tiered", "freshet_dram", "torch_embeddingbag", "naive_rocksdb"
+DENSE = "dense_only"
 SEGMENT = "main"
 
 
@@ -58,7 +61,23 @@ class Target:
             paired = [x / y for x, y in zip(a["window_samples_per_s"], b["window_samples_per_s"],
                                             strict=True)]
             out["median_of_paired_window_ratios"] = statistics.median(paired)
+            if self.op == ">=" and DENSE in systems:
+                out.update(ceiling(self.bound * b[self.metric], systems[DENSE][self.metric]))
         return out
+
+
+def ceiling(needed: float, dense_only: float) -> dict[str, Any]:
+    """What a samples/s target asks of the tiered store, against the MLP alone in the same run.
+
+    >>> ceiling(41_000.0, 40_000.0)["above_ceiling"]
+    True
+    """
+    return {
+        "needs_samples_per_s": needed,
+        "dense_only_samples_per_s": dense_only,
+        "needs_vs_dense_only": needed / dense_only,
+        "above_ceiling": needed > dense_only,
+    }
 
 
 TARGETS = (
@@ -73,6 +92,8 @@ INFO_RATIOS = (
     ("Freshet all-DRAM vs torch EmbeddingBag, samples/s", DRAM, TORCH, "samples_per_s"),
     ("tiered vs torch EmbeddingBag, samples per CPU-second", TIERED, TORCH, "samples_per_cpu_s"),
     ("tiered vs naive RocksDB, samples per CPU-second", TIERED, NAIVE, "samples_per_cpu_s"),
+    ("tiered vs the dense MLP alone (the ceiling), samples/s", TIERED, DENSE, "samples_per_s"),
+    ("torch EmbeddingBag vs the dense MLP alone, samples/s", TORCH, DENSE, "samples_per_s"),
 )
 
 
@@ -89,18 +110,19 @@ def system_specs(
     workload: Workload, timing: Timing, data: dict[str, str], root: Path, hot_fraction: float,
     lookahead: int, shards: int = 4,
 ) -> list[RunSpec]:
-    """The four systems of the comparison."""
+    """The four systems of the comparison, and the dense MLP alone as their ceiling."""
     options: dict[str, dict[str, Any]] = {
         TIERED: {"hot_fraction": hot_fraction, "lookahead": lookahead},
         DRAM: {"hot_fraction": None},
         TORCH: {},
         NAIVE: {},
+        DENSE: {},
     }
     for label in (TIERED, DRAM):
         options[label].update(
             prewarm="hot", store_path=str(root / label / "store"), num_shards=shards
         )
-    kinds = {TIERED: "freshet", DRAM: "freshet", TORCH: TORCH, NAIVE: NAIVE}
+    kinds = {TIERED: "freshet", DRAM: "freshet", TORCH: TORCH, NAIVE: NAIVE, DENSE: DENSE}
     batch_paths = {"ids": data["ids"], "labels": data["labels"]}
     return [
         RunSpec(label, kinds[label], workload, batch_paths, data["ranked"], str(root / label),
@@ -132,7 +154,7 @@ def run_store_bench(
     hot_fraction: float = 0.1, lookahead: int = 2, scratch: Path | None = None,
     profile: tuple[str, ...] = (), shards: int = 4,
 ) -> dict[str, Any]:
-    """Run the four systems, write ``out`` (JSON) and its PNG; returns the result."""
+    """Run the four systems and the ceiling, write ``out`` (JSON) and its PNG; returns it."""
     from benchmarks.plot import plot_store
     from benchmarks.report import write_json
 
@@ -223,7 +245,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lookahead", type=int, default=2, help="batches prefetched ahead")
     parser.add_argument("--shards", type=int, default=4, help="shards of both Freshet stores")
     parser.add_argument(
-        "--profile", nargs="+", default=[], choices=[TIERED, DRAM, TORCH, NAIVE],
+        "--profile", nargs="+", default=[], choices=[TIERED, DRAM, TORCH, NAIVE, DENSE],
         help="sample these systems' training phase with py-spy (FILE.<system>.pyspy.txt)",
     )
 

@@ -1,7 +1,7 @@
 """The systems under test, by kind; each runs in its own process (see ``benchmarks.worker``).
 
 >>> sorted(SYSTEMS)
-['freshet', 'naive_rocksdb', 'torch_embeddingbag']
+['dense_only', 'freshet', 'naive_rocksdb', 'torch_embeddingbag']
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ SYSTEMS: dict[str, str] = {
     "freshet": "benchmarks.systems.freshet:FreshetSystem",
     "torch_embeddingbag": "benchmarks.systems.torch_bag:TorchBagSystem",
     "naive_rocksdb": "benchmarks.systems.naive_rocks:NaiveRocksSystem",
+    "dense_only": "benchmarks.systems.dense_only:DenseOnlySystem",
 }
 
 

@@ -63,7 +63,9 @@ def test_bench_store_cli_tiny(tmp_path: Path) -> None:
     assert cli.main(args) == 0
     result = json.loads(out.read_text())
     systems = result["systems"]
-    assert set(systems) == {"freshet_tiered", "freshet_dram", "torch_embeddingbag", "naive_rocksdb"}
+    assert set(systems) == {
+        "freshet_tiered", "freshet_dram", "torch_embeddingbag", "naive_rocksdb", "dense_only"
+    }
     for s in systems.values():
         assert s["samples_per_s"] > 0
         assert len(s["window_samples_per_s"]) == 5
@@ -78,5 +80,13 @@ def test_bench_store_cli_tiny(tmp_path: Path) -> None:
     assert [t["bound"] for t in result["targets"]] == [1.0, 5.0, 0.30]
     ratio = systems["freshet_tiered"]["samples_per_s"] / systems["naive_rocksdb"]["samples_per_s"]
     assert result["targets"][1]["ratio"] == pytest.approx(ratio)
+    # each samples/s target states what it asks of the tiered store against the MLP alone
+    naive, dense = (systems[k]["samples_per_s"] for k in ("naive_rocksdb", "dense_only"))
+    five = result["targets"][1]
+    assert five["needs_samples_per_s"] == pytest.approx(5.0 * naive)
+    assert five["needs_vs_dense_only"] == pytest.approx(5.0 * naive / dense)
+    assert five["above_ceiling"] is (5.0 * naive > dense)
+    assert "needs_samples_per_s" not in result["targets"][2]  # RSS: no ceiling
+    assert systems["dense_only"]["counters"] == {}
     assert result["workload"]["num_ids"] == 20000 and result["quick"] is True
     assert out.with_suffix(".png").stat().st_size > 10_000
