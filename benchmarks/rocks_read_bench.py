@@ -88,7 +88,9 @@ LAYOUTS: dict[str, Layout] = {
     "tuned_mmap": Layout(SstConfig(), mmap_reads=True),
 }
 READS_ON_ALL = ("get",)
-READS_ON_SOME = ("legacy", "get", "nocsum", "nofill", "raw", "raw_getitem", "shuffled")
+READS_ON_SOME = (
+    "legacy", "get", "nocsum", "nofill", "nofill_nocsum", "async", "raw", "raw_getitem", "shuffled"
+)
 READ_DETAIL_LAYOUTS = ("default", "tuned")  # layouts read by every read path
 
 
@@ -263,11 +265,14 @@ def reader(name: str) -> Callable[[RocksTier, IdArray], object]:
     """The read path ``name`` (see the module docstring)."""
 
     def with_options(tier: RocksTier, ids: IdArray, opts: ReadOptions) -> object:
-        saved, tier.shard.read_options = tier.shard.read_options, opts
+        # a multi-get reads with its column family's options (rocksdict ignores a per-call
+        # read_opt for a list of keys): set them on the column family for this call
+        cf = tier._cf()
+        cf.set_read_options(opts)
         try:
             return tier.get(ids)
         finally:
-            tier.shard.read_options = saved
+            cf.set_read_options(tier.shard.read_options)
 
     if name == "legacy":
         return legacy_get
@@ -281,8 +286,17 @@ def reader(name: str) -> Callable[[RocksTier, IdArray], object]:
         fill = ReadOptions()
         fill.fill_cache(False)
         return lambda t, ids: with_options(t, ids, fill)
+    if name == "nofill_nocsum":
+        both = ReadOptions()
+        both.fill_cache(False)
+        both.set_verify_checksums(False)
+        return lambda t, ids: with_options(t, ids, both)
+    if name == "async":
+        aio = ReadOptions()
+        aio.set_async_io(True)
+        return lambda t, ids: with_options(t, ids, aio)
     if name == "raw":
-        return lambda t, ids: t._cf().get(encode_keys(ids), None, t.shard.read_options)
+        return lambda t, ids: t._cf().get(encode_keys(ids))
     if name == "raw_getitem":
         return lambda t, ids: t._cf()[encode_keys(ids)]
     if name == "shuffled":
@@ -307,7 +321,7 @@ def check_reads(store: EmbeddingStore, ids: IdArray) -> None:
         [st.cold for st in store._shard_tables(TABLE)], per_shard(store, ids), strict=True
     ):
         want_found, want = legacy_get(tier, part)
-        for name in ("get", "nocsum", "nofill"):
+        for name in ("get", "nocsum", "nofill", "nofill_nocsum", "async"):
             found, got = reader(name)(tier, part)  # type: ignore[misc]
             assert np.array_equal(found, want_found), name
             assert want.tobytes() == got.tobytes(), name

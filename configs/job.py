@@ -141,6 +141,9 @@ class SstSection(_Section):
     )
     hash_index: bool = Field(default=False, description="a hash index in each data block")
     verify_checksums: bool = Field(default=True, description="check every block read")
+    fill_cache: bool = Field(
+        default=False, description="keep blocks that cold reads load in the block cache"
+    )
 
     def to_config(self) -> SstConfig:
         """The store's ``SstConfig``.

@@ -154,6 +154,7 @@ def read_options(sst: SstConfig) -> ReadOptions:
     """The options of every point read (multi-get) of the cold tier."""
     opts = ReadOptions()
     opts.set_verify_checksums(sst.verify_checksums)
+    opts.fill_cache(sst.fill_cache)  # type: ignore[call-arg]  # rocksdict's stub omits the flag
     return opts
 
 
@@ -221,6 +222,10 @@ class RocksShard:
                 access_type=access,
             )
             self._cfs = {n: self._db.get_column_family(n) for n in names}
+            for cf in self._cfs.values():
+                # rocksdict's multi-get (a list of keys) ignores a read_opt passed per call and
+                # reads with the column family's own options: they must be set here to count
+                cf.set_read_options(self.read_options)
         except Exception as err:
             raise StorageError(self.path, "open", err) from err
         if self.sync_writes:
@@ -337,10 +342,9 @@ class RocksTier:
             return np.zeros(0, dtype=np.bool_), self.layout.empty(0)
         cf = self._cf()
         keys = encode_keys(ids)
-        read = self.shard.read_options
         values: list[bytes | None] = self.shard.call(
             "multi-get",
-            lambda: cf.get(keys, None, read),  # type: ignore[arg-type, return-value]
+            lambda: cf.get(keys),  # type: ignore[arg-type, return-value]  # the cf's read options
         )
         if None not in values:  # the common case: one copy, no per-row work
             return np.ones(n, dtype=np.bool_), self.layout.decode(values)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ import pytest
 from embedding_store import EmbeddingStore, StoreConfig, TableConfig
 from embedding_store.config import SstConfig
 from embedding_store.errors import ConfigError
-from embedding_store.rocks import RocksShard
+from embedding_store.rocks import RocksMemory, RocksShard, table_cf
 from embedding_store.rows import RowLayout
 
 pytestmark = pytest.mark.integration
@@ -82,6 +82,32 @@ def test_multi_get_keeps_order_with_rows_missing(tmp_path: Path, sst: SstConfig)
         tier.delete(stored[:2])
         assert tier.get(stored)[0].tolist() == [False, False, True, True, True, True]
         assert tier.get(np.empty(0, dtype=np.int64))[1].shape == (0,)
+    finally:
+        shard.close()
+
+
+@pytest.mark.parametrize("fill", [False, True])
+def test_multi_get_reads_with_the_configured_read_options(tmp_path: Path, fill: bool) -> None:
+    # rocksdict ignores a read_opt passed with a list of keys; the shard sets its options on
+    # each column family instead, and the block cache shows whether fill_cache reached a read
+    memory = RocksMemory(8 << 20, None)
+    shard = RocksShard(
+        str(tmp_path / "s"), ["t"], memory=memory, sst=SstConfig(fill_cache=fill)
+    )
+    shard.open()
+    try:
+        tier = shard.tier("t", LAYOUT)
+        ids = np.arange(0, 20_000, dtype=np.int64)
+        tier.put(ids, rows_for(ids, 3.0))
+        shard.cf(table_cf("t")).flush()  # into a table file: reads now load data blocks
+        before = memory.usage()["block_cache"]
+        found, got = tier.get(ids[::97].copy())
+        assert found.all() and got.tobytes() == rows_for(ids[::97], 3.0).tobytes()
+        grown = memory.usage()["block_cache"] - before
+        if fill:
+            assert grown > 100 * 1024  # ~200 data blocks of 4 KiB
+        else:
+            assert grown < 16 * 1024  # at most an index or filter block, never the data
     finally:
         shard.close()
 
