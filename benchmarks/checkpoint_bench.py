@@ -32,7 +32,7 @@ import numpy as np
 from benchmarks.machine import run_header
 from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
 from embedding_store.rows import RowLayout
-from operators.checkpoint import CheckpointManager
+from operators.checkpoint.manager import CheckpointManager
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ def _run(path: str, every: int | None, steps: int, vocab: int, window: int) -> l
     from operators.base import OperatorContext
     from operators.metrics import MetricsRegistry
     from operators.migration import TierMigration
-    from pipeline.generators import zipf_sampler
+    from pipeline.events.generators import zipf_sampler
 
     rng = np.random.default_rng(0)
     cdf, _ = zipf_sampler(vocab, 1.1, np.random.default_rng(1))  # ranks, built once

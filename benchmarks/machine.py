@@ -87,7 +87,7 @@ def command_line() -> str:
     """The command as typed (``freshet bench ...`` when run through the console script)."""
     argv = list(sys.argv) or [""]
     name = Path(argv[0]).name
-    head = {"freshet": "freshet", "cli.py": "python -m pipeline.cli"}.get(name, argv[0])
+    head = {"freshet": "freshet", "cli.py": "python -m pipeline.cli.main"}.get(name, argv[0])
     return f"{head} {shlex.join(argv[1:])}".strip()
 
 

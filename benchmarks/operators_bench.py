@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _job(tmp: str, name: str, every: float | None) -> Any:
     from configs.job import JobConfig
-    from pipeline.train_job import TrainJob
+    from pipeline.training.job import TrainJob
 
     base = JobConfig.from_yaml(REPO / "configs" / "fraud.yaml")
     update: dict[str, Any] = {
@@ -62,7 +62,7 @@ def _round(job: Any, events: list[Any], batch: int) -> float:
 
 def run(args: argparse.Namespace) -> int:
     """Alternate rounds of both modes on the same events; write JSON."""
-    from pipeline.generators import generate
+    from pipeline.events.generators import generate
 
     n = args.events or (20_000 if args.quick else 100_000)
     batch = 512

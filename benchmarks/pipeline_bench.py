@@ -11,7 +11,7 @@ fields, batches of ``--batch`` events) on the same synthetic events, in one run:
   and decoding in a child process, batches arrive as columns).
 
 ``--modes`` also takes ``process-kafka-python`` and ``thread-kafka-python``: the same job with
-``source.record_reader: kafka-python``, so the fast record reader (pipeline.kafka_records) is
+``source.record_reader: kafka-python``, so the fast record reader (pipeline.source.records) is
 compared with kafka-python's own in the same run.
 
 Time split. On the training thread: waiting in ``next_batch`` (poll and decode that did not
@@ -90,7 +90,7 @@ def _cpu() -> tuple[float, float]:
 def _decode_seconds(payloads: list[bytes]) -> float:
     """CPU seconds to decode and validate ``payloads`` once, on this thread, alone (with
     FastDecoder, as the source does)."""
-    from pipeline.fast_decode import FastDecoder
+    from pipeline.events.fast_decode import FastDecoder
 
     decode = FastDecoder("ctr")
     t0 = time.thread_time()
@@ -100,7 +100,7 @@ def _decode_seconds(payloads: list[bytes]) -> float:
 
 
 def _store_only(bootstrap: str, store: str, batch: int, models: list[Any]) -> dict[str, Any]:
-    from pipeline.train_job import TrainJob
+    from pipeline.training.job import TrainJob
 
     job = TrainJob(_config(bootstrap, "ctr", store, batch, "thread")).open()
     tr = job.trainer
@@ -151,8 +151,8 @@ class _TimedNext(_Timed):
 
 
 def _pipeline(bootstrap: str, store: str, batch: int, n: int, mode: str) -> dict[str, Any]:
-    from pipeline.source_process import ProcessSource
-    from pipeline.train_job import TrainJob
+    from pipeline.source.process import ProcessSource
+    from pipeline.training.job import TrainJob
 
     job = TrainJob(_config(bootstrap, "ctr", store, batch, mode)).open()
     tr = job.trainer
@@ -198,10 +198,10 @@ def _pipeline(bootstrap: str, store: str, batch: int, n: int, mode: str) -> dict
 
 def run(args: argparse.Namespace) -> int:
     """Run the three systems and write the JSON and PNG."""
-    from pipeline.broker import EmbeddedBroker, ensure_topics
-    from pipeline.events import CtrEvent, encode
-    from pipeline.generators import generate
-    from pipeline.replay import replay
+    from pipeline.broker.embedded import EmbeddedBroker, ensure_topics
+    from pipeline.events.generators import generate
+    from pipeline.events.kinds import CtrEvent, encode
+    from pipeline.events.replay import replay
 
     # 200k events: at ~25k/s a 100k run lasts 4 s, and one hiccup of the shared machine moved
     # a round's ratio by 0.25; five rounds of 200k gave medians within a few hundredths

@@ -29,11 +29,11 @@ import torch
 
 from configs.features import load_model_spec
 from embedding_store import EmbeddingStore, StoreConfig
-from pipeline.feature_spec import FeatureSpec
-from pipeline.features import Featurizer
-from pipeline.metrics import PrequentialMetrics
-from pipeline.models import BatchLayout, ModelSpec, build_model, model_tables
-from pipeline.trainer import OnlineTrainer
+from pipeline.features.featurizer import Featurizer
+from pipeline.features.spec import FeatureSpec
+from pipeline.training.models import BatchLayout, ModelSpec, build_model, model_tables
+from pipeline.training.prequential import PrequentialMetrics
+from pipeline.training.trainer import OnlineTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -132,10 +132,10 @@ def _replica_process(
     conn: Connection, bootstrap: str, topic: str, tmp: str, embedding_dim: int
 ) -> None:
     """The replica and its HTTP server, in their own process; reports freshness at ``exit``."""
-    from pipeline.replica import Replica, ReplicaSettings
-    from pipeline.replica_http import ReplicaHttpServer
-    from pipeline.replica_testing import transaction_specs
-    from pipeline.serving_model import Blueprint
+    from pipeline.serving.http import ReplicaHttpServer
+    from pipeline.serving.model import Blueprint
+    from pipeline.serving.replica import Replica, ReplicaSettings
+    from pipeline.testing.replicas import transaction_specs
 
     fspec, mspec = transaction_specs(embedding_dim=embedding_dim)
     replica = Replica(
@@ -189,10 +189,15 @@ def serving_and_freshness(sizes: Sizes, bootstrap: str, tmp: Path, clients: int)
     """Trainer here, replica and load generator in processes of their own (no shared GIL)."""
     import multiprocessing as mp
 
-    from pipeline.broker import ensure_topics
-    from pipeline.generators import generate
-    from pipeline.publisher import Publisher, PublisherSettings
-    from pipeline.replica_testing import TrainingHarness, events_of, predict_body, transaction_specs
+    from pipeline.broker.embedded import ensure_topics
+    from pipeline.events.generators import generate
+    from pipeline.publishing.publisher import Publisher, PublisherSettings
+    from pipeline.testing.replicas import (
+        TrainingHarness,
+        events_of,
+        predict_body,
+        transaction_specs,
+    )
 
     fspec, mspec = transaction_specs(embedding_dim=sizes.embedding_dim)
     topic = f"bench-deltas-{int(time.time() * 1000)}"
@@ -313,8 +318,8 @@ def serving_and_freshness(sizes: Sizes, bootstrap: str, tmp: Path, clients: int)
 def delta_bytes(sizes: Sizes, tmp: Path) -> list[dict[str, Any]]:
     """Bytes of one delta for ``rows_changed`` rows, in tables of two sizes."""
     from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
-    from pipeline.publisher import Publisher, PublisherSettings
-    from pipeline.replica_testing import MemoryTopic
+    from pipeline.publishing.publisher import Publisher, PublisherSettings
+    from pipeline.testing.replicas import MemoryTopic
 
     out: list[dict[str, Any]] = []
     dense = {"w": np.zeros(1000, np.float32)}
@@ -415,7 +420,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print a summary, save JSON to ``args.out``."""
     from dataclasses import replace
 
-    from pipeline.broker import EmbeddedBroker
+    from pipeline.broker.embedded import EmbeddedBroker
 
     sizes = QUICK if args.quick else FULL
     if args.phase_s is not None:

@@ -268,9 +268,9 @@ def _summary(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Run the soak; write JSON (every sample) and a PNG of RSS, fds and chains over time."""
     from benchmarks.machine import run_header
-    from pipeline.broker import EmbeddedBroker, ensure_topics
-    from pipeline.generators import generate
-    from pipeline.replay import replay
+    from pipeline.broker.embedded import EmbeddedBroker, ensure_topics
+    from pipeline.events.generators import generate
+    from pipeline.events.replay import replay
 
     logging.getLogger("kafka").setLevel(logging.WARNING)
     minutes = args.minutes if args.minutes is not None else (2.0 if args.quick else 20.0)
@@ -310,14 +310,14 @@ def run(args: argparse.Namespace) -> int:
             producer = threading.Thread(target=produce, name="soak-producer", daemon=True)
             producer.start()
             trainer = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "train", "--config", str(cfg)],
+                [sys.executable, "-m", "pipeline.cli.main", "train", "--config", str(cfg)],
                 cwd=REPO,
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=open(tmp / "trainer.log", "w"),
             )
             replica = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "serve", "--config", str(cfg)],
+                [sys.executable, "-m", "pipeline.cli.main", "serve", "--config", str(cfg)],
                 cwd=REPO,
                 env=env,
                 stdout=subprocess.PIPE,

@@ -1,8 +1,8 @@
 """The ``features:`` and ``model:`` sections of a job's YAML, validated by pydantic.
 
 The pipeline receives frozen dataclasses: :meth:`FeaturesConfig.to_spec` gives a
-:class:`pipeline.feature_spec.FeatureSpec`, :meth:`ModelConfig.to_spec` a
-:class:`pipeline.models.ModelSpec`. Each loader reads only its own section, so a job file
+:class:`pipeline.features.spec.FeatureSpec`, :meth:`ModelConfig.to_spec` a
+:class:`pipeline.training.models.ModelSpec`. Each loader reads only its own section, so a job file
 may carry other sections (source, store, ...) validated elsewhere.
 
 ::
@@ -42,8 +42,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from embedding_store import OptimizerConfig
-from pipeline.feature_errors import FeatureSpecError
-from pipeline.feature_spec import (
+from pipeline.features.errors import FeatureSpecError
+from pipeline.features.spec import (
     AggregateSpec,
     BucketizeSpec,
     CategoricalSpec,
@@ -56,7 +56,7 @@ from pipeline.feature_spec import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.models import ModelSpec
+    from pipeline.training.models import ModelSpec
 
 Name = Annotated[
     str,
@@ -327,7 +327,7 @@ class ModelConfig(_Section):
 
     def to_spec(self) -> ModelSpec:
         """Build the frozen spec the model builders take."""
-        from pipeline.models import DenseOptimizerSpec, ModelSpec
+        from pipeline.training.models import DenseOptimizerSpec, ModelSpec
 
         do = self.dense_optimizer
         return ModelSpec(

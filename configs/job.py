@@ -33,7 +33,7 @@ from configs.features import FeaturesConfig, ModelConfig
 from configs.operators import OperatorsConfig
 from configs.serving import PublishConfig, ServeConfig
 from embedding_store.config import SstConfig
-from pipeline.secrets import read_secret
+from pipeline.runtime.secrets import read_secret
 
 
 class _Section(BaseModel):
@@ -115,14 +115,14 @@ class SourceSection(_Section):
         description=(
             "where messages are polled, parsed and validated: a source process of its own "
             "(the trainer's interpreter lock is left to features and training; "
-            "pipeline.source_process) or a thread of the trainer process; ranks of "
+            "pipeline.source.process) or a thread of the trainer process; ranks of "
             "freshet train --nproc N always use a thread"
         ),
     )
     record_reader: Literal["fast", "kafka-python"] = Field(
         default="fast",
         description=(
-            "how fetched record batches become records: pipeline.kafka_records (the same "
+            "how fetched record batches become records: pipeline.source.records (the same "
             "records for about half the CPU) or kafka-python's own reader"
         ),
     )

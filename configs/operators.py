@@ -41,8 +41,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from operators.base import Operator
-from operators.checkpoint import CheckpointManager
-from operators.checkpoint_ops import (
+from operators.checkpoint.manager import CheckpointManager
+from operators.checkpoint.ops import (
     CHECKPOINT_OPERATORS,
     FullCheckpoint,
     FullMode,

@@ -1,8 +1,8 @@
 """The ``publish:`` and ``serve:`` sections: delta publishing and inference replicas.
 
 The core receives frozen dataclasses: :meth:`PublishConfig.to_settings` gives a
-:class:`pipeline.publisher.PublisherSettings`, :class:`ServeConfig` gives
-:class:`pipeline.replica.ReplicaSettings` and :class:`pipeline.replica_http.HttpSettings`.
+:class:`pipeline.publishing.publisher.PublisherSettings`, :class:`ServeConfig` gives
+:class:`pipeline.serving.replica.ReplicaSettings` and :class:`pipeline.serving.http.HttpSettings`.
 ``freshet serve --config FILE`` reads ``kind``, ``features``, ``model`` and ``serve`` from
 FILE (a job file may hold other sections; they are not read here)::
 
@@ -45,11 +45,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from configs.features import FeaturesConfig, ModelConfig
-from pipeline.delta_chunks import Signer
-from pipeline.publisher import PublisherSettings
-from pipeline.replica import ReplicaSettings
-from pipeline.replica_http import HttpSettings
-from pipeline.serving_errors import ServingError
+from pipeline.publishing.chunks import Signer
+from pipeline.publishing.errors import ServingError
+from pipeline.publishing.publisher import PublisherSettings
+from pipeline.serving.http import HttpSettings
+from pipeline.serving.replica import ReplicaSettings
 
 
 class _Section(BaseModel):

@@ -462,7 +462,7 @@ class DistributedEmbeddingBag(StoreEmbeddingBag):
 def distribute_bags(model: torch.nn.Module, store: DistributedStore) -> int:
     """Swap every :class:`StoreEmbeddingBag` inside ``model`` for a distributed one.
 
-    For models built by code that creates plain bags (``pipeline.models.build_model``);
+    For models built by code that creates plain bags (``pipeline.training.models.build_model``);
     returns how many were swapped.
     """
     swapped = 0

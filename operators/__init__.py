@@ -7,26 +7,28 @@
       scheduler.py        OperatorSchedule, OperatorScheduler (APScheduler decides when,
                           the trainer runs pending operators at a step boundary)
       migration.py        TierMigration        expiry.py           Expiry
-      checkpoint_ops.py   IncrementalCheckpoint, FullCheckpoint
       metrics_report.py   MetricsReport        metrics.py          MetricsRegistry
-      checkpoint.py       CheckpointManager (chains of full + incremental checkpoints)
-      chain.py, checkpoint_format.py, checkpoint_writer.py, checkpoint_reader.py,
-      snapshot.py, restore.py, chain_merge.py, dense_state.py, store_schema.py,
-      write_log.py, durable_io.py, errors.py
+      failpoints.py       named crash points for tests
+      errors.py           OperatorError and its subclasses
+      checkpoint/         CheckpointManager (chains of full + incremental checkpoints),
+                          IncrementalCheckpoint, FullCheckpoint (ops.py), chain.py, format.py,
+                          writer.py, reader.py, snapshot.py, restore.py, chain_merge.py,
+                          dense_state.py, store_schema.py, write_log.py, durable_io.py,
+                          distributed.py (N ranks)
 """
 
 from operators.base import Operator, OperatorContext, OperatorReport, OperatorResult, Outcome
-from operators.chain import CheckpointInfo
-from operators.checkpoint import CheckpointHandle, CheckpointManager
-from operators.checkpoint_format import CheckpointKind
-from operators.checkpoint_ops import FullCheckpoint, FullMode, IncrementalCheckpoint
-from operators.checkpoint_reader import VerificationProblem
+from operators.checkpoint.chain import CheckpointInfo
+from operators.checkpoint.format import CheckpointKind
+from operators.checkpoint.manager import CheckpointHandle, CheckpointManager
+from operators.checkpoint.ops import FullCheckpoint, FullMode, IncrementalCheckpoint
+from operators.checkpoint.reader import VerificationProblem
+from operators.checkpoint.restore import RestoredState
 from operators.errors import OperatorError
 from operators.expiry import Expiry
 from operators.metrics import MetricsRegistry
 from operators.metrics_report import MetricsReport
 from operators.migration import TierMigration
-from operators.restore import RestoredState
 from operators.scheduler import OperatorSchedule, OperatorScheduler, TriggerKind
 
 __all__ = [

@@ -37,7 +37,7 @@ from enum import Enum
 from typing import Any, ClassVar
 
 from embedding_store import EmbeddingStore
-from operators.dense_state import DenseValue
+from operators.checkpoint.dense_state import DenseValue
 from operators.metrics import MetricsRegistry
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class OperatorContext:
     """What an operator may touch at a step boundary; the trainer builds it.
 
     ``dense_state()`` returns the dense parameters and optimizer state as named arrays or
-    tensors (see :func:`operators.dense_state.flatten_tree`), ``source_offsets()`` the
+    tensors (see :func:`operators.checkpoint.dense_state.flatten_tree`), ``source_offsets()`` the
     offsets of the next unread event per partition, ``extra()`` free JSON for checkpoints.
     """
 

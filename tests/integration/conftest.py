@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from pipeline.broker import EmbeddedBroker, ensure_topics, find_tansu
+from pipeline.broker.embedded import EmbeddedBroker, ensure_topics, find_tansu
 
 REPO = Path(__file__).resolve().parents[2]
 CRITEO_TRAIN = REPO.parent / "shared" / "data" / "criteo" / "train.txt"

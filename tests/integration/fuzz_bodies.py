@@ -1,7 +1,8 @@
 """Hypothesis strategies for malformed ``POST /predict`` requests, with the answer each must get.
 
 A request is a body plus the headers that frame it. Each is built to break exactly one rule of
-the API (see :mod:`pipeline.predict_request` and :mod:`pipeline.replica_http`), so the status
+the API (see :mod:`pipeline.serving.predict_request` and :mod:`pipeline.serving.http`), so
+the status
 and the words of the error are known by construction:
 
 =================  =====================================================  ======  ============

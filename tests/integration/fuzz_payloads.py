@@ -1,7 +1,8 @@
 """Hypothesis strategies for event payloads whose validity is known by construction.
 
-A valid payload is a record of :func:`pipeline.generators.generate` with up to three fields
-redrawn anywhere inside the schema of :mod:`pipeline.events`, in any key order and JSON spacing.
+A valid payload is a record of :func:`pipeline.events.generators.generate` with up to three fields
+redrawn anywhere inside the schema of :mod:`pipeline.events.kinds`, in any key order and JSON
+spacing.
 A malformed one starts from a valid record and is spoilt in a way the schema refuses (a field
 dropped, a value of the wrong type or out of range, bytes that are not UTF-8 or not JSON, ...),
 so the tests know it is bad, and which ``reason_code`` may name it, without asking the
@@ -29,8 +30,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import DecodeError, DecodeFailure
-from pipeline.events import MAX_ID, N_DENSE, N_SPARSE, decode
-from pipeline.generators import generate
+from pipeline.events.generators import generate
+from pipeline.events.kinds import MAX_ID, N_DENSE, N_SPARSE, decode
 
 T = TypeVar("T")
 Draw = Callable[[st.SearchStrategy[Any]], Any]
@@ -130,7 +131,7 @@ def valid_value(field: Field) -> st.SearchStrategy[Any]:
 
 @cache
 def base_records(kind: str) -> st.SearchStrategy[Items]:
-    """Realistic records from :func:`pipeline.generators.generate`, as ``Items``."""
+    """Realistic records from :func:`pipeline.events.generators.generate`, as ``Items``."""
     records = [[(k, raw(v)) for k, v in r.items()] for r in generate(kind, POOL, seed=8)]
     return st.sampled_from(records)
 

@@ -35,13 +35,13 @@ import pytest
 import yaml
 from kafka import KafkaConsumer, TopicPartition
 
-from operators.checkpoint import CheckpointManager
-from pipeline.broker import EmbeddedBroker, ensure_topics, find_tansu
-from pipeline.generators import generate
-from pipeline.replay import replay
-from pipeline.source import SourceBatch
-from pipeline.train_job import TrainJob, TrainSummary
-from pipeline.trainer import BatchResult
+from operators.checkpoint.manager import CheckpointManager
+from pipeline.broker.embedded import EmbeddedBroker, ensure_topics, find_tansu
+from pipeline.events.generators import generate
+from pipeline.events.replay import replay
+from pipeline.source.kafka import SourceBatch
+from pipeline.training.job import TrainJob, TrainSummary
+from pipeline.training.trainer import BatchResult
 from tests.integration.conftest import SESSION_TIMEOUT_MS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
-from operators.checkpoint import CheckpointManager
-from pipeline.cli import main
+from operators.checkpoint.manager import CheckpointManager
+from pipeline.cli.main import main
 from tests.unit.operators.conftest import assert_same_contents, store_contents, train_step
 
 pytestmark = pytest.mark.integration

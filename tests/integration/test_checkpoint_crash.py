@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
-from operators.checkpoint import CheckpointManager
+from operators.checkpoint.manager import CheckpointManager
 from tests.unit.operators.conftest import assert_same_contents, store_contents
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ CHILD = r"""
 import os, sys, time
 import numpy as np
 from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
-from operators.checkpoint import CheckpointManager
+from operators.checkpoint.manager import CheckpointManager
 
 store_dir, ckpt_dir, seed, stall_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 tables = (TableConfig("t", 8, OptimizerConfig("adam", lr=0.01), hot_rows=64),)

@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from embedding_store import EmbeddingStore, StoreConfig
-from operators.checkpoint import CheckpointManager
-from pipeline.generators import generate
-from pipeline.replay import replay
+from operators.checkpoint.manager import CheckpointManager
+from pipeline.events.generators import generate
+from pipeline.events.replay import replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def train(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[s
         [
             sys.executable,
             "-m",
-            "pipeline.cli",
+            "pipeline.cli.main",
             "train",
             "--config",
             str(config),
@@ -107,7 +107,7 @@ def test_sigkilled_trainer_ends_where_the_uninterrupted_one_does(
     bootstrap: str, new_topic: Callable[[int], str], tmp_path: Path
 ) -> None:
     from configs.job import JobConfig
-    from pipeline.models import BatchLayout, model_tables
+    from pipeline.training.models import BatchLayout, model_tables
 
     topic = new_topic(1)
     assert replay(bootstrap, topic, generate("transaction", EVENTS, 3), progress=False) == EVENTS

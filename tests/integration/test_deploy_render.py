@@ -22,9 +22,9 @@ import yaml
 
 from configs.job import JobConfig
 from configs.serving import ServeFile
-from pipeline.cli import COMMANDS
-from pipeline.replica_metrics import ReplicaMetrics
-from pipeline.trainer_metrics import DEFAULT_PORT, TrainerMetrics
+from pipeline.cli.main import COMMANDS
+from pipeline.serving.metrics import ReplicaMetrics
+from pipeline.training.exporter import DEFAULT_PORT, TrainerMetrics
 
 pytestmark = pytest.mark.integration
 
@@ -254,7 +254,7 @@ def _commands() -> list[tuple[str, list[str]]]:
 def test_deploy_commands_parse_with_the_cli(where: str, argv: list[str]) -> None:
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        pytest.skip(f"{where}: `freshet {name}` is not registered in pipeline/cli.py yet")
+        pytest.skip(f"{where}: `freshet {name}` is not registered in pipeline/cli/main.py yet")
     parser = argparse.ArgumentParser(prog=f"freshet {name}", exit_on_error=False)
     importlib.import_module(COMMANDS[name][0]).add_arguments(parser)
     try:

@@ -1,6 +1,7 @@
 """Issue 4's crash test with 2 ranks: SIGKILL one rank again and again, restart the world.
 
-Both runs launch 2 ranks (``pipeline.launch`` -> ``python -m pipeline.distributed_job``) over
+Both runs launch 2 ranks (``pipeline.training.launch`` ->
+``python -m pipeline.training.distributed_job``) over
 a 2-partition topic; rank r reads partition r (manual assignment) and batches close on size
 only, so step i of either run is rank 0's batch i plus rank 1's batch i. The clean run goes
 through uninterrupted. The crashed run is started, one of its rank processes is SIGKILLed at
@@ -30,9 +31,9 @@ import yaml
 from kafka import KafkaProducer
 
 from embedding_store.distributed import owner_of
-from operators.checkpoint import CheckpointManager
-from operators.distributed_checkpoint import WorldCheckpoint, load_world
-from pipeline.events import CtrEvent
+from operators.checkpoint.distributed import WorldCheckpoint, load_world
+from operators.checkpoint.manager import CheckpointManager
+from pipeline.events.kinds import CtrEvent
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -116,7 +117,7 @@ def _start(config: Path, ckpt: Path, restore: bool) -> tuple[subprocess.Popen[by
         *(["--restore"] if restore else []),
     ]
     code = (
-        "import sys\nfrom pipeline.launch import launch\n"
+        "import sys\nfrom pipeline.training.launch import launch\n"
         f"sys.exit(launch({str(config)!r}, {WORLD}, {args!r}))\n"
     )
     log = ckpt.parent / f"launch-{len(list(ckpt.parent.glob('launch-*.log')))}.log"

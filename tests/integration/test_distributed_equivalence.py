@@ -24,10 +24,10 @@ from kafka import KafkaProducer
 from configs.job import JobConfig
 from embedding_store import EmbeddingStore, StoreConfig
 from embedding_store.distributed import owner_of
-from pipeline.events import CtrEvent, decode
-from pipeline.features import Featurizer
-from pipeline.models import BatchLayout, build_model, model_tables
-from pipeline.trainer import OnlineTrainer
+from pipeline.events.kinds import CtrEvent, decode
+from pipeline.features.featurizer import Featurizer
+from pipeline.training.models import BatchLayout, build_model, model_tables
+from pipeline.training.trainer import OnlineTrainer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -83,7 +83,7 @@ def _free_port() -> int:
 
 
 def _rank(rank: int, world: int, port: int, config_path: str, out: str) -> None:
-    from pipeline.distributed_job import DistributedTrainJob
+    from pipeline.training.distributed_job import DistributedTrainJob
 
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world

@@ -1,6 +1,6 @@
 """A 2-rank checkpoint restarts with 1 rank and with 3: every row once, on its owner, and on.
 
-Phase 1 runs the real entry point (``launch`` -> ``python -m pipeline.distributed_job``, 2
+Phase 1 runs the real entry point (``launch`` -> ``python -m pipeline.training.distributed_job``, 2
 ranks) over a 3-partition topic with coordinated checkpoints. Then more events arrive, and
 the checkpoint is restored into 1 rank (in this process) and into 3 ranks (re-sharded
 in-process first to check placement, then launched), each training the new events.
@@ -22,12 +22,12 @@ from configs.job import JobConfig
 from embedding_store import EmbeddingStore, StoreConfig
 from embedding_store.collectives import single_process_group
 from embedding_store.distributed import owner_of, rank_path
-from operators.checkpoint import CheckpointManager
-from operators.distributed_checkpoint import WorldCheckpoint, load_world, restore_rank
-from pipeline.distributed_job import CheckpointOptions, DistributedTrainJob
-from pipeline.events import CtrEvent
-from pipeline.launch import launch
-from pipeline.models import BatchLayout, model_tables
+from operators.checkpoint.distributed import WorldCheckpoint, load_world, restore_rank
+from operators.checkpoint.manager import CheckpointManager
+from pipeline.events.kinds import CtrEvent
+from pipeline.training.distributed_job import CheckpointOptions, DistributedTrainJob
+from pipeline.training.launch import launch
+from pipeline.training.models import BatchLayout, model_tables
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

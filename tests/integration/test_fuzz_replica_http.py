@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from pipeline.broker import EmbeddedBroker
-from pipeline.replica_testing import http_call, wait_for_version
+from pipeline.broker.embedded import EmbeddedBroker
+from pipeline.testing.replicas import http_call, wait_for_version
 from tests.integration.fuzz_bodies import Request, malformed_requests
 from tests.integration.fuzz_payloads import draw_many
 from tests.integration.test_replica_http import (

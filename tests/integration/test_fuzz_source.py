@@ -19,10 +19,10 @@ from collections.abc import Callable
 import pytest
 from kafka import KafkaProducer
 
-from pipeline.events import EVENT_KINDS, TransactionEvent, decode
-from pipeline.fast_decode import FastDecoder
-from pipeline.generators import generate
-from pipeline.source import Assignment, KafkaSource, SourceBatch, SourceConfig
+from pipeline.events.fast_decode import FastDecoder
+from pipeline.events.generators import generate
+from pipeline.events.kinds import EVENT_KINDS, TransactionEvent, decode
+from pipeline.source.kafka import Assignment, KafkaSource, SourceBatch, SourceConfig
 from tests.integration.conftest import Read
 from tests.integration.fuzz_payloads import (
     SPOILS,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from embedding_store import EmbeddingStore, StoreConfig, TableConfig
-from pipeline import inspect_cmd
+from pipeline.cli import inspect as inspect_cmd
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ def test_not_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_inspect_lists_checkpoint_chain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    checkpoint = pytest.importorskip("operators.checkpoint", reason="checkpoints not built yet")
+    from operators.checkpoint import manager as checkpoint
     path, root = tmp_path / "store", tmp_path / "ckpt"
     manager = checkpoint.CheckpointManager(str(root))
     with EmbeddingStore(StoreConfig(str(path), TABLES, num_shards=2)) as store:

@@ -15,9 +15,9 @@ import msgspec
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from pipeline.formats import read_messages
-from pipeline.kafka_records import FastPartitionRecords
-from pipeline.source import Assignment, KafkaSource, SourceConfig
+from pipeline.events.formats import read_messages
+from pipeline.source.kafka import Assignment, KafkaSource, SourceConfig
+from pipeline.source.records import FastPartitionRecords
 from tests.integration.conftest import CRITEO_TRAIN
 
 pytestmark = pytest.mark.integration
@@ -82,7 +82,7 @@ def test_headers_and_keys_reach_a_plain_consumer_through_the_fast_reader(
     bootstrap: str, new_topic: Callable[[int], str]
 ) -> None:
     """Dead letters carry their reason in headers: they must read back byte for byte."""
-    from pipeline.kafka_records import install
+    from pipeline.source.records import install
 
     topic = new_topic(1)
     producer = KafkaProducer(bootstrap_servers=bootstrap)

@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 
 from configs.job import JobConfig
-from pipeline.events import CtrEvent
-from pipeline.publisher import Publisher, PublisherSettings
-from pipeline.replay import replay
-from pipeline.replica import Replica, ReplicaSettings
-from pipeline.replica_http import ReplicaHttpServer
-from pipeline.replica_testing import http_call, predict_body, wait_for_version
-from pipeline.serving_model import Blueprint
-from pipeline.train_job import TrainJob
-from pipeline.trainer_metrics import TrainerMetrics, attach_metrics
+from pipeline.events.kinds import CtrEvent
+from pipeline.events.replay import replay
+from pipeline.publishing.publisher import Publisher, PublisherSettings
+from pipeline.serving.http import ReplicaHttpServer
+from pipeline.serving.model import Blueprint
+from pipeline.serving.replica import Replica, ReplicaSettings
+from pipeline.testing.replicas import http_call, predict_body, wait_for_version
+from pipeline.training.exporter import TrainerMetrics, attach_metrics
+from pipeline.training.job import TrainJob
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks.prequential import CRITEO, FRAUD, load_criteo, load_fraud, run_stream
 from configs.features import load_model_spec
-from pipeline.feature_spec import FeatureSpec
+from pipeline.features.spec import FeatureSpec
 
 pytestmark = pytest.mark.integration
 

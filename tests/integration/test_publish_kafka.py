@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
-from pipeline.delta import ModelDelta
-from pipeline.delta_chunks import ChunkAssembler, parse_chunk
-from pipeline.publisher import Publisher, PublisherSettings
-from pipeline.snapshot import SnapshotStore
+from pipeline.publishing.chunks import ChunkAssembler, parse_chunk
+from pipeline.publishing.delta import ModelDelta
+from pipeline.publishing.publisher import Publisher, PublisherSettings
+from pipeline.publishing.snapshot import SnapshotStore
 
 pytestmark = pytest.mark.integration
 

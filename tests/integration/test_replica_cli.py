@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from configs.serving import ServeFile
-from pipeline import serve_cmd
-from pipeline.delta_chunks import Signer
-from pipeline.generators import generate
-from pipeline.publisher import Publisher, PublisherSettings
-from pipeline.replica_testing import (
+from pipeline.cli import serve as serve_cmd
+from pipeline.events.generators import generate
+from pipeline.publishing.chunks import Signer
+from pipeline.publishing.publisher import Publisher, PublisherSettings
+from pipeline.testing.replicas import (
     TrainingHarness,
     events_of,
     http_call,
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "not-a-real-secret-0123456789"
-CLI = (sys.executable, "-m", "pipeline.cli", "serve")
+CLI = (sys.executable, "-m", "pipeline.cli.main", "serve")
 
 CONFIG = """\
 kind: transaction

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.generators import generate
-from pipeline.publisher import KafkaDeltaSink, Publisher, PublisherSettings
-from pipeline.replica import Replica, ReplicaSettings
-from pipeline.replica_http import HttpSettings, ReplicaHttpServer
-from pipeline.replica_testing import (
+from pipeline.events.generators import generate
+from pipeline.publishing.publisher import KafkaDeltaSink, Publisher, PublisherSettings
+from pipeline.serving.http import HttpSettings, ReplicaHttpServer
+from pipeline.serving.model import Blueprint
+from pipeline.serving.replica import Replica, ReplicaSettings
+from pipeline.testing.replicas import (
     FaultPlan,
     FaultySink,
     TrainingHarness,
@@ -25,7 +26,6 @@ from pipeline.replica_testing import (
     transaction_specs,
     wait_for_version,
 )
-from pipeline.serving_model import Blueprint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

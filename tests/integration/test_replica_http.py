@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import EmbeddedBroker, ensure_topics
-from pipeline.generators import generate
-from pipeline.publisher import Publisher, PublisherSettings
-from pipeline.replica import Replica, ReplicaSettings
-from pipeline.replica_http import HttpSettings, ReplicaHttpServer
-from pipeline.replica_testing import (
+from pipeline.broker.embedded import EmbeddedBroker, ensure_topics
+from pipeline.events.generators import generate
+from pipeline.publishing.publisher import Publisher, PublisherSettings
+from pipeline.serving.http import HttpSettings, ReplicaHttpServer
+from pipeline.serving.model import Blueprint
+from pipeline.serving.replica import Replica, ReplicaSettings
+from pipeline.testing.replicas import (
     TrainingHarness,
     events_of,
     http_call,
@@ -25,7 +26,6 @@ from pipeline.replica_testing import (
     transaction_specs,
     wait_for_version,
 )
-from pipeline.serving_model import Blueprint
 
 pytestmark = pytest.mark.integration
 

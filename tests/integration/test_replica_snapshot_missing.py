@@ -19,18 +19,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.generators import generate
-from pipeline.publisher import Publisher, PublisherSettings
-from pipeline.replica import Replica, ReplicaSettings, ReplicaState
-from pipeline.replica_http import HttpSettings, ReplicaHttpServer
-from pipeline.replica_testing import (
+from pipeline.events.generators import generate
+from pipeline.publishing.publisher import Publisher, PublisherSettings
+from pipeline.serving.http import HttpSettings, ReplicaHttpServer
+from pipeline.serving.model import Blueprint
+from pipeline.serving.replica import Replica, ReplicaSettings, ReplicaState
+from pipeline.testing.replicas import (
     TrainingHarness,
     events_of,
     http_call,
     predict_body,
     transaction_specs,
 )
-from pipeline.serving_model import Blueprint
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ from collections.abc import Callable
 import pytest
 
 from pipeline.errors import ConfigError, SourceError, SourceStateError
-from pipeline.events import Event, decode
-from pipeline.formats import read_messages
-from pipeline.replay import keyed_by_index, replay
-from pipeline.source import Assignment, KafkaSource, SourceBatch, SourceConfig, SourceState
+from pipeline.events.formats import read_messages
+from pipeline.events.kinds import Event, decode
+from pipeline.events.replay import keyed_by_index, replay
+from pipeline.source.kafka import Assignment, KafkaSource, SourceBatch, SourceConfig, SourceState
 from tests.integration.conftest import CRITEO_TRAIN
 
 pytestmark = pytest.mark.integration

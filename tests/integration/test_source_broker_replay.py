@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import broker_cmd, replay_cmd
-from pipeline.broker import EmbeddedBroker, ensure_topics
+from pipeline.broker.embedded import EmbeddedBroker, ensure_topics
+from pipeline.cli import broker as broker_cmd
+from pipeline.cli import replay as replay_cmd
 from pipeline.errors import BrokerError, ConfigError
-from pipeline.replay import keyed_by_field, replay
+from pipeline.events.replay import keyed_by_field, replay
 from tests.integration.conftest import CRITEO_TRAIN, REPO, Read
 
 pytestmark = pytest.mark.integration
@@ -109,8 +110,7 @@ def test_replay_command_with_a_gzipped_file(
 def test_replay_command_with_a_generator(
     bootstrap: str, new_topic: Callable[[int], str], read_topic: Callable[..., list[Read]]
 ) -> None:
-    pytest.importorskip("pipeline.generators", reason="pipeline/generators.py not written yet")
-    from pipeline.events import decode
+    from pipeline.events.kinds import decode
 
     topic = new_topic(1)
     parser = argparse.ArgumentParser()
@@ -128,7 +128,7 @@ def test_replay_command_with_a_generator(
 
 def test_broker_command_runs_until_interrupted() -> None:
     code = (
-        "import argparse, sys; from pipeline import broker_cmd; "
+        "import argparse, sys; from pipeline.cli import broker as broker_cmd; "
         "p = argparse.ArgumentParser(); broker_cmd.add_arguments(p); "
         "sys.exit(broker_cmd.run(p.parse_args(['--topic', 'events:2'])))"
     )

@@ -9,11 +9,11 @@ from collections.abc import Callable
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from pipeline.events import CtrEvent, to_record
-from pipeline.formats import read_messages
-from pipeline.replay import keyed_by_index, replay
-from pipeline.source import Assignment, KafkaSource, SourceBatch, SourceConfig
-from pipeline.source_process import ProcessSource
+from pipeline.events.formats import read_messages
+from pipeline.events.kinds import CtrEvent, to_record
+from pipeline.events.replay import keyed_by_index, replay
+from pipeline.source.kafka import Assignment, KafkaSource, SourceBatch, SourceConfig
+from pipeline.source.process import ProcessSource
 from tests.integration.conftest import CRITEO_TRAIN, SESSION_TIMEOUT_MS
 
 pytestmark = pytest.mark.integration

@@ -20,12 +20,12 @@ import yaml
 
 from configs.job import JobConfig
 from pipeline.errors import SourceError, SourceStateError
-from pipeline.formats import read_messages
-from pipeline.generators import generate
-from pipeline.replay import keyed_by_index, replay
-from pipeline.source import Assignment, SourceConfig, SourceState
-from pipeline.source_process import ProcessSource
-from pipeline.train_job import TrainJob
+from pipeline.events.formats import read_messages
+from pipeline.events.generators import generate
+from pipeline.events.replay import keyed_by_index, replay
+from pipeline.source.kafka import Assignment, SourceConfig, SourceState
+from pipeline.source.process import ProcessSource
+from pipeline.training.job import TrainJob
 from tests.integration.conftest import CRITEO_TRAIN
 
 pytestmark = pytest.mark.integration

@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import pytest
 
-from pipeline.formats import read_messages
-from pipeline.replay import keyed_by_index, replay
-from pipeline.source import Assignment, KafkaSource, SourceBatch, SourceConfig
-from pipeline.source_process import ProcessSource
+from pipeline.events.formats import read_messages
+from pipeline.events.replay import keyed_by_index, replay
+from pipeline.source.kafka import Assignment, KafkaSource, SourceBatch, SourceConfig
+from pipeline.source.process import ProcessSource
 from tests.integration.conftest import CRITEO_TRAIN, SESSION_TIMEOUT_MS
 
 pytestmark = pytest.mark.integration

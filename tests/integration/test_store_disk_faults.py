@@ -29,17 +29,17 @@ from typing import Any
 import pytest
 import yaml
 
-from operators.checkpoint import CheckpointManager
-from pipeline.generators import generate
-from pipeline.replay import replay
-from pipeline.train_job import TrainJob
+from operators.checkpoint.manager import CheckpointManager
+from pipeline.events.generators import generate
+from pipeline.events.replay import replay
+from pipeline.training.job import TrainJob
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS, FIRST, BATCH = 4000, 2000, 200
 DISK_MIB = 16
-CLI = (sys.executable, "-m", "pipeline.cli")
+CLI = (sys.executable, "-m", "pipeline.cli.main")
 TRAIN_ARGS = ("--max-events", str(EVENTS), "--idle-timeout", "60")
 
 

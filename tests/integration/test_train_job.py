@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from configs.job import JobConfig
-from pipeline.events import CtrEvent
-from pipeline.replay import replay
-from pipeline.train_job import TrainJob
+from pipeline.events.kinds import CtrEvent
+from pipeline.events.replay import replay
+from pipeline.training.job import TrainJob
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

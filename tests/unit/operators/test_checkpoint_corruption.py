@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
-from operators.chain import CheckpointInfo
-from operators.checkpoint import CheckpointManager
-from operators.durable_io import sha256_file
+from operators.checkpoint.chain import CheckpointInfo
+from operators.checkpoint.durable_io import sha256_file
+from operators.checkpoint.manager import CheckpointManager
 from operators.errors import (
     ChecksumMismatchError,
     CorruptCheckpointError,
@@ -73,7 +73,7 @@ def test_flipped_byte_is_reported_and_latest_falls_back(
     assert (p.expected, p.actual) == (expected_sha, actual_sha)
     assert manager.verify(infos[1].id) == []
 
-    with caplog.at_level(logging.WARNING, logger="operators.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="operators.checkpoint.manager"):
         assert manager.latest_complete() == infos[1]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
-from operators.checkpoint import CheckpointManager
-from operators.checkpoint_format import CheckpointKind
+from operators.checkpoint.format import CheckpointKind
+from operators.checkpoint.manager import CheckpointManager
 from operators.errors import CheckpointWriteError
 from tests.unit.operators.conftest import assert_same_contents, store_contents, train_step
 

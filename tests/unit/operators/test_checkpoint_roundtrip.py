@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
-from operators.checkpoint import CheckpointHandle, CheckpointManager
+from operators.checkpoint.manager import CheckpointHandle, CheckpointManager
 from operators.errors import NoBaseCheckpointError
 from tests.unit.operators.conftest import assert_same_contents, store_contents, train_step
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from operators.dense_state import flatten_tree, snapshot_dense, unflatten_tree
+from operators.checkpoint.dense_state import flatten_tree, snapshot_dense, unflatten_tree
 from operators.errors import DenseStateError
 
 

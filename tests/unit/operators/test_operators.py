@@ -10,8 +10,8 @@ import pytest
 
 from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
 from operators.base import OperatorContext, Outcome
-from operators.checkpoint import CheckpointManager
-from operators.checkpoint_ops import FullCheckpoint, FullMode, IncrementalCheckpoint
+from operators.checkpoint.manager import CheckpointManager
+from operators.checkpoint.ops import FullCheckpoint, FullMode, IncrementalCheckpoint
 from operators.expiry import Expiry
 from operators.metrics import MetricsRegistry
 from operators.metrics_report import MetricsReport

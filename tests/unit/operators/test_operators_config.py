@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from configs.operators import OperatorsConfig, load_operators_config
-from operators.checkpoint_ops import FullCheckpoint, FullMode, IncrementalCheckpoint
+from operators.checkpoint.ops import FullCheckpoint, FullMode, IncrementalCheckpoint
 from operators.scheduler import TriggerKind
 
 YAML = """

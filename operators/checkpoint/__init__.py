@@ -1,0 +1,1 @@
+"""Checkpoints: chains of full and incremental checkpoints, their format, restore, N ranks."""

@@ -1,0 +1,1 @@
+"""The embedded Kafka-protocol broker for development and tests, and topic creation."""

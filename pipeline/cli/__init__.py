@@ -1,0 +1,1 @@
+"""The ``freshet`` command line: one module per command, wired by :mod:`pipeline.cli.main`."""

@@ -1,0 +1,1 @@
+"""Events: the built-in kinds, file formats, synthetic generators, replay into Kafka."""

@@ -1,0 +1,1 @@
+"""From events to training batches: the feature spec, hashing, aggregates, the featurizer."""

@@ -1,0 +1,504 @@
+"""From events to a training batch: hashed sparse ids per table, dense columns, labels.
+
+::
+
+    events (dicts, objects with the fields as attributes (pydantic models), or ColumnarEvents)
+      │ columns per field
+      ├─ sparse features ──► hashed int64 ids ──► Batch.sparse[table]: (B, F_t) grid
+      │                                                      or JaggedIds(values, offsets)
+      ├─ aggregates ── query state (past only) ──► stats ──┐   then the batch is written in
+      ├─ numeric fields ───────────────────────────────────┴─► fill, log1p, clip,
+      │                                                         running standardisation
+      │                                                         ──► Batch.dense (B, D)
+      └─ label ──► Batch.labels (B,) float32 (NaN where an event has none)
+
+``transform`` reads and then updates the streaming state (aggregates, running moments), so
+events must be given once each, in time order. ``sparse_ids`` and ``transform(update=False)``
+leave the state alone (look-ahead prefetch, serving).
+
+>>> spec = FeatureSpec(
+...     label="label", time_field="timestamp",
+...     sparse=(CategoricalSpec("customer", "tx", "customer_id", "int"),
+...             TimePartSpec("hour", "tx", "hour_of_day")),
+...     aggregates=(AggregateSpec("cust_1d", ("customer_id",), "amount", window=1),),
+...     dense=(DenseSpec("amount", field="amount", log1p=True),
+...            DenseSpec("cust_mean", aggregate="cust_1d", stat="mean", fill=-1.0)),
+... )
+>>> events = [
+...     {"timestamp": "2018-04-01T00:00:31+00:00", "customer_id": 5, "amount": 10.0, "label": 0},
+...     {"timestamp": "2018-04-01T09:10:00+00:00", "customer_id": 5, "amount": 30.0, "label": 1},
+... ]
+>>> batch = Featurizer(spec).transform(events)
+>>> batch.sparse["tx"].shape, batch.dense[:, 1].tolist(), batch.labels.tolist()
+((2, 2), [-1.0, 10.0], [0.0, 1.0])
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from pipeline.events.columnar import ColumnarEvents
+from pipeline.features.aggregates import WindowedAggregate, WindowStats
+from pipeline.features.errors import FeatureValueError
+from pipeline.features.hashing import base_values, cross_ids, hash_bases, hash_column
+from pipeline.features.moments import RunningMoments
+from pipeline.features.spec import (
+    AggregateSpec,
+    BucketizeSpec,
+    CategoricalSpec,
+    CrossSpec,
+    DenseSpec,
+    FeatureSpec,
+    MultiHotSpec,
+    SparseSpec,
+    TimePartSpec,
+)
+
+__all__ = [
+    "AggregateSpec",
+    "Batch",
+    "BucketizeSpec",
+    "CategoricalSpec",
+    "CrossSpec",
+    "DenseSpec",
+    "FeatureSpec",
+    "Featurizer",
+    "JaggedIds",
+    "MultiHotSpec",
+    "TimePartSpec",
+    "string_category_fields",
+]
+
+AHEAD_KEPT = 8
+"""Batches whose sparse ids ``Featurizer.sparse_ids`` keeps for their ``transform``."""
+
+I64 = npt.NDArray[np.int64]
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+Column = Callable[[str], list[Any]]
+Hashed = Callable[[str], "npt.NDArray[np.uint64] | None"]
+"""A field's string hashes computed ahead (:meth:`ColumnarEvents.string_hashes`), or None."""
+
+
+@dataclass(frozen=True)
+class JaggedIds:
+    """Variable-length bags of ids: bag ``i`` is ``values[offsets[i]:offsets[i] + lengths[i]]``.
+
+    ``offsets`` are the bag starts (what ``StoreEmbeddingBag`` takes).
+
+    >>> bags = JaggedIds.from_lengths(np.array([3, 4, 5], np.int64), np.array([2, 0, 1]))
+    >>> bags.offsets.tolist(), bags.lengths.tolist()
+    ([0, 2, 2], [2, 0, 1])
+    """
+
+    values: I64
+    offsets: I64
+
+    @classmethod
+    def from_lengths(cls, values: I64, lengths: npt.NDArray[np.integer]) -> JaggedIds:
+        """Bags from their lengths."""
+        offsets = np.zeros(len(lengths), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=offsets[1:])
+        return cls(values, offsets)
+
+    @property
+    def lengths(self) -> I64:
+        """Size of each bag."""
+        ends = np.append(self.offsets[1:], len(self.values))
+        out: I64 = (ends - self.offsets).astype(np.int64)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+SparseIds: TypeAlias = I64 | JaggedIds
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A featurised batch of ``B`` events.
+
+    ::
+
+        labels     float32 (B,)           1 / 0 (NaN where the event carried no label)
+        dense      float32 (B, D)         columns named by dense_names
+        sparse     {table: int64 (B, F_t) grid, columns named by sparse_names[table]
+                    | JaggedIds}          (one bag per event)
+        timestamps float64 (B,) | None    seconds since the epoch, UTC
+    """
+
+    labels: F32
+    dense: F32
+    sparse: Mapping[str, SparseIds]
+    dense_names: tuple[str, ...] = ()
+    sparse_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    timestamps: F64 | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def unique_ids(self) -> dict[str, I64]:
+        """Sorted unique ids per table (what a prefetch of this batch asks for)."""
+        out: dict[str, I64] = {}
+        for table, ids in self.sparse.items():
+            flat = ids.values if isinstance(ids, JaggedIds) else ids.reshape(-1)
+            out[table] = np.unique(flat)
+        return out
+
+
+def event_columns(events: Sequence[Any]) -> Column:
+    """Return a function giving one field's values across ``events`` (``None`` where absent).
+
+    Accepts mappings (decoded JSON), objects carrying the fields as attributes (pydantic
+    event models; ``model_dump()`` is not needed), or
+    :class:`~pipeline.events.columnar.ColumnarEvents`
+    (already columns: nothing is built per event).
+
+    >>> event_columns([{"a": 1}, {"b": 2}])("a")
+    [1, None]
+    """
+    if isinstance(events, ColumnarEvents):
+        return events.column
+    if events and isinstance(events[0], Mapping):
+        return lambda name: [e.get(name) for e in events]
+    return lambda name: [getattr(e, name, None) for e in events]
+
+
+def string_category_fields(spec: FeatureSpec) -> tuple[str, ...]:
+    """The event fields ``spec`` hashes as string categories (what a source may hash ahead).
+
+    >>> spec = FeatureSpec(sparse=(CategoricalSpec("c1", "t", "c1"),
+    ...                            CategoricalSpec("user", "t", "user_id", value_type="int")))
+    >>> string_category_fields(spec)
+    ('c1',)
+    """
+    return tuple(
+        dict.fromkeys(
+            s.field for s in spec.sparse if isinstance(s, CategoricalSpec) and s.value_type == "str"
+        )
+    )
+
+
+def _no_hashes(name: str) -> None:
+    return None
+
+
+def _hashed(events: Sequence[Any]) -> Hashed:
+    """The string hashes a source computed ahead for ``events`` (none for plain events)."""
+    if isinstance(events, ColumnarEvents):
+        return events.string_hashes
+    return _no_hashes
+
+
+def epoch_seconds(values: Sequence[Any], name: str = "timestamp") -> F64:
+    """Seconds since the epoch (UTC) of ISO-8601 strings, aware datetimes or numbers.
+
+    >>> epoch_seconds(["1970-01-01T00:01:00+00:00", "1970-01-01T02:00:00+01:00"]).tolist()
+    [60.0, 3600.0]
+    """
+    if not len(values):
+        return np.empty(0, dtype=np.float64)
+    if any(v is None for v in values):
+        raise FeatureValueError(name, "timestamp", "missing timestamp")
+    first = values[0]
+    try:
+        if isinstance(first, str):
+            parsed = pd.to_datetime(pd.Series(values), utc=True, format="ISO8601")
+            secs = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+            return np.asarray(secs, dtype=np.float64)
+        if isinstance(first, datetime):
+            if any(v.tzinfo is None for v in values):
+                raise FeatureValueError(name, "timezone-aware datetime", "naive datetime")
+            return np.array([v.timestamp() for v in values], dtype=np.float64)
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, FeatureValueError):
+            raise
+        raise FeatureValueError(name, "timestamp", err) from err
+
+
+def numeric(values: Sequence[Any], name: str) -> F64:
+    """Floats, NaN where a value is ``None``."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise FeatureValueError(name, "numeric", err) from err
+
+
+_SECONDS = {"minute_of_day": 60, "hour_of_day": 3600, "hour_of_week": 3600, "day_of_week": 86400}
+_PERIOD = {"minute_of_day": 1440, "hour_of_day": 24, "hour_of_week": 168, "day_of_week": 7}
+_EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0)
+
+
+def time_part(seconds: F64, part: str, width: int = 1) -> I64:
+    """Calendar part of UTC epoch seconds (Monday = day 0), divided by ``width``.
+
+    >>> time_part(np.array([0.0, 3600.0 * 30]), "hour_of_day").tolist()
+    [0, 6]
+    >>> time_part(np.array([0.0]), "day_of_week").tolist()
+    [3]
+    """
+    units = np.floor(seconds / _SECONDS[part]).astype(np.int64)
+    if part in ("day_of_week", "hour_of_week"):
+        units = units + _EPOCH_WEEKDAY * (1 if part == "day_of_week" else 24)
+    out: I64 = (units % _PERIOD[part]) // width
+    return out
+
+
+def bucket_of(x: F64, spec: BucketizeSpec) -> I64:
+    """Bucket number of each value (NaN gets its own bucket ``-2**62``).
+
+    >>> s = BucketizeSpec("b", "t", "x", boundaries=(1.0, 10.0))
+    >>> bucket_of(np.array([0.5, 1.0, 50.0, np.nan]), s).tolist()[:3]
+    [0, 1, 2]
+    """
+    nan = np.isnan(x)
+    if spec.boundaries:
+        b = np.searchsorted(np.asarray(spec.boundaries), np.nan_to_num(x), side="right")
+    else:
+        step = spec.log_step if spec.log_step is not None else 1.0
+        y = np.sign(x) * np.log1p(np.abs(np.nan_to_num(x)))
+        b = np.floor(y / step)
+    out: I64 = np.where(nan, -(1 << 62), np.nan_to_num(b)).astype(np.int64)
+    return out
+
+
+class Featurizer:
+    """Stateful feature computation for one :class:`FeatureSpec` (see the module docstring)."""
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+        self._aggs: dict[str, WindowedAggregate] = {
+            a.name: WindowedAggregate(a.window, a.delay) for a in spec.aggregates
+        }
+        self._std_cols = np.array([d.standardize for d in spec.dense], dtype=np.bool_)
+        self.moments = RunningMoments(int(self._std_cols.sum()))
+        self.events_seen = 0
+        self._strings: dict[str, int] = {}
+        # sparse ids and times of batches seen by sparse_ids(), for their transform() later
+        self._ahead: OrderedDict[int, tuple[Sequence[Any], dict[str, SparseIds], F64 | None]]
+        self._ahead = OrderedDict()
+
+    # -- sparse (stateless) --------------------------------------------------
+    def _feature_ids(
+        self,
+        spec: SparseSpec,
+        col: Column,
+        done: dict[str, SparseIds],
+        times: F64 | None,
+        hashed: Hashed,
+    ) -> SparseIds:
+        salt = spec.salt or spec.name
+        if isinstance(spec, CategoricalSpec):
+            if spec.value_type == "str":
+                bases = hashed(spec.field)  # computed by the source process
+                if bases is not None:
+                    return hash_bases(bases, salt)
+            return hash_column(col(spec.field), spec.value_type, salt, self._strings)
+        if isinstance(spec, CrossSpec):
+            parts = [done[o] for o in spec.of]
+            return cross_ids([p for p in parts if isinstance(p, np.ndarray)], salt)
+        if isinstance(spec, TimePartSpec):
+            assert times is not None
+            return hash_bases(time_part(times, spec.part, spec.width).view(np.uint64), salt)
+        if isinstance(spec, BucketizeSpec):
+            return hash_bases(
+                bucket_of(numeric(col(spec.field), spec.field), spec).view(np.uint64), salt
+            )
+        return self._multi_hot(spec, col)
+
+    def _multi_hot(self, spec: MultiHotSpec, col: Column) -> JaggedIds:
+        lists = [v if v is not None else () for v in col(spec.field)]
+        if spec.max_len is not None:
+            lists = [v[: spec.max_len] for v in lists]
+        lengths = np.fromiter((len(v) for v in lists), dtype=np.int64, count=len(lists))
+        flat = [x for v in lists for x in v]
+        base, _ = base_values(flat, spec.value_type, spec.field, self._strings)
+        return JaggedIds.from_lengths(hash_bases(base, spec.salt or spec.name), lengths)
+
+    def _sparse(self, col: Column, times: F64 | None, hashed: Hashed) -> dict[str, SparseIds]:
+        done: dict[str, SparseIds] = {}
+        for spec in self.spec.sparse:
+            done[spec.name] = self._feature_ids(spec, col, done, times, hashed)
+        out: dict[str, SparseIds] = {}
+        for table in self.spec.tables:
+            names = self.spec.table_features(table)
+            if self.spec.is_jagged(table):
+                out[table] = done[names[0]]
+            else:
+                out[table] = np.stack([done[n] for n in names], axis=1)  # type: ignore[misc]
+        return out
+
+    def sparse_ids(self, events: Sequence[Any]) -> dict[str, I64]:
+        """Sorted unique ids per table of ``events``, without touching any state.
+
+        Sparse ids are a pure function of the events, so for an immutable batch (a tuple or
+        :class:`~pipeline.events.columnar.ColumnarEvents`) they are kept until :meth:`transform`
+        takes that same batch (the last ``AHEAD_KEPT`` batches): a batch looked at ahead for
+        prefetching is not hashed twice.
+        """
+        col = event_columns(events)
+        times = self._times(col) if self._needs_time() else None
+        sparse = self._sparse(col, times, _hashed(events))
+        if isinstance(events, tuple | ColumnarEvents):
+            self._ahead[id(events)] = (events, sparse, times)
+            while len(self._ahead) > AHEAD_KEPT:
+                self._ahead.popitem(last=False)
+        return Batch(np.zeros(0, np.float32), np.zeros((0, 0), np.float32), sparse).unique_ids()
+
+    def _sparse_and_times(
+        self, events: Sequence[Any], col: Column
+    ) -> tuple[dict[str, SparseIds], F64 | None]:
+        kept = self._ahead.pop(id(events), None)
+        if kept is not None and kept[0] is events:
+            return kept[1], kept[2]
+        times = self._times(col) if self._needs_time() else None
+        return self._sparse(col, times, _hashed(events)), times
+
+    # -- dense (stateful) ----------------------------------------------------
+    def _needs_time(self) -> bool:
+        return self.spec.time_field is not None and (
+            bool(self.spec.aggregates) or any(isinstance(s, TimePartSpec) for s in self.spec.sparse)
+        )
+
+    def _times(self, col: Column) -> F64:
+        assert self.spec.time_field is not None
+        return epoch_seconds(col(self.spec.time_field), self.spec.time_field)
+
+    def _entity_keys(self, agg: AggregateSpec, col: Column, memo: dict[str, I64]) -> I64:
+        keys = []
+        for k in agg.key:
+            name = f"{k}:{agg.key_type}"
+            if name not in memo:
+                memo[name] = hash_column(col(k), agg.key_type, "agg/" + k, self._strings)
+            keys.append(memo[name])
+        return keys[0] if len(keys) == 1 else cross_ids(keys, "agg/" + "/".join(agg.key))
+
+    def _aggregate(
+        self,
+        agg: AggregateSpec,
+        col: Column,
+        times: F64,
+        labels: F32,
+        *,
+        update: bool,
+        memo: dict[str, I64],
+    ) -> tuple[WindowStats, F64]:
+        key = self._entity_keys(agg, col, memo)
+        buckets = np.floor(times / agg.bucket_seconds).astype(np.int64)
+        if agg.value is None:
+            values = np.zeros(len(times), dtype=np.float64)
+            valid = None
+        else:
+            if agg.value == self.spec.label:
+                values = labels.astype(np.float64)
+            else:
+                values = numeric(col(agg.value), agg.value)
+            valid = np.isfinite(values)
+        state = self._aggs[agg.name]
+        stats = state.query(key, buckets, values, valid)
+        if update:
+            state.update(key, buckets, values, valid)
+        return stats, values
+
+    @staticmethod
+    def _stat(dense: DenseSpec, stats: WindowStats, x: F64) -> F64:
+        stat = dense.stat
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if stat == "count":
+                return stats.count
+            if stat == "sum":
+                return stats.total
+            if stat in ("mean", "rate"):
+                return stats.mean()
+            if stat == "std":
+                return stats.std()
+            mean = stats.mean()
+            if stat == "log_ratio":
+                out: F64 = np.log1p(np.maximum(x, 0.0)) - np.log1p(np.maximum(mean, 0.0))
+                return out
+            std = stats.std()
+            scale = np.maximum(std, 1e-3 * np.abs(mean) + 1e-6)
+            z: F64 = np.where(stats.count >= 2, (x - mean) / scale, np.nan)
+            return z
+
+    def _dense(self, col: Column, times: F64 | None, labels: F32, update: bool) -> F32:
+        n = len(labels)
+        results: dict[str, tuple[WindowStats, F64]] = {}
+        memo: dict[str, I64] = {}
+        for agg in self.spec.aggregates:
+            assert times is not None
+            results[agg.name] = self._aggregate(agg, col, times, labels, update=update, memo=memo)
+        cols = np.empty((n, len(self.spec.dense)), dtype=np.float64)
+        for j, d in enumerate(self.spec.dense):
+            if d.aggregate is None:
+                assert d.field is not None
+                x = numeric(col(d.field), d.field)
+            else:
+                stats, values = results[d.aggregate]
+                x = self._stat(d, stats, values)
+            x = np.where(np.isfinite(x), x, d.fill)
+            if d.log1p:
+                x = np.log1p(np.maximum(x, 0.0))
+            if d.clip is not None:
+                x = np.clip(x, d.clip[0], d.clip[1])
+            cols[:, j] = x
+        if self._std_cols.any():
+            part = cols[:, self._std_cols]
+            if update:
+                self.moments.update(part)
+            if self.moments.count > 0:
+                cols[:, self._std_cols] = self.moments.standardize(part)
+        return cols.astype(np.float32)
+
+    # -- the batch -----------------------------------------------------------
+    def transform(self, events: Sequence[Any], update: bool = True) -> Batch:
+        """Featurise ``events`` (in time order); with ``update`` also advance the state.
+
+        Every aggregate reads only events before each event (and labels ``delay`` buckets
+        old); running standardisation uses the moments of everything seen including this
+        batch's inputs (never labels).
+        """
+        col = event_columns(events)
+        labels = numeric(col(self.spec.label), self.spec.label).astype(np.float32)
+        sparse, times = self._sparse_and_times(events, col)
+        dense = self._dense(col, times, labels, update)
+        if update:
+            self.events_seen += len(labels)
+        return Batch(
+            labels=labels,
+            dense=dense,
+            sparse=sparse,
+            dense_names=self.spec.dense_names,
+            sparse_names={t: self.spec.table_features(t) for t in self.spec.tables},
+            timestamps=times,
+        )
+
+    # -- checkpoints ---------------------------------------------------------
+    def state_dict(self) -> dict[str, npt.NDArray[np.generic]]:
+        """Return the streaming state as plain named arrays (no pickle)."""
+        out: dict[str, npt.NDArray[np.generic]] = {
+            f"moments.{k}": v for k, v in self.moments.state_dict().items()
+        }
+        for name, agg in self._aggs.items():
+            out.update({f"agg.{name}.{k}": v for k, v in agg.state_dict().items()})
+        out["events_seen"] = np.array([self.events_seen], dtype=np.int64)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, npt.NDArray[np.generic]]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.moments.load_state_dict(
+            {k: np.asarray(state[f"moments.{k}"], np.float64) for k in ("count", "mean", "m2")}
+        )
+        for name, agg in self._aggs.items():
+            agg.load_state_dict({k: state[f"agg.{name}.{k}"] for k in ("keys", "bucket", "stats")})
+        self.events_seen = int(state["events_seen"][0])

@@ -1,0 +1,1 @@
+"""Model versions out: deltas, their Kafka chunks, snapshots, the publisher and its operator."""

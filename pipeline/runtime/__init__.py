@@ -1,0 +1,1 @@
+"""Process-wide set-up shared by every command: logging, GC tuning, secrets."""

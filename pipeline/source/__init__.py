@@ -1,0 +1,1 @@
+"""Events in: the Kafka source, its process and wire, the record reader, consumer lag."""

@@ -1,0 +1,1 @@
+"""Test doubles and harnesses shipped with the package (used by tests and benchmarks)."""

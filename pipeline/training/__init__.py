@@ -1,0 +1,1 @@
+"""Training: models, the online trainer, the one job loop for 1..N ranks, launch, metrics."""

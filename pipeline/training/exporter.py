@@ -1,0 +1,353 @@
+"""Prometheus metrics of one training job, served on ``/metrics`` from a registry of its own.
+
+::
+
+    freshet_events_trained_total             counter    events trained
+    freshet_events_per_second                gauge      over the last ~10 s
+    freshet_prequential_auc                  gauge      cumulative test-then-train AUC
+    freshet_prequential_window_auc           gauge      over the last training.auc_window events
+    freshet_prequential_log_loss             gauge      cumulative
+    freshet_hot_tier_hit_ratio               gauge      ids served without RocksDB, last interval
+    freshet_store_lookups_total{table}       counter    ids looked up
+    freshet_store_cold_reads_total{table}    counter    ids read from RocksDB
+    freshet_store_rows{table,tier}           gauge      hot: DRAM rows; cold: RocksDB estimate
+    freshet_store_version                    gauge      steps completed
+    freshet_dead_letters_total               counter    malformed events sent to the DLQ
+    freshet_consumer_lag                     gauge      Σ end offset - trained position
+    freshet_checkpoint_seconds               histogram  set by the checkpoint operator
+    freshet_publish_seconds                  histogram  set by the publisher
+    freshet_published_version                gauge      last model version published
+
+Everything is read between two training steps, from a step hook (:func:`attach_metrics`).
+Per step it costs a few counter reads. The prequential metrics (a sort of every scored event)
+are refreshed every ``quality_every_s``, or less often as that sort grows: the next refresh
+waits at least 100x the last one's cost, so they take at most 1% of the training thread. The
+cold-row estimate (RocksDB's ``estimate-num-keys``, O(shards)) is refreshed every
+``rows_every_s``, and the lag on a thread of its own every ``lag_every_s``
+(:mod:`pipeline.source.lag`; approximate on tansu).
+
+>>> m = TrainerMetrics(job=None)
+>>> m.observe_checkpoint(0.25)
+>>> b"freshet_checkpoint_seconds_count 1.0" in m.render()
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import start_wsgi_server
+
+from operators.base import Outcome
+from operators.checkpoint.ops import CHECKPOINT_OPERATORS
+from pipeline.source.lag import ConsumerLag
+
+if TYPE_CHECKING:
+    from embedding_store import EmbeddingStore
+    from pipeline.source.kafka import SourceBatch
+    from pipeline.training.job import TrainJob
+    from pipeline.training.trainer import BatchResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9400
+"""The trainer's metrics port in deploy/ (compose, Kubernetes) and the Prometheus config."""
+
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+RATE_WINDOW_S = 10.0
+QUALITY_COST_FACTOR = 100.0  # prequential refreshes take at most 1% of the training thread
+
+
+class TrainerMetrics:
+    """The metrics of ``job`` (a :class:`~pipeline.training.job.TrainJob`).
+
+    ``update()`` reads the job between steps; ``on_batch`` counts trained events (both are
+    registered by :func:`attach_metrics`). ``start_http_server`` serves ``/metrics``. The
+    operators call :meth:`observe_checkpoint` and :meth:`observe_publish`. Constructing does
+    no I/O.
+    """
+
+    def __init__(
+        self,
+        job: TrainJob | None,
+        registry: CollectorRegistry | None = None,
+        *,
+        quality_every_s: float = 5.0,
+        rows_every_s: float = 30.0,
+        lag_every_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.job = job
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.quality_every_s = quality_every_s
+        self.rows_every_s = rows_every_s
+        self.lag_every_s = lag_every_s
+        self.clock = clock
+        r = self.registry
+        self.events_trained = Counter("freshet_events_trained", "events trained", registry=r)
+        self.events_per_second = Gauge(
+            "freshet_events_per_second",
+            f"events trained per second, last {RATE_WINDOW_S:g} s",
+            registry=r,
+        )
+        self.auc = Gauge("freshet_prequential_auc", "cumulative prequential AUC", registry=r)
+        self.window_auc = Gauge(
+            "freshet_prequential_window_auc", "prequential AUC of the last window", registry=r
+        )
+        self.log_loss = Gauge(
+            "freshet_prequential_log_loss", "cumulative prequential log loss", registry=r
+        )
+        self.hit_ratio = Gauge(
+            "freshet_hot_tier_hit_ratio",
+            "ids looked up without a RocksDB read, since the previous refresh",
+            registry=r,
+        )
+        self.lookups = Counter("freshet_store_lookups", "ids looked up", ["table"], registry=r)
+        self.cold_reads = Counter(
+            "freshet_store_cold_reads", "ids read from RocksDB", ["table"], registry=r
+        )
+        self.rows = Gauge(
+            "freshet_store_rows",
+            "rows per table and tier (cold: estimate)",
+            ["table", "tier"],
+            registry=r,
+        )
+        self.version = Gauge("freshet_store_version", "store steps completed", registry=r)
+        self.dead_letters = Counter(
+            "freshet_dead_letters", "malformed events sent to the dead-letter topic", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "freshet_consumer_lag",
+            "sum over partitions of end offset minus trained position (approximate on tansu)",
+            registry=r,
+        )
+        self.consumer_lag.set(math.nan)
+        self.checkpoint_seconds = Histogram(
+            "freshet_checkpoint_seconds",
+            "checkpoint duration",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.publish_seconds = Histogram(
+            "freshet_publish_seconds", "publish duration", buckets=DURATION_BUCKETS, registry=r
+        )
+        self.published_version = Gauge(
+            "freshet_published_version", "last model version published", registry=r
+        )
+        self.total_events = 0
+        self._rate_samples: deque[tuple[float, int]] = deque()
+        self._next_quality = -math.inf
+        self._last_rows = -math.inf
+        self._seen: dict[str, tuple[int, int]] = {}  # table -> (lookups, cold reads) counted
+        self._dead_seen = 0
+        self._reports_seen = 0
+        self._published_seen = 0
+        self.port: int | None = None  # bound by start_http_server
+        self._server: WSGIServer | None = None
+        self._lag: ConsumerLag | None = None
+
+    # -- serving -------------------------------------------------------------
+    def start_http_server(self, port: int, addr: str = "127.0.0.1") -> int:
+        """Serve ``/metrics`` on ``addr:port`` (0: a free port); returns the port bound."""
+        if self._server is None:
+            self._server, _ = start_wsgi_server(port, addr, registry=self.registry)
+            self.port = int(self._server.server_port)
+        return int(self._server.server_port)
+
+    def start_lag(self) -> None:
+        """Start measuring the consumer lag of the job's source every ``lag_every_s``."""
+        if self._lag is not None or self.job is None:
+            return
+        src = self.job.config.source
+        self._lag = ConsumerLag(
+            list(src.bootstrap_servers),
+            self._positions,
+            self.consumer_lag.set,
+            every_s=self.lag_every_s,
+            client_config=src.security.client_config(),
+        ).start()
+
+    def _positions(self) -> dict[tuple[str, int], int]:
+        source = self.job.source if self.job is not None else None
+        return source.snapshot() if source is not None else {}
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition, as ``/metrics`` serves it."""
+        return generate_latest(self.registry)
+
+    def close(self) -> None:
+        """Stop the HTTP server and the lag thread (idempotent)."""
+        if self._lag is not None:
+            self._lag.close()
+            self._lag = None
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> TrainerMetrics:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- set by operators ----------------------------------------------------
+    def observe_checkpoint(self, seconds: float) -> None:
+        """Record one checkpoint's duration."""
+        self.checkpoint_seconds.observe(seconds)
+
+    def observe_publish(self, seconds: float, version: int | None = None) -> None:
+        """Record one publish's duration and the model version it published."""
+        self.publish_seconds.observe(seconds)
+        if version is not None:
+            self.published_version.set(version)
+
+    # -- hooks ---------------------------------------------------------------
+    def on_batch(self, batch: SourceBatch, result: BatchResult | None = None) -> None:
+        """Count a trained batch's events (a :attr:`TrainJob.batch_hooks` entry)."""
+        n = len(batch.events)
+        self.total_events += n
+        self.events_trained.inc(n)
+
+    def update(self, job: TrainJob | None = None, force: bool = False) -> None:
+        """Refresh from the job between two steps (a :attr:`TrainJob.step_hooks` entry).
+
+        ``force`` refreshes the throttled metrics (prequential, cold rows) now.
+        """
+        job = job if job is not None else self.job
+        if job is None:
+            return
+        now = self.clock()
+        self._update_rate(now)
+        store = job.store
+        if store is not None:
+            self.version.set(store.version)
+        source = job.source
+        if source is not None:
+            dead = source.dead_letters
+            if dead < self._dead_seen:  # a new source (run) counts from zero again
+                self._dead_seen = 0
+            self.dead_letters.inc(dead - self._dead_seen)
+            self._dead_seen = dead
+        self._update_operators(job)
+        if force or now >= self._next_quality:
+            self._update_quality(job)
+            cost = self.clock() - now
+            self._next_quality = now + max(self.quality_every_s, QUALITY_COST_FACTOR * cost)
+        if store is not None and (force or now - self._last_rows >= self.rows_every_s):
+            self._last_rows = now
+            for table in store.tables:
+                self.rows.labels(table=table.name, tier="cold").set(
+                    estimate_cold_rows(store, table.name)
+                )
+
+    def _update_operators(self, job: TrainJob) -> None:
+        """Checkpoint durations and published versions from the job's operators, if any."""
+        ops = getattr(job, "operators", None)
+        if ops is None:
+            return
+        count = int(getattr(ops, "report_count", 0))
+        new = count - self._reports_seen if count >= self._reports_seen else count
+        if new:
+            reports = list(ops.reports)
+            for report in reports[max(0, len(reports) - new) :]:
+                if report.operator in CHECKPOINT_OPERATORS and report.outcome in (
+                    Outcome.DONE,
+                    Outcome.SUBMITTED,
+                ):
+                    self.observe_checkpoint(report.seconds)
+            self._reports_seen = count
+        publish = getattr(ops, "delta_publish", None)
+        if publish is not None and publish.published != self._published_seen:
+            self._published_seen = publish.published
+            last = publish.last_report
+            if last is not None:
+                self.observe_publish(last.seconds, last.version)
+
+    def _update_rate(self, now: float) -> None:
+        samples = self._rate_samples
+        samples.append((now, self.total_events))
+        while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW_S:
+            samples.popleft()
+        t0, n0 = samples[0]
+        if now > t0:
+            self.events_per_second.set((self.total_events - n0) / (now - t0))
+
+    def _update_quality(self, job: TrainJob) -> None:
+        trainer, store = job.trainer, job.store
+        if trainer is not None:
+            m = trainer.metrics
+            self.auc.set(m.auc())
+            self.window_auc.set(m.window_auc())
+            self.log_loss.set(m.log_loss())
+        if store is None:
+            return
+        lookups = cold = 0
+        for table in store.tables:
+            stats = store.stats(table.name)
+            self.rows.labels(table=table.name, tier="hot").set(stats.hot_rows)
+            seen_lookups, seen_cold = self._seen.get(table.name, (0, 0))
+            if stats.lookups < seen_lookups:  # a reopened store counts from zero
+                seen_lookups = seen_cold = 0
+            self.lookups.labels(table=table.name).inc(stats.lookups - seen_lookups)
+            self.cold_reads.labels(table=table.name).inc(stats.cold_reads - seen_cold)
+            lookups += stats.lookups - seen_lookups
+            cold += stats.cold_reads - seen_cold
+            self._seen[table.name] = (stats.lookups, stats.cold_reads)
+        if lookups:
+            self.hit_ratio.set(max(0.0, 1.0 - cold / lookups))
+
+
+def estimate_cold_rows(store: EmbeddingStore, table: str) -> int:
+    """RocksDB's estimate of ``table``'s cold rows, summed over shards: O(shards), not O(rows).
+
+    Exact for a store without deletes that RocksDB has not compacted; ``freshet inspect``
+    counts exactly.
+    """
+    from embedding_store.rocks import table_cf
+
+    total = 0
+    for shard_table in store._shard_tables(table):  # no public per-shard accessor yet
+        cf: Any = shard_table.cold.shard.cf(table_cf(table))
+        total += int(cf.property_int_value("rocksdb.estimate-num-keys") or 0)
+    return total
+
+
+def attach_metrics(
+    job: TrainJob,
+    port: int | None,
+    addr: str = "127.0.0.1",
+    *,
+    quality_every_s: float = 5.0,
+    rows_every_s: float = 30.0,
+    lag_every_s: float = 10.0,
+) -> TrainerMetrics:
+    """Export ``job``'s metrics: register the hooks, serve ``/metrics``, measure the lag.
+
+    ``port=None`` registers the hooks only (no server, no lag thread); ``0`` picks a free port,
+    read back as ``metrics.port``. The intervals are :class:`TrainerMetrics`'s. Call
+    ``metrics.close()`` when the job is done (or use the result as a context manager).
+    """
+    metrics = TrainerMetrics(
+        job, quality_every_s=quality_every_s, rows_every_s=rows_every_s, lag_every_s=lag_every_s
+    )
+    job.step_hooks.append(metrics.update)
+    job.batch_hooks.append(metrics.on_batch)
+    if port is not None:
+        metrics.start_http_server(port, addr)
+        log.info("trainer metrics on http://%s:%d/metrics", addr, metrics.port)
+        metrics.start_lag()
+    return metrics

@@ -1,0 +1,131 @@
+"""Start N local ranks of the distributed job, torchrun-style, and wait for them.
+
+``freshet train --nproc N`` calls :func:`launch`. Each rank is a ``python -m
+pipeline.training.distributed_job`` process with the environment torchrun would give it::
+
+    launch(config, nproc=2)
+      ├─ rank 0: MASTER_ADDR=127.0.0.1 MASTER_PORT=<free> RANK=0 LOCAL_RANK=0 WORLD_SIZE=2
+      └─ rank 1: MASTER_ADDR=127.0.0.1 MASTER_PORT=<free> RANK=1 LOCAL_RANK=1 WORLD_SIZE=2
+    the first rank to fail (or a SIGINT/SIGTERM here) stops the others; the exit status is
+    the first failure's, else 0
+
+The same job runs under torchrun itself:
+``torchrun --nproc-per-node N -m pipeline.training.distributed_job --config FILE``.
+
+>>> rank_environment(1, 2, 29500)["RANK"], rank_environment(1, 2, 29500)["WORLD_SIZE"]
+('1', '2')
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from types import FrameType
+
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MODULE = "pipeline.training.distributed_job"
+_STOP_GRACE_S = 20.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for the rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def rank_environment(
+    rank: int, world: int, port: int, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of local rank ``rank`` of ``world`` (what torchrun sets)."""
+    env = dict(os.environ if base is None else base)
+    env.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+        GROUP_RANK="0",
+    )
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))
+    return env
+
+
+def launch(
+    config_path: str,
+    nproc: int,
+    extra_args: Sequence[str] = (),
+    python: str = sys.executable,
+) -> int:
+    """Run ``nproc`` ranks of the job on ``config_path`` here; returns the exit status.
+
+    ``extra_args`` go to every rank (``--max-events``, ``--idle-timeout``,
+    ``--checkpoint-dir``, ``--checkpoint-every``, ``--restore``).
+    """
+    if nproc < 1:
+        raise ConfigError("nproc", f"must be at least 1, got {nproc}")
+    port = free_port()
+    cmd = [python, "-m", MODULE, "--config", config_path, *extra_args]
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in previous:
+            signal.signal(s, forward)
+    except ValueError:  # not the main thread: no forwarding
+        previous = {}
+    try:
+        for rank in range(nproc):
+            procs.append(subprocess.Popen(cmd, env=rank_environment(rank, nproc, port)))
+        log.info("launched %d ranks of %s (rendezvous 127.0.0.1:%d)", nproc, MODULE, port)
+        return _wait(procs)
+    finally:
+        _terminate(procs)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _wait(procs: list[subprocess.Popen[bytes]]) -> int:
+    """Wait for every rank; the first failure stops the rest and is returned."""
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [(rank, c) for rank, c in enumerate(codes) if c not in (None, 0)]
+        if failed:
+            rank, code = failed[0]
+            log.error("rank %d exited with status %d; stopping the other ranks", rank, code)
+            _terminate(procs)
+            return int(code or 1)
+        if all(c == 0 for c in codes):
+            return 0
+        time.sleep(0.1)
+
+
+def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + _STOP_GRACE_S
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

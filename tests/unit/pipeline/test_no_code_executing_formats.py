@@ -1,0 +1,73 @@
+"""Nothing executable crosses a process boundary (DESIGN decision 5): no pickle anywhere.
+
+Scans the source of every package with the ast: no import of pickle-family modules, no
+``torch.load``/``torch.save`` (pickle underneath), no ``np.load`` without
+``allow_pickle=False`` and no ``allow_pickle=True``, no ``eval``/``exec``, and YAML only through
+``yaml.safe_load`` (no ``yaml.load``/``unsafe_load``/``full_load``, which build Python
+objects from tags). Deleting a guard makes this fail.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+PACKAGES = ("embedding_store", "pipeline", "operators", "configs")
+BANNED_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve", "joblib"}
+
+
+def sources() -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py"))
+
+
+def problems(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [
+                f"imports {a.name}" for a in node.names if a.name.split(".")[0] in BANNED_MODULES
+            ]
+        elif (
+            isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in BANNED_MODULES
+        ):
+            out.append(f"imports from {node.module}")
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("eval", "exec")
+        ):
+            out.append(f"line {node.lineno}: calls {node.func.id}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            name = f"{owner.id}.{node.func.attr}" if isinstance(owner, ast.Name) else ""
+            kw = {k.arg: k.value for k in node.keywords}
+            if name in ("torch.load", "torch.save"):
+                out.append(f"calls {name} (pickle)")
+            if name in ("yaml.load", "yaml.unsafe_load", "yaml.full_load", "yaml.load_all"):
+                out.append(f"line {node.lineno}: {name} (builds objects from tags)")
+            if name in ("np.load", "numpy.load"):
+                guard = kw.get("allow_pickle")
+                if not (isinstance(guard, ast.Constant) and guard.value is False):
+                    out.append(f"line {node.lineno}: np.load without allow_pickle=False")
+            allow = kw.get("allow_pickle")
+            if isinstance(allow, ast.Constant) and allow.value is True:
+                out.append(f"line {node.lineno}: allow_pickle=True")
+    return out
+
+
+def test_the_scan_finds_a_planted_pickle(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "import pickle\nimport numpy as np\nimport yaml\nx = np.load('f.npy')\n"
+        "y = yaml.load(open('c'))\nz = eval('1')\n"
+    )
+    assert len(problems(bad)) == 4
+
+
+@pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_pickle(path: Path) -> None:
+    assert problems(path) == []
