@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -54,9 +54,7 @@ from pipeline.features.spec import (
     SparseSpec,
     TimePartSpec,
 )
-
-if TYPE_CHECKING:
-    from pipeline.training.models import ModelSpec
+from pipeline.training.models import DenseOptimizerSpec, ModelSpec
 
 Name = Annotated[
     str,
@@ -327,8 +325,6 @@ class ModelConfig(_Section):
 
     def to_spec(self) -> ModelSpec:
         """Build the frozen spec the model builders take."""
-        from pipeline.training.models import DenseOptimizerSpec, ModelSpec
-
         do = self.dense_optimizer
         return ModelSpec(
             kind=self.type,

@@ -23,7 +23,14 @@ _M2 = np.uint64(0x94D049BB133111EB)
 
 
 def splitmix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """The splitmix64 finaliser, vectorised (wrapping uint64 arithmetic)."""
+    """The splitmix64 finaliser, vectorised (wrapping uint64 arithmetic).
+
+    The one copy: feature hashing (``pipeline.features.hashing``) and the synthetic
+    generators use it too.
+
+    >>> int(splitmix64(np.array([0], dtype=np.uint64))[0])
+    16294208416658607535
+    """
     with np.errstate(over="ignore"):
         z = x + _GOLDEN
         z = (z ^ (z >> np.uint64(30))) * _M1

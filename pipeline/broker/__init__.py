@@ -1,1 +1,1 @@
-"""The embedded Kafka-protocol broker for development and tests, and topic creation."""
+"""Kafka connectivity: the embedded dev broker, topic creation, client security options."""

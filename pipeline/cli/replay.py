@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.broker.embedded import ensure_topics
 from pipeline.errors import PipelineError
 from pipeline.events.formats import FileFormat, detect_format, read_messages, read_records
 from pipeline.events.replay import Message, keyed_by_field, keyed_by_index, replay
@@ -98,8 +99,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.partitions is not None:
-            from pipeline.broker.embedded import ensure_topics
-
             ensure_topics(args.bootstrap, {args.topic: args.partitions})
         messages, total = _messages(args)
         if args.limit is not None:

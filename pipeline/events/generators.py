@@ -36,8 +36,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from embedding_store.initializers import splitmix64
 from pipeline.errors import UnknownEventKindError
-from pipeline.features.hashing import splitmix64
 
 __all__ = ["CtrSimulation", "TransactionSimulation", "generate", "zipf_sampler"]
 

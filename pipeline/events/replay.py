@@ -24,8 +24,8 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from pipeline.broker.security import security_options
 from pipeline.errors import ConfigError, ReplayError
-from pipeline.source.kafka import security_options
 
 __all__ = ["Message", "encode_value", "keyed_by_field", "keyed_by_index", "replay"]
 

@@ -34,34 +34,18 @@ import numpy.typing as npt
 import pandas as pd
 from pandas._libs.hashtable import PyObjectHashTable
 
+from embedding_store.initializers import splitmix64
 from pipeline.features.errors import FeatureValueError
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 ValueType = Literal["int", "str"]
 
-_GOLDEN: Final = np.uint64(0x9E3779B97F4A7C15)
-_M1: Final = np.uint64(0xBF58476D1CE4E5B9)
-_M2: Final = np.uint64(0x94D049BB133111EB)
 MISSING_BASE: Final = np.uint64(0x6D15_5106_0000_0001)
 """The base of a missing (``None``) value: hashed with the salt like any other value."""
 
 CACHE_LIMIT: Final = 1 << 20
 """A string cache (see :func:`base_values`) is emptied when it grows past this many entries."""
-
-
-def splitmix64(x: U64) -> U64:
-    """Apply the splitmix64 finaliser, vectorised (wrapping uint64 arithmetic).
-
-    >>> int(splitmix64(np.array([0], dtype=np.uint64))[0])
-    16294208416658607535
-    """
-    with np.errstate(over="ignore"):
-        z = x + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        out: U64 = z ^ (z >> np.uint64(31))
-        return out
 
 
 def blake2b64(text: str) -> int:

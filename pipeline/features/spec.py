@@ -29,10 +29,8 @@ as a :class:`FeatureSpec`. A spec maps event fields to:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Literal, TypeAlias
 
 from pipeline.features.errors import FeatureSpecError
 from pipeline.features.hashing import ValueType
@@ -227,17 +225,3 @@ class FeatureSpec:
     def dense_names(self) -> tuple[str, ...]:
         """Names of the dense columns, in order."""
         return tuple(d.name for d in self.dense)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> FeatureSpec:
-        """Read the ``features:`` section of a YAML file (validated by :mod:`configs.features`)."""
-        from configs.features import load_feature_spec
-
-        return load_feature_spec(path)
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> FeatureSpec:
-        """Validate a ``features:`` mapping (as parsed from YAML or JSON) into a spec."""
-        from configs.features import FeaturesConfig
-
-        return FeaturesConfig.model_validate(dict(raw)).to_spec()

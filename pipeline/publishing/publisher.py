@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from embedding_store import EmbeddingStore
+from pipeline.broker.embedded import ensure_topics
 from pipeline.publishing.array_patch import AnyArray, ArrayUpdate, diff
 from pipeline.publishing.chunks import Signer, encode_chunks, highest_version
 from pipeline.publishing.delta import ModelDelta, TableDelta, state_arrays
@@ -126,8 +127,6 @@ class KafkaDeltaSink:
         """Connect the producer (creating the topic with one partition if it is missing)."""
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
-
-        from pipeline.broker.embedded import ensure_topics
 
         ensure_topics(self.bootstrap, {self.topic: 1}, client_config=self.client_config)
         try:

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.broker.embedded import ensure_topics
 from pipeline.publishing.chunks import ChunkAssembler, Signer
 from pipeline.publishing.delta import F32, ModelDelta
 from pipeline.publishing.errors import (
@@ -158,8 +159,6 @@ class KafkaDeltaSource:
     def open(self) -> KafkaDeltaSource:
         """Create the topic if missing, connect, assign the partition."""
         from kafka import KafkaConsumer, TopicPartition
-
-        from pipeline.broker.embedded import ensure_topics
 
         ensure_topics(self.bootstrap, {self.topic: 1}, client_config=self.client_config)
         self._consumer = KafkaConsumer(

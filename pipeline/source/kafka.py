@@ -63,6 +63,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.structs import OffsetAndMetadata
 
 from pipeline.broker.embedded import ensure_topics
+from pipeline.broker.security import security_options
 from pipeline.errors import BrokerError, ConfigError, DecodeError, SourceError, SourceStateError
 from pipeline.events.fast_decode import FastDecoder
 from pipeline.events.kinds import EVENT_KINDS, Event
@@ -105,25 +106,6 @@ def dead_letter_topic_for(topic: str, configured: str | None = None) -> str:
     'clicks.dlq'
     """
     return configured if configured is not None else topic + DEAD_LETTER_SUFFIX
-
-
-def security_options(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Check that ``config`` only holds kafka-python security options and return a copy.
-
-    Allowed: ``security_protocol`` and any ``sasl_*`` or ``ssl_*`` option; anything else raises
-    :class:`~pipeline.errors.ConfigError` (tuning is the source's job, not the caller's).
-
-    >>> security_options({"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN"})
-    {'security_protocol': 'SASL_SSL', 'sasl_mechanism': 'PLAIN'}
-    """
-    bad = sorted(
-        k for k in config if k != "security_protocol" and not k.startswith(("sasl_", "ssl_"))
-    )
-    if bad:
-        raise ConfigError(
-            "client_config", f"only security_protocol, sasl_* and ssl_* pass through; got {bad}"
-        )
-    return dict(config)
 
 
 class Assignment(StrEnum):

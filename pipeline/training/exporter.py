@@ -46,6 +46,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import start_wsgi_server
 
+from embedding_store.rocks import table_cf
 from operators.base import Outcome
 from operators.checkpoint.ops import CHECKPOINT_OPERATORS
 from pipeline.source.lag import ConsumerLag
@@ -317,8 +318,6 @@ def estimate_cold_rows(store: EmbeddingStore, table: str) -> int:
     Exact for a store without deletes that RocksDB has not compacted; ``freshet inspect``
     counts exactly.
     """
-    from embedding_store.rocks import table_cf
-
     total = 0
     for shard_table in store._shard_tables(table):  # no public per-shard accessor yet
         cf: Any = shard_table.cold.shard.cf(table_cf(table))

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.prequential import CRITEO, FRAUD, load_criteo, load_fraud, run_stream
-from configs.features import load_model_spec
-from pipeline.features.spec import FeatureSpec
+from configs.features import load_feature_spec, load_model_spec
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.integration
 def test_criteo_prequential_auc(shared_data: Path) -> None:
     events = load_criteo(shared_data / "criteo" / "train.txt")
     assert len(events) == 1999
-    features = FeatureSpec.from_yaml(CRITEO.config)
+    features = load_feature_spec(CRITEO.config)
     got = {
         role: run_stream(
             events,
@@ -52,7 +51,7 @@ def test_fraud_prequential_auc_model_beats_baseline(shared_data: Path) -> None:
         "amount",
         "label",
     }
-    features = FeatureSpec.from_yaml(FRAUD.config)
+    features = load_feature_spec(FRAUD.config)
     got = {
         role: run_stream(
             events,

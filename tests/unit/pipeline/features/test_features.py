@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from configs.features import FeaturesConfig, ModelConfig, load_model_spec
+from configs.features import FeaturesConfig, ModelConfig, load_feature_spec, load_model_spec
 from pipeline.features.aggregates import WindowedAggregate
 from pipeline.features.errors import FeatureSpecError, FeatureValueError
 from pipeline.features.featurizer import (
@@ -176,7 +176,7 @@ def test_featurizer_grids_jagged_and_crosses() -> None:
 
 
 def test_objects_with_attributes_and_datetimes_give_the_same_batch_as_dicts() -> None:
-    spec = FeatureSpec.from_yaml(REPO / "configs" / "fraud.yaml")
+    spec = load_feature_spec(REPO / "configs" / "fraud.yaml")
     dicts = [
         {
             "transaction_id": i,
@@ -347,7 +347,7 @@ def test_windowed_aggregate_matches_brute_force_for_any_batching(
 
 
 def test_sparse_ids_and_peeks_leave_state_alone_and_state_round_trips() -> None:
-    spec = FeatureSpec.from_yaml(REPO / "configs" / "fraud.yaml")
+    spec = load_feature_spec(REPO / "configs" / "fraud.yaml")
     rng = np.random.default_rng(0)
     events = [
         {
@@ -382,14 +382,14 @@ def test_sparse_ids_and_peeks_leave_state_alone_and_state_round_trips() -> None:
 
 @pytest.mark.parametrize("name", ["fraud.yaml", "ctr.yaml"])
 def test_shipped_configs_load(name: str) -> None:
-    spec = FeatureSpec.from_yaml(REPO / "configs" / name)
+    spec = load_feature_spec(REPO / "configs" / name)
     assert spec.tables
     assert load_model_spec(REPO / "configs" / name).kind == "deepfm"
     assert load_model_spec(REPO / "configs" / name, "baseline").kind == "logistic"
 
 
 def test_fraud_config_never_reads_the_scenario_and_delays_label_aggregates() -> None:
-    spec = FeatureSpec.from_yaml(REPO / "configs" / "fraud.yaml")
+    spec = load_feature_spec(REPO / "configs" / "fraud.yaml")
     fields = {getattr(s, "field", None) for s in spec.sparse}
     fields |= {d.field for d in spec.dense}
     fields |= {k for a in spec.aggregates for k in (*a.key, a.value)}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from configs.features import FeaturesConfig, load_feature_spec
 from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig
 from pipeline.events.generators import generate
 from pipeline.events.kinds import decode
@@ -27,8 +28,8 @@ from pipeline.training.prequential import auc
 from pipeline.training.trainer import OnlineTrainer
 
 REPO = Path(__file__).resolve().parents[4]
-FRAUD = FeatureSpec.from_yaml(REPO / "configs" / "fraud.yaml")
-CTR = FeatureSpec.from_yaml(REPO / "configs" / "ctr.yaml")
+FRAUD = load_feature_spec(REPO / "configs" / "fraud.yaml")
+CTR = load_feature_spec(REPO / "configs" / "ctr.yaml")
 
 
 def make_trainer(
@@ -173,9 +174,9 @@ def test_training_needs_labels(tmp_path: Path) -> None:
 
 def test_sum_reduction_gives_each_event_its_full_gradient(tmp_path: Path) -> None:
     """With SGD, a mean loss moves a shared weight B times less than a summed one."""
-    features = FeatureSpec.from_dict(
+    features = FeaturesConfig.model_validate(
         {"sparse": [{"type": "categorical", "name": "a", "table": "t", "field": "a"}]}
-    )
+    ).to_spec()
     events = [{"a": "x", "label": 1}] * 8
     spec = ModelSpec(kind="logistic", linear_optimizer=OptimizerConfig("sgd", lr=0.1))
     moved = {}
