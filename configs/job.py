@@ -172,15 +172,36 @@ class StoreSection(_Section):
     )
 
     sst: SstSection = Field(default_factory=SstSection, description="RocksDB file layout")
+    slab_rows: int | None = Field(
+        default=None,
+        ge=1,
+        le=1 << 40,
+        description=(
+            "slab (SSD) tier between DRAM and RocksDB, per table in rows (none: no slab); "
+            "a cache rebuilt from RocksDB, its files discarded at every start"
+        ),
+    )
+    slab_path: str | None = Field(
+        default=None, max_length=4096, description="directory of slab files (none: <path>/slab)"
+    )
+    slab_resident_mb: int | None = Field(
+        default=None,
+        ge=1,
+        le=1 << 20,
+        description="slab pages mapped per shard-table before they are handed back (none: no cap)",
+    )
 
     def rocks_options(self) -> dict[str, Any]:
-        """``StoreConfig`` keyword arguments for RocksDB: its memory bounds and file layout.
+        """``StoreConfig`` keyword arguments for the tiers below DRAM: RocksDB's and the slab's.
 
         >>> StoreSection().rocks_options()["memtable_budget_bytes"] >> 20
         64
         """
         budget = self.memtable_budget_mb
+        resident = self.slab_resident_mb
         return {
+            "slab_path": self.slab_path,
+            "slab_resident_bytes": None if resident is None else resident << 20,
             "write_buffer_bytes": self.write_buffer_mb << 20,
             "block_cache_bytes": self.block_cache_mb << 20,
             "memtable_budget_bytes": None if budget is None else budget << 20,
@@ -213,9 +234,11 @@ class StoreSection(_Section):
 
         >>> StoreSection(hot_rows=10, expire_after_steps=5).table_overrides()
         {'admit_after': 1, 'expire_after_steps': 5, 'hot_rows': 10}
+        >>> StoreSection(hot_rows=10, slab_rows=90).table_overrides()["slab_rows"]
+        90
         """
         out: dict[str, Any] = {"admit_after": self.admit_after}
-        for key in ("expire_after_steps", "expire_after_seconds", "hot_rows"):
+        for key in ("expire_after_steps", "expire_after_seconds", "hot_rows", "slab_rows"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value

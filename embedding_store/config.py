@@ -76,7 +76,9 @@ class TableConfig:
     ``[-init_scale, init_scale]``. ``hot_rows`` bounds the DRAM tier (all shards together;
     ``None`` keeps every row in DRAM). An id gets a row after ``admit_after`` sightings;
     rows not seen for ``expire_after_steps`` steps or ``expire_after_seconds`` seconds may
-    be expired by :meth:`EmbeddingStore.expire`.
+    be expired by :meth:`EmbeddingStore.expire`. ``slab_rows``/``slab_bytes`` give the table a
+    slab (SSD) tier between DRAM and RocksDB of that many rows (all shards together; the
+    tighter of the two): ``None`` for both, the default, means no slab.
     """
 
     name: str
@@ -90,6 +92,8 @@ class TableConfig:
     unadmitted: Unadmitted = Unadmitted.INITIAL
     expire_after_steps: int | None = None
     expire_after_seconds: float | None = None
+    slab_rows: int | None = None
+    slab_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -100,6 +104,10 @@ class TableConfig:
             raise ConfigError(f"table {self.name!r}: hot_rows must be >= 0")
         if self.hot_bytes is not None and self.hot_bytes < 0:
             raise ConfigError(f"table {self.name!r}: hot_bytes must be >= 0")
+        for name in ("slab_rows", "slab_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"table {self.name!r}: {name} must be >= 1 or None, got {value}")
         if self.admit_after < 1:
             raise ConfigError(f"table {self.name!r}: admit_after must be >= 1")
         if self.init_scale < 0:
@@ -115,6 +123,17 @@ class TableConfig:
         budgets = [b for b in (self.hot_rows,) if b is not None]
         if self.hot_bytes is not None:
             budgets.append(self.hot_bytes // max(row_bytes, 1))
+        return min(budgets) if budgets else None
+
+    def slab_budget_rows(self, row_bytes: int) -> int | None:
+        """The slab budget in rows (the tighter of ``slab_rows`` and ``slab_bytes``), or None.
+
+        >>> TableConfig("t", dim=4, slab_rows=1000, slab_bytes=2600).slab_budget_rows(52)
+        50
+        """
+        budgets = [b for b in (self.slab_rows,) if b is not None]
+        if self.slab_bytes is not None:
+            budgets.append(max(self.slab_bytes // max(row_bytes, 1), 1))
         return min(budgets) if budgets else None
 
     def schema(self) -> dict[str, object]:
@@ -196,6 +215,8 @@ class StoreConfig:
     block_cache_bytes: int = 32 << 20
     memtable_budget_bytes: int | None = 64 << 20
     sst: SstConfig = field(default_factory=SstConfig)
+    slab_path: str | None = None
+    slab_resident_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_shards <= 1024:
@@ -215,6 +236,19 @@ class StoreConfig:
             raise ConfigError(
                 f"memtable_budget_bytes must be >= 1 MiB or None, got {self.memtable_budget_bytes}"
             )
+
+        if self.slab_resident_bytes is not None and self.slab_resident_bytes < 1 << 16:
+            raise ConfigError(
+                f"slab_resident_bytes must be >= 64 KiB or None, got {self.slab_resident_bytes}"
+            )
+
+    def slab_dir(self) -> str:
+        """Where slab files live.
+
+        >>> StoreConfig("/data/s", ()).slab_dir()
+        '/data/s/slab'
+        """
+        return self.slab_path if self.slab_path is not None else f"{self.path}/slab"
 
     def table(self, name: str) -> TableConfig:
         """The table called ``name``."""

@@ -84,3 +84,14 @@ class StorageError(EmbeddingStoreError, OSError):
 
 class ConfigError(EmbeddingStoreError, ValueError):
     """A table or store configuration value is out of range."""
+
+
+class SlabFullError(EmbeddingStoreError, RuntimeError):
+    """Rows were put into a slab tier that has no free slots left for them."""
+
+    def __init__(self, path: str, wanted: int, free: int) -> None:
+        self.path = path
+        super().__init__(
+            f"slab tier at {path!r} is full: {wanted} new rows, {free} free slots "
+            "(a SlabChain demotes rows to RocksDB to make room; a bare SlabTier does not)"
+        )

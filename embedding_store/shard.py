@@ -22,7 +22,7 @@ LFU counts age lazily: a row's effective count is ``freq * decay ** (epoch_now -
 
 >>> import tempfile, numpy as np
 >>> from embedding_store.config import TableConfig
->>> from embedding_store.rocks import RocksShard
+>>> from embedding_store.rocks import RocksShard, RocksTier
 >>> with tempfile.TemporaryDirectory() as d:
 ...     db = RocksShard(d, ["t"]); db.open()
 ...     shard = ShardTable(TableConfig("t", dim=2), db, budget_rows=1, decay=0.5)
@@ -43,12 +43,14 @@ import numpy as np
 import numpy.typing as npt
 
 from embedding_store import optimizers
+from embedding_store.chain import SlabChain
 from embedding_store.config import TableConfig, Unadmitted
 from embedding_store.dram import DramTier
 from embedding_store.index import SlotIndex
 from embedding_store.initializers import initial_values
-from embedding_store.rocks import RocksShard
+from embedding_store.rocks import RocksShard, RocksTier
 from embedding_store.rows import RowLayout
+from embedding_store.slab import SlabTier
 from embedding_store.tier import RowBlock
 from embedding_store.types import FloatArray, IdArray, SlotArray
 
@@ -91,15 +93,27 @@ class ShardCounters:
 
 
 class ShardTable:
-    """Hot over cold tier for one table in one shard. Every public method takes the lock."""
+    """Hot over cold tier for one table in one shard. Every public method takes the lock.
+
+    With an open ``slab``, the cold tier is a :class:`~embedding_store.chain.SlabChain`
+    (slab over RocksDB, LFU between them by this table's aged counts).
+    """
 
     def __init__(
-        self, table: TableConfig, db: RocksShard, budget_rows: int | None, decay: float
+        self,
+        table: TableConfig,
+        db: RocksShard,
+        budget_rows: int | None,
+        decay: float,
+        slab: SlabTier | None = None,
     ) -> None:
         self.table = table
         self.layout = RowLayout(table.dim, table.state_dim)
         self.hot = DramTier(self.layout)
-        self.cold = db.tier(table.name, self.layout)
+        rocks = db.tier(table.name, self.layout)
+        self.cold: RocksTier | SlabChain = (
+            rocks if slab is None else SlabChain(slab, rocks, lambda: (self.epoch, decay))
+        )
         self.budget_rows = budget_rows
         self.decay = np.float32(decay)
         self.epoch = 0
@@ -345,6 +359,8 @@ class ShardTable:
             live = self.hot.live_slots()
             before = self.counters.written_back
             self._write_back(live)
+            if isinstance(self.cold, SlabChain):
+                self.cold.flush()  # the slab is a cache: what must last goes to RocksDB
             return self.counters.written_back - before
 
     def demote(self, n: int) -> int:
@@ -402,6 +418,8 @@ class ShardTable:
             if len(promote):
                 found, rows = self.cold.get(promote)
                 self.hot.insert(promote[found], rows[found], dirty=False)
+            if isinstance(self.cold, SlabChain):
+                self.cold.migrate(scan_limit)  # and RocksDB's hottest rows into the slab
             return int(found.sum()) if len(promote) else 0, demoted
 
     def prefetch(self, ids: IdArray) -> SlotArray:
@@ -521,6 +539,9 @@ class ShardTable:
             slots = self.hot.find(ids)
             self.hot.remove(slots[slots >= 0])
             self.evict_generation += 1
-            self.cold.put(ids, rows)
+            if isinstance(self.cold, SlabChain):
+                self.cold.write_through(ids, rows)  # imports go to RocksDB, not the cache
+            else:
+                self.cold.put(ids, rows)
             if len(ids):
                 self._log_written(ids, int(rows["version"].max()))

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from embedding_store.chain import SlabChain
 from embedding_store.config import StoreConfig, TableConfig
 from embedding_store.dedup import unique, unique_inverse
 from embedding_store.errors import (
@@ -59,6 +60,7 @@ from embedding_store.prefetch import Prefetcher, PrefetchTicket
 from embedding_store.rocks import RocksMemory, RocksShard
 from embedding_store.rows import RowLayout
 from embedding_store.shard import ShardTable
+from embedding_store.slab import open_slab
 from embedding_store.staleness import StalenessClock
 from embedding_store.tier import RowBlock
 from embedding_store.types import FloatArray, IdArray, SlotArray
@@ -81,6 +83,8 @@ class TableStats:
     evicted: int
     written_back: int
     prefetched: int
+    slab_rows: int = 0  # rows in the slab tiers (0 without a slab)
+    slab_demoted: int = 0  # rows the slabs sent down to RocksDB
 
     @property
     def lookups(self) -> int:
@@ -184,7 +188,8 @@ class EmbeddingStore:
             budget = t.hot_budget_rows(layout.row_bytes)
             per_shard = None if budget is None else -(-budget // cfg.num_shards)
             self._tables[t.name] = [
-                ShardTable(t, db, per_shard, cfg.lfu_decay) for db in self._shards
+                ShardTable(t, db, per_shard, cfg.lfu_decay, open_slab(cfg, t, i, layout))
+                for i, db in enumerate(self._shards)
             ]
             self._tombstones[t.name] = []
         self._load_meta()
@@ -232,6 +237,10 @@ class EmbeddingStore:
         """Stop the shard pool and close every shard (each one, even if another fails)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+        for sts in self._tables.values():
+            for st in sts:
+                if isinstance(st.cold, SlabChain):
+                    st.cold.slab.close()  # a cache: its file goes with it
         first: StorageError | None = None
         for shard in self._shards:
             try:
@@ -342,6 +351,8 @@ class EmbeddingStore:
             evicted=sum(s.counters.evicted for s in sts),
             written_back=sum(s.counters.written_back for s in sts),
             prefetched=sum(s.counters.prefetched for s in sts),
+            slab_rows=sum(s.cold.slab.count() for s in sts if isinstance(s.cold, SlabChain)),
+            slab_demoted=sum(s.cold.demoted for s in sts if isinstance(s.cold, SlabChain)),
         )
 
     # -- ids and sharding ----------------------------------------------------

@@ -21,7 +21,8 @@ CHILD = r"""
 import sys, time, numpy as np
 from embedding_store import EmbeddingStore, StoreConfig, TableConfig, OptimizerConfig
 path, out = sys.argv[1], sys.argv[2]
-table = TableConfig("t", 8, OptimizerConfig("adam", lr=0.01), hot_rows=50)
+slab = int(sys.argv[3]) or None
+table = TableConfig("t", 8, OptimizerConfig("adam", lr=0.01), hot_rows=50, slab_rows=slab)
 cfg = StoreConfig(path, (table,), num_shards=4)
 store = EmbeddingStore(cfg).open()
 rng = np.random.default_rng(0)
@@ -44,10 +45,12 @@ time.sleep(600)
 """
 
 
-def test_sigkill_after_flush_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("slab_rows", [0, 400], ids=["dram+rocksdb", "dram+slab+rocksdb"])
+def test_sigkill_after_flush_loses_nothing(tmp_path: Path, slab_rows: int) -> None:
+    """With a slab too: flush() pushes its dirty rows to RocksDB; its file is a cache."""
     out = tmp_path / "expected.npz"
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path / "store"), str(out)],
+        [sys.executable, "-c", CHILD, str(tmp_path / "store"), str(out), str(slab_rows)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -59,13 +62,16 @@ def test_sigkill_after_flush_loses_nothing(tmp_path: Path) -> None:
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     expected = np.load(out)
-    cfg = StoreConfig(
-        str(tmp_path / "store"),
-        (TableConfig("t", 8, OptimizerConfig("adam", lr=0.01), hot_rows=50),),
-        num_shards=4,
+    slab_files = sorted((tmp_path / "store" / "slab").glob("*.slab"))
+    assert len(slab_files) == (4 if slab_rows else 0)  # the killed process left them behind
+    table = TableConfig(
+        "t", 8, OptimizerConfig("adam", lr=0.01), hot_rows=50, slab_rows=slab_rows or None
     )
+    cfg = StoreConfig(str(tmp_path / "store"), (table,), num_shards=4)
     with EmbeddingStore(cfg) as store:
         assert store.version == int(expected["store_version"]) == 30
+        # reopening discarded whatever the slab files held: every row below comes from RocksDB
+        assert store.stats("t").slab_rows == 0
         found, rows = store.read_rows("t", np.arange(2000, dtype=np.int64))
     assert np.array_equal(found, expected["found"])
     assert found.sum() > 1000
@@ -92,3 +98,26 @@ def test_reopen_with_other_schema_fails_clearly(tmp_path: Path) -> None:
     with EmbeddingStore(StoreConfig(path, (TableConfig("ads", 8),), num_shards=2)) as store:
         found, _ = store.read_rows("ads", np.arange(10, dtype=np.int64))
         assert found.all()
+
+
+def test_slab_rows_live_in_rocksdb_after_flush(tmp_path: Path) -> None:
+    """The slab is a cache of RocksDB: after flush() RocksDB alone holds every row's value."""
+    table = TableConfig("t", 4, OptimizerConfig("adagrad", lr=0.1), hot_rows=8, slab_rows=64)
+    cfg = StoreConfig(str(tmp_path / "s"), (table,), num_shards=2)
+    rng = np.random.default_rng(1)
+    with EmbeddingStore(cfg) as store:
+        for _ in range(20):
+            ids = np.unique(rng.integers(0, 300, 64)).astype(np.int64)
+            emb = store.lookup("t", ids)
+            store.apply_gradients("t", ids, (emb + 0.1).numpy())
+            store.end_step()
+        assert store.stats("t").slab_rows > 0
+        store.flush()
+        found, rows = store.read_rows("t", np.arange(300, dtype=np.int64))
+    # a store without a slab over the same directory reads the same rows from RocksDB
+    plain = StoreConfig(str(tmp_path / "s"), (TableConfig("t", 4, OptimizerConfig("adagrad")),), 2)
+    with EmbeddingStore(plain) as store:
+        found2, rows2 = store.read_rows("t", np.arange(300, dtype=np.int64))
+    assert np.array_equal(found, found2) and found.sum() > 200
+    assert np.array_equal(rows["emb"][found], rows2["emb"][found])
+    assert not list((tmp_path / "s" / "slab").glob("*.slab"))  # close() deleted the cache

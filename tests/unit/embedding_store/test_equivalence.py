@@ -52,10 +52,15 @@ class Tower(nn.Module):
         return self.mlp(torch.cat([pooled, dense], dim=1)).squeeze(1)
 
 
-def train_store(path: Path, opt: OptimizerConfig, shards: int, hot_rows: int | None):
-    cfg = StoreConfig(
-        str(path), (TableConfig("t", DIM, opt, seed=3, hot_rows=hot_rows),), num_shards=shards
-    )
+def train_store(
+    path: Path,
+    opt: OptimizerConfig,
+    shards: int,
+    hot_rows: int | None,
+    slab_rows: int | None = None,
+):
+    table = TableConfig("t", DIM, opt, seed=3, hot_rows=hot_rows, slab_rows=slab_rows)
+    cfg = StoreConfig(str(path), (table,), num_shards=shards)
     data = stream()
     offsets = torch.arange(0, BATCH * BAG, BAG)
     tower = Tower()
@@ -103,15 +108,22 @@ def train_torch(opt: OptimizerConfig):
     return emb.weight.detach().numpy(), [p.detach().clone() for p in tower.parameters()]
 
 
+@pytest.mark.parametrize("tiers", ["dram+rocksdb", "dram+slab+rocksdb"])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_tiered_sharded_equals_all_dram(tmp_path: Path, name: str) -> None:
+def test_tiered_sharded_equals_all_dram(tmp_path: Path, name: str, tiers: str) -> None:
     opt = OPTIMIZERS[name]
     touched, ref_rows, ref_dense, _ = train_store(tmp_path / "dram", opt, shards=1, hot_rows=None)
     budget = max(1, int(0.05 * len(touched)))
-    ids, rows, dense, stats = train_store(tmp_path / "tiered", opt, shards=4, hot_rows=budget)
+    # three tiers: the slab holds a fifth of the rows, so it also overflows into RocksDB
+    slab = max(1, int(0.2 * len(touched))) if "slab" in tiers else None
+    ids, rows, dense, stats = train_store(
+        tmp_path / "tiered", opt, shards=4, hot_rows=budget, slab_rows=slab
+    )
     assert np.array_equal(ids, touched)
-    # the tiered store really did use RocksDB: it evicted and missed
+    # the tiered store really did use its lower tiers: it evicted and missed
     assert stats.evicted > 0 and stats.misses > len(touched)
+    if slab is not None:  # ... and every tier of the chain held rows and passed them down
+        assert 0 < stats.slab_rows <= slab + 4 and stats.slab_demoted > 0
     assert np.abs(rows["emb"] - ref_rows["emb"]).max() <= 1e-6
     if opt.kind != "sgd":
         assert np.abs(rows["state"] - ref_rows["state"]).max() <= 1e-6

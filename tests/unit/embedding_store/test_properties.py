@@ -8,6 +8,7 @@ version must equal the reference's, except exactly the rows expiry removed (from
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 
 import numpy as np
@@ -60,11 +61,18 @@ def train(store: EmbeddingStore, ids: np.ndarray) -> None:
     store.end_step()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(op_st, min_size=1, max_size=25), shards=st.sampled_from([1, 3]))
-def test_placement_ops_preserve_rows(ops: list[tuple[str, object]], shards: int) -> None:
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ops=st.lists(op_st, min_size=1, max_size=25),
+    shards=st.sampled_from([1, 3]),
+    slab_rows=st.sampled_from([None, 40]),  # 40: three tiers, the slab overflowing to RocksDB
+)
+def test_placement_ops_preserve_rows(
+    ops: list[tuple[str, object]], shards: int, slab_rows: int | None
+) -> None:
+    table = dataclasses.replace(TABLE, slab_rows=slab_rows)
     with tempfile.TemporaryDirectory() as d:
-        tiered = EmbeddingStore(StoreConfig(d + "/a", (TABLE,), num_shards=shards, evict_slack=0.0))
+        tiered = EmbeddingStore(StoreConfig(d + "/a", (table,), num_shards=shards, evict_slack=0.0))
         ref = EmbeddingStore(StoreConfig(d + "/b", (REF_TABLE,), num_shards=1))
         clock = iter(range(10**6))
         with tiered, ref:
