@@ -26,6 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--nproc", type=int, default=1, help="ranks on this machine (torch.distributed, gloo)"
     )
+    parser.add_argument(
+        "--nnodes", type=int, default=1, help="machines in the job (one pod per rank on k8s)"
+    )
+    parser.add_argument("--node-rank", type=int, default=0, help="this machine's place, 0..")
+    parser.add_argument(
+        "--master-addr", default="127.0.0.1", help="host of node 0 (the rendezvous)"
+    )
+    parser.add_argument(
+        "--master-port", type=int, default=None, help="rendezvous port (fixed for --nnodes > 1)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,15 +51,22 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.errors import StoreDiskError
     from pipeline.training.job import Progress, TrainJob
 
-    if args.nproc > 1:
-        from pipeline.training.launch import launch
+    if args.nproc > 1 or args.nnodes > 1:
+        from pipeline.errors import ConfigError
+        from pipeline.training.launch import Node, launch
+
+        try:
+            node = Node(args.nnodes, args.node_rank, args.master_addr, args.master_port)
+        except ConfigError as err:
+            print(f"freshet train: {err}", file=sys.stderr)
+            return 2
 
         extra: list[str] = []
         if args.max_events is not None:
             extra += ["--max-events", str(args.max_events)]
         if args.idle_timeout is not None:
             extra += ["--idle-timeout", str(args.idle_timeout)]
-        return launch(args.config, args.nproc, extra)
+        return launch(args.config, args.nproc, extra, node=node)
     try:
         config = JobConfig.from_yaml(args.config)
     except (OSError, ValidationError, ValueError) as err:

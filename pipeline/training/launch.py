@@ -9,11 +9,18 @@ pipeline.training.distributed_job`` process with the environment torchrun would 
     the first rank to fail (or a SIGINT/SIGTERM here) stops the others; the exit status is
     the first failure's, else 0
 
+Across machines (one pod per rank on Kubernetes), every node runs ``freshet train --nnodes M
+--node-rank R --master-addr HOST --master-port P``: node ``R``'s local rank ``l`` is global rank
+``R * nproc + l`` of ``M * nproc``, and rank 0 (node 0) hosts the rendezvous at ``HOST:P``.
+
 The same job runs under torchrun itself:
 ``torchrun --nproc-per-node N -m pipeline.training.distributed_job --config FILE``.
 
 >>> rank_environment(1, 2, 29500)["RANK"], rank_environment(1, 2, 29500)["WORLD_SIZE"]
 ('1', '2')
+>>> env = rank_environment(1, 2, 29500, node=Node(3, 2, "t-0.t", 29500))
+>>> env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"], env["GROUP_RANK"]
+('5', '1', '6', 't-0.t', '2')
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import FrameType
 
 from pipeline.errors import ConfigError
@@ -36,6 +44,28 @@ MODULE = "pipeline.training.distributed_job"
 _STOP_GRACE_S = 20.0
 
 
+@dataclass(frozen=True)
+class Node:
+    """A machine's place in a job of ``nnodes`` machines (torchrun's static rendezvous).
+
+    >>> Node().nnodes, Node().master_addr
+    (1, '127.0.0.1')
+    """
+
+    nnodes: int = 1
+    rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None  # None: a free local port (one node only)
+
+    def __post_init__(self) -> None:
+        if self.nnodes < 1:
+            raise ConfigError("nnodes", f"must be at least 1, got {self.nnodes}")
+        if not 0 <= self.rank < self.nnodes:
+            raise ConfigError("node_rank", f"must be in [0, {self.nnodes}), got {self.rank}")
+        if self.nnodes > 1 and self.master_port is None:
+            raise ConfigError("master_port", "a job of several nodes needs a fixed master port")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now (for the rendezvous)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -44,18 +74,25 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def rank_environment(
-    rank: int, world: int, port: int, base: Mapping[str, str] | None = None
+    rank: int,
+    world: int,
+    port: int,
+    base: Mapping[str, str] | None = None,
+    node: Node = Node(),
 ) -> dict[str, str]:
-    """The environment of local rank ``rank`` of ``world`` (what torchrun sets)."""
+    """The environment of local rank ``rank`` of ``world`` on ``node`` (what torchrun sets).
+
+    ``world`` is the number of ranks on this node; the job has ``world * node.nnodes``.
+    """
     env = dict(os.environ if base is None else base)
     env.update(
-        MASTER_ADDR="127.0.0.1",
+        MASTER_ADDR=node.master_addr,
         MASTER_PORT=str(port),
-        RANK=str(rank),
+        RANK=str(node.rank * world + rank),
         LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
+        WORLD_SIZE=str(world * node.nnodes),
         LOCAL_WORLD_SIZE=str(world),
-        GROUP_RANK="0",
+        GROUP_RANK=str(node.rank),
     )
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))
     return env
@@ -66,15 +103,17 @@ def launch(
     nproc: int,
     extra_args: Sequence[str] = (),
     python: str = sys.executable,
+    node: Node = Node(),
 ) -> int:
     """Run ``nproc`` ranks of the job on ``config_path`` here; returns the exit status.
 
     ``extra_args`` go to every rank (``--max-events``, ``--idle-timeout``,
-    ``--checkpoint-dir``, ``--checkpoint-every``, ``--restore``).
+    ``--checkpoint-dir``, ``--checkpoint-every``, ``--restore``). ``node`` places this
+    machine in a job of several (its ranks' global numbers and the rendezvous address).
     """
     if nproc < 1:
         raise ConfigError("nproc", f"must be at least 1, got {nproc}")
-    port = free_port()
+    port = node.master_port if node.master_port is not None else free_port()
     cmd = [python, "-m", MODULE, "--config", config_path, *extra_args]
     procs: list[subprocess.Popen[bytes]] = []
     stopping = False
@@ -94,8 +133,17 @@ def launch(
         previous = {}
     try:
         for rank in range(nproc):
-            procs.append(subprocess.Popen(cmd, env=rank_environment(rank, nproc, port)))
-        log.info("launched %d ranks of %s (rendezvous 127.0.0.1:%d)", nproc, MODULE, port)
+            env = rank_environment(rank, nproc, port, node=node)
+            procs.append(subprocess.Popen(cmd, env=env))
+        log.info(
+            "launched %d ranks of %s on node %d of %d (rendezvous %s:%d)",
+            nproc,
+            MODULE,
+            node.rank,
+            node.nnodes,
+            node.master_addr,
+            port,
+        )
         return _wait(procs)
     finally:
         _terminate(procs)

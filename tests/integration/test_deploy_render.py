@@ -67,9 +67,13 @@ def container(workload: dict[str, Any]) -> dict[str, Any]:
     return c
 
 
-def compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+def compose(name: str = "docker-compose.yml") -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((DEPLOY / name).read_text())
     return data
+
+
+def flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
 
 
 # -- configs ---------------------------------------------------------------------------------
@@ -102,14 +106,11 @@ def test_kustomize_renders_trainer_and_replicas() -> None:
     headless = find(objects, "Service", "freshet-trainer")
     assert headless["spec"]["clusterIP"] == "None"
     assert trainer["spec"]["serviceName"] == "freshet-trainer"
-    assert {t["metadata"]["name"] for t in trainer["spec"]["volumeClaimTemplates"]} == {
-        "store",
-        "checkpoints",
-    }
+    assert {t["metadata"]["name"] for t in trainer["spec"]["volumeClaimTemplates"]} == {"store"}
     tc = container(trainer)
     assert tc["image"] == IMAGE
-    assert tc["args"] == ["train", "--config", f"{CONFIG_DIR}/fraud.yaml"]
-    assert [p["containerPort"] for p in tc["ports"]] == [TRAINER_PORT]
+    assert tc["args"][:3] == ["train", "--config", f"{CONFIG_DIR}/fraud.yaml"]
+    assert tc["ports"][0]["containerPort"] == TRAINER_PORT
     assert headless["spec"]["ports"][0]["port"] == TRAINER_PORT
     annotations = trainer["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
@@ -138,6 +139,65 @@ def test_kustomize_renders_trainer_and_replicas() -> None:
         assert {e["configMapRef"]["name"] for e in c["envFrom"]} <= names
         volumes = workload["spec"]["template"]["spec"]["volumes"]
         assert {v["configMap"]["name"] for v in volumes if "configMap" in v} <= names
+
+
+@pytest.mark.parametrize("path", [K8S, *(K8S / "overlays" / o for o in OVERLAYS)])
+def test_the_trainer_runs_n_ranks_that_meet_at_pod_0(path: Path) -> None:
+    objects = render(path)
+    trainer = find(objects, "StatefulSet", "freshet-trainer")
+    spec = trainer["spec"]
+    tc = container(trainer)
+    args = tc["args"]
+    ranks = spec["replicas"]
+    assert ranks >= 2
+    assert int(flag(args, "--nnodes")) == ranks
+    assert spec["podManagementPolicy"] == "Parallel"  # no rank trains until all have joined
+    # each pod's rank is its StatefulSet index, from the label Kubernetes sets on it
+    assert flag(args, "--node-rank") == "$(POD_INDEX)"
+    (index,) = [e for e in tc["env"] if e["name"] == "POD_INDEX"]
+    assert index["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
+    # the rendezvous is pod 0's stable DNS name, reachable before the pods are ready
+    headless = find(objects, "Service", spec["serviceName"])
+    assert flag(args, "--master-addr") == f"freshet-trainer-0.{spec['serviceName']}"
+    port = int(flag(args, "--master-port"))
+    assert ("rendezvous", port) in {(p["name"], p["containerPort"]) for p in tc["ports"]}
+    assert port in [p["port"] for p in headless["spec"]["ports"]]
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    # a long checkpoint restore is covered by the startup probe, not killed by liveness
+    startup, live = tc["startupProbe"], tc["livenessProbe"]
+    assert startup["httpGet"] == live["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30 * 60
+    assert "initialDelaySeconds" not in live
+    # the store is per rank; the coordinated checkpoints are one volume every rank shares
+    assert [t["metadata"]["name"] for t in spec["volumeClaimTemplates"]] == ["store"]
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    claim = volumes["checkpoints"]["persistentVolumeClaim"]["claimName"]
+    pvc = find(objects, "PersistentVolumeClaim", claim)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    env = {e["name"]: e.get("value") for e in tc["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in tc["volumeMounts"]}
+    assert mounts["checkpoints"] == env["FRESHET_OPERATORS__CHECKPOINT__DIR"]
+
+
+def test_compose_runs_two_ranks_like_the_statefulset() -> None:
+    base, two = compose()["services"], compose("docker-compose.2ranks.yml")["services"]
+    k8s = container(find(render(K8S), "StatefulSet", "freshet-trainer"))
+    for rank, name in enumerate(("trainer", "trainer-rank1")):
+        expanded = {
+            "$(POD_INDEX)": str(rank),
+            "freshet-trainer-0.freshet-trainer": "trainer",  # compose's name for pod 0
+        }
+        assert two[name]["command"] == [expanded.get(a, a) for a in k8s["args"]]
+    rank1 = two["trainer-rank1"]
+    assert rank1["image"] == base["trainer"]["image"] == IMAGE
+    assert rank1["environment"] == base["trainer"]["environment"]
+    assert set(rank1["volumes"]) - set(base["trainer"]["volumes"]) == {
+        "trainer-rank1-data:/var/lib/freshet",
+        "checkpoints:/var/lib/freshet/checkpoints",
+    }
+    assert two["trainer"]["volumes"] == ["checkpoints:/var/lib/freshet/checkpoints"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -195,7 +255,8 @@ def test_compose_uses_the_k8s_image_commands_and_ports() -> None:
     trainer = services["trainer"]
     assert trainer["image"] == IMAGE == trainer_k8s["image"]
     assert trainer["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
-    assert trainer["command"] == trainer_k8s["args"]
+    # compose's default trainer is one rank (docker-compose.2ranks.yml adds the second)
+    assert trainer["command"] == trainer_k8s["args"][:3]
     assert trainer["ports"] == [f"{TRAINER_PORT}:{TRAINER_PORT}"]
     assert "../configs:/etc/freshet:ro" in trainer["volumes"]
     k8s_env = {e["name"]: e.get("value") for e in trainer_k8s["env"]}
@@ -235,9 +296,10 @@ def test_compose_uses_the_k8s_image_commands_and_ports() -> None:
 
 def _commands() -> list[tuple[str, list[str]]]:
     out = [
-        (f"compose:{name}", [str(a) for a in svc["command"]])
-        for name, svc in compose()["services"].items()
-        if svc.get("image") == IMAGE
+        (f"{file}:{name}", [str(a) for a in svc["command"]])
+        for file in ("docker-compose.yml", "docker-compose.2ranks.yml")
+        for name, svc in compose(file)["services"].items()
+        if svc.get("image") == IMAGE or (file != "docker-compose.yml" and "command" in svc)
     ]
     for path in sorted(K8S.rglob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
@@ -246,7 +308,9 @@ def _commands() -> list[tuple[str, list[str]]]:
             spec = doc.get("spec", {}).get("template", {}).get("spec", {})
             for c in spec.get("containers", []):
                 if c.get("image") == IMAGE:
-                    out.append((f"k8s:{path.relative_to(K8S)}:{c['name']}", c["args"]))
+                    # what the kubelet substitutes: a pod's index
+                    args = [{"$(POD_INDEX)": "1"}.get(a, a) for a in c["args"]]
+                    out.append((f"k8s:{path.relative_to(K8S)}:{c['name']}", args))
     return out
 
 
