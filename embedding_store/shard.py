@@ -43,9 +43,9 @@ import numpy as np
 import numpy.typing as npt
 
 from embedding_store import optimizers
+from embedding_store.admission import Sightings
 from embedding_store.config import TableConfig, Unadmitted
 from embedding_store.dram import DramTier
-from embedding_store.index import SlotIndex
 from embedding_store.initializers import initial_values
 from embedding_store.rocks import RocksShard
 from embedding_store.rows import RowLayout
@@ -106,9 +106,7 @@ class ShardTable:
         self.lock = threading.RLock()
         self.counters = ShardCounters()
         self.evict_generation = 0
-        self._seen = SlotIndex()
-        self._seen_counts = np.zeros(1024, dtype=np.int32)
-        self._seen_n = 0
+        self.sightings = Sightings(table.admit_after)
         # write log: (max version, ids written) chunks; a superset, filtered by row version
         self._log: list[tuple[int, IdArray]] = []
 
@@ -123,7 +121,7 @@ class ShardTable:
             self.counters.hits += len(ids) - len(miss)
             self.counters.misses += len(miss)
             if len(miss):
-                slots[miss] = self._load(ids[miss], step)
+                slots[miss] = self._load(ids[miss], step, now)
             stored = slots >= 0
             out = np.empty((len(ids), self.table.dim), dtype=np.float32)
             s = slots[stored]
@@ -136,7 +134,7 @@ class ShardTable:
                 out[~stored] = self._unadmitted_values(ids[~stored])
             return out, slots
 
-    def _load(self, ids: IdArray, step: int) -> SlotArray:
+    def _load(self, ids: IdArray, step: int, now: float) -> SlotArray:
         """Bring missing ids into DRAM from RocksDB or as new rows; -1 where not admitted."""
         found, rows = self.cold.get(ids)
         self.counters.cold_reads += len(ids)
@@ -145,32 +143,12 @@ class ShardTable:
             slots[found] = self.hot.insert(ids[found], rows[found], dirty=False)
         new = np.flatnonzero(~found)
         if len(new):
-            admit = self._admit(ids[new])
+            admit = self.sightings.admit(ids[new], step, now)
             new = new[admit]
             if len(new):
                 slots[new] = self.hot.insert(ids[new], self._initial_rows(ids[new]), dirty=True)
                 self.counters.created += len(new)
         return slots
-
-    def _admit(self, ids: IdArray) -> npt.NDArray[np.bool_]:
-        k = self.table.admit_after
-        if k <= 1:
-            return np.ones(len(ids), dtype=np.bool_)
-        pos = self._seen.lookup(ids)
-        unknown = np.flatnonzero(pos < 0)
-        if len(unknown):
-            fresh = np.arange(self._seen_n, self._seen_n + len(unknown), dtype=np.int64)
-            if self._seen_n + len(unknown) > len(self._seen_counts):
-                grown = np.zeros(
-                    max(2 * len(self._seen_counts), self._seen_n + len(unknown)), np.int32
-                )
-                grown[: self._seen_n] = self._seen_counts[: self._seen_n]
-                self._seen_counts = grown
-            self._seen.insert(ids[unknown], fresh)
-            self._seen_n += len(unknown)
-            pos[unknown] = fresh
-        self._seen_counts[pos] += 1
-        return self._seen_counts[pos] >= k
 
     def _initial_rows(self, ids: IdArray) -> RowBlock:
         t = self.table
@@ -219,7 +197,7 @@ class ShardTable:
             slots = self.hot.find(ids)
             miss = np.flatnonzero(slots < 0)
             if len(miss):  # gradients without a prior lookup this step
-                slots[miss] = self._load(ids[miss], step)
+                slots[miss] = self._load(ids[miss], step, now)
                 ok = slots[miss] >= 0
                 self._touch(slots[miss][ok], step, now)
             keep = slots >= 0
