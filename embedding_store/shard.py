@@ -235,6 +235,7 @@ class ShardTable:
         with self.lock:
             s = slots[slots >= 0]  # unique per call, so plain fancy indexing is exact
             self.hot.pins[s] -= 1
+            self.hot.release_retired()
 
     # -- placement -----------------------------------------------------------
     def enforce_budget(self, slack: float) -> int:
@@ -416,25 +417,35 @@ class ShardTable:
 
     # -- maintenance ---------------------------------------------------------
     def expire(self, min_step: int | None, min_time: float | None) -> IdArray:
-        """Delete rows last seen before ``min_step`` / ``min_time``; returns their ids."""
+        """Delete rows last seen before ``min_step`` / ``min_time``; returns their ids.
+
+        Pinned rows expire too (a prefetch's pins must not decide what expires): they leave
+        the tier at once and their slots are freed when unpinned. Sightings of unadmitted ids
+        age out by the same rule. Prefetch reads in flight are invalidated, so none puts an
+        expired row back into DRAM.
+        """
         with self.lock:
             expired: list[IdArray] = []
             live = self.hot.live_slots()
-            live = live[self.hot.pins[live] == 0]
             prov = self.hot.provisional[live]
-            self.hot.remove(live[prov])  # never real: dropped without a tombstone
+            # never real: dropped without a tombstone (pinned ones stay, invisible)
+            self.hot.remove(live[prov & (self.hot.pins[live] == 0)])
             live = live[~prov]
             old = self._stale(self.hot.rows[live], min_step, min_time)
             if old.any():
                 gone = live[old]
                 expired.append(self.hot.ids[gone].copy())
-                self.hot.remove(gone)
+                pinned = self.hot.pins[gone] > 0
+                self.hot.remove(gone[~pinned])
+                self.hot.retire(gone[pinned])
             for ids, rows in self.cold.iterate():
                 old = self._stale(rows, min_step, min_time) & (self.hot.find(ids) < 0)
                 if old.any():
                     expired.append(ids[old])
             out = np.unique(np.concatenate(expired)) if expired else np.empty(0, np.int64)
             self.cold.delete(out)
+            self.sightings.expire(min_step, min_time)
+            self.evict_generation += 1  # a prefetch that read RocksDB before this reads again
             return out
 
     @staticmethod
