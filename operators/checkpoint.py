@@ -603,7 +603,10 @@ def _compacted_snapshot(readers: builtins.list[CheckpointReader]) -> CheckpointS
     for entry in tip.tables:
         layout = RowLayout(entry.dim, entry.state_dim)
         ids, rows = merge_table(readers, entry.name, layout)
-        tables.append(TableSnapshot(entry.name, entry.dim, entry.state_dim, [(ids, rows)]))
+        seen = readers[-1].sightings(entry)
+        tables.append(
+            TableSnapshot(entry.name, entry.dim, entry.state_dim, [(ids, rows)], sightings=seen)
+        )
     return CheckpointSnapshot(
         kind=CheckpointKind.FULL,
         version=tip.version,
