@@ -173,14 +173,28 @@ class StoreSection(_Section):
 
     sst: SstSection = Field(default_factory=SstSection, description="RocksDB file layout")
 
-    def rocks_options(self) -> dict[str, Any]:
-        """``StoreConfig`` keyword arguments for RocksDB: its memory bounds and file layout.
+    staleness: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "bounded staleness S for trainers sharing the store: no read is more than S steps "
+            "behind the slowest trainer (0: synchronous)"
+        ),
+    )
 
-        >>> StoreSection().rocks_options()["memtable_budget_bytes"] >> 20
-        64
+    def rocks_options(self) -> dict[str, Any]:
+        """``StoreConfig`` keyword arguments beyond path, tables and shards.
+
+        RocksDB's memory bounds and file layout, and the staleness bound.
+
+        >>> opts = StoreSection(staleness=2).rocks_options()
+        >>> opts["memtable_budget_bytes"] >> 20, opts["staleness"]
+        (64, 2)
         """
         budget = self.memtable_budget_mb
         return {
+            "staleness": self.staleness,
             "write_buffer_bytes": self.write_buffer_mb << 20,
             "block_cache_bytes": self.block_cache_mb << 20,
             "memtable_budget_bytes": None if budget is None else budget << 20,
