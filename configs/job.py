@@ -191,17 +191,31 @@ class StoreSection(_Section):
         description="slab pages mapped per shard-table before they are handed back (none: no cap)",
     )
 
-    def rocks_options(self) -> dict[str, Any]:
-        """``StoreConfig`` keyword arguments for the tiers below DRAM: RocksDB's and the slab's.
+    staleness: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "bounded staleness S for trainers sharing the store: no read is more than S steps "
+            "behind the slowest trainer (0: synchronous)"
+        ),
+    )
 
-        >>> StoreSection().rocks_options()["memtable_budget_bytes"] >> 20
-        64
+    def rocks_options(self) -> dict[str, Any]:
+        """``StoreConfig`` keyword arguments beyond path, tables and shards.
+
+        RocksDB's memory bounds and file layout, the slab's, and the staleness bound.
+
+        >>> opts = StoreSection(staleness=2).rocks_options()
+        >>> opts["memtable_budget_bytes"] >> 20, opts["staleness"]
+        (64, 2)
         """
         budget = self.memtable_budget_mb
         resident = self.slab_resident_mb
         return {
             "slab_path": self.slab_path,
             "slab_resident_bytes": None if resident is None else resident << 20,
+            "staleness": self.staleness,
             "write_buffer_bytes": self.write_buffer_mb << 20,
             "block_cache_bytes": self.block_cache_mb << 20,
             "memtable_budget_bytes": None if budget is None else budget << 20,

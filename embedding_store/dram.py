@@ -51,6 +51,7 @@ class DramTier:
         self.provisional = np.zeros(self._capacity, dtype=np.bool_)
         self._index = SlotIndex(self._capacity)
         self._free = np.empty(0, dtype=np.int64)
+        self._retired = np.empty(0, dtype=np.int64)  # out of the tier, freed once unpinned
         self._high = 0
         self._live_count = 0
         self._closed = False
@@ -100,6 +101,32 @@ class DramTier:
         if self._index.entries > 2 * max(self._live_count, 1024):
             live = np.flatnonzero(self.live[: self._high])
             self._index.rebuild(self.ids[live], live)
+
+    def retire(self, slots: SlotArray) -> None:
+        """Take pinned ``slots`` out of the tier now; each is freed when its last pin goes.
+
+        A pin holder (a prefetch ticket) still releases its slot later, so the slot must not
+        be reused before: until :meth:`release_retired` sees it unpinned it stays allocated.
+        """
+        self._check()
+        if not len(slots):
+            return
+        self.live[slots] = False
+        self.dirty[slots] = False
+        self.evicting[slots] = False
+        self.provisional[slots] = False
+        self._retired = np.concatenate([self._retired, slots.astype(np.int64)])
+        self._live_count -= len(slots)
+
+    def release_retired(self) -> None:
+        """Free the retired slots nobody pins any more."""
+        if not len(self._retired):
+            return
+        done = self.pins[self._retired] <= 0
+        if done.any():
+            self.pins[self._retired[done]] = 0
+            self._free = np.concatenate([self._free, self._retired[done]])
+            self._retired = self._retired[~done]
 
     def live_slots(self) -> SlotArray:
         """Every slot in use."""

@@ -43,10 +43,10 @@ import numpy as np
 import numpy.typing as npt
 
 from embedding_store import optimizers
+from embedding_store.admission import Sightings
 from embedding_store.chain import SlabChain
 from embedding_store.config import TableConfig, Unadmitted
 from embedding_store.dram import DramTier
-from embedding_store.index import SlotIndex
 from embedding_store.initializers import initial_values
 from embedding_store.rocks import RocksShard, RocksTier
 from embedding_store.rows import RowLayout
@@ -120,9 +120,7 @@ class ShardTable:
         self.lock = threading.RLock()
         self.counters = ShardCounters()
         self.evict_generation = 0
-        self._seen = SlotIndex()
-        self._seen_counts = np.zeros(1024, dtype=np.int32)
-        self._seen_n = 0
+        self.sightings = Sightings(table.admit_after)
         # write log: (max version, ids written) chunks; a superset, filtered by row version
         self._log: list[tuple[int, IdArray]] = []
 
@@ -137,7 +135,7 @@ class ShardTable:
             self.counters.hits += len(ids) - len(miss)
             self.counters.misses += len(miss)
             if len(miss):
-                slots[miss] = self._load(ids[miss], step)
+                slots[miss] = self._load(ids[miss], step, now)
             stored = slots >= 0
             out = np.empty((len(ids), self.table.dim), dtype=np.float32)
             s = slots[stored]
@@ -150,7 +148,7 @@ class ShardTable:
                 out[~stored] = self._unadmitted_values(ids[~stored])
             return out, slots
 
-    def _load(self, ids: IdArray, step: int) -> SlotArray:
+    def _load(self, ids: IdArray, step: int, now: float) -> SlotArray:
         """Bring missing ids into DRAM from RocksDB or as new rows; -1 where not admitted."""
         found, rows = self.cold.get(ids)
         self.counters.cold_reads += len(ids)
@@ -159,32 +157,12 @@ class ShardTable:
             slots[found] = self.hot.insert(ids[found], rows[found], dirty=False)
         new = np.flatnonzero(~found)
         if len(new):
-            admit = self._admit(ids[new])
+            admit = self.sightings.admit(ids[new], step, now)
             new = new[admit]
             if len(new):
                 slots[new] = self.hot.insert(ids[new], self._initial_rows(ids[new]), dirty=True)
                 self.counters.created += len(new)
         return slots
-
-    def _admit(self, ids: IdArray) -> npt.NDArray[np.bool_]:
-        k = self.table.admit_after
-        if k <= 1:
-            return np.ones(len(ids), dtype=np.bool_)
-        pos = self._seen.lookup(ids)
-        unknown = np.flatnonzero(pos < 0)
-        if len(unknown):
-            fresh = np.arange(self._seen_n, self._seen_n + len(unknown), dtype=np.int64)
-            if self._seen_n + len(unknown) > len(self._seen_counts):
-                grown = np.zeros(
-                    max(2 * len(self._seen_counts), self._seen_n + len(unknown)), np.int32
-                )
-                grown[: self._seen_n] = self._seen_counts[: self._seen_n]
-                self._seen_counts = grown
-            self._seen.insert(ids[unknown], fresh)
-            self._seen_n += len(unknown)
-            pos[unknown] = fresh
-        self._seen_counts[pos] += 1
-        return self._seen_counts[pos] >= k
 
     def _initial_rows(self, ids: IdArray) -> RowBlock:
         t = self.table
@@ -233,7 +211,7 @@ class ShardTable:
             slots = self.hot.find(ids)
             miss = np.flatnonzero(slots < 0)
             if len(miss):  # gradients without a prior lookup this step
-                slots[miss] = self._load(ids[miss], step)
+                slots[miss] = self._load(ids[miss], step, now)
                 ok = slots[miss] >= 0
                 self._touch(slots[miss][ok], step, now)
             keep = slots >= 0
@@ -271,6 +249,7 @@ class ShardTable:
         with self.lock:
             s = slots[slots >= 0]  # unique per call, so plain fancy indexing is exact
             self.hot.pins[s] -= 1
+            self.hot.release_retired()
 
     # -- placement -----------------------------------------------------------
     def enforce_budget(self, slack: float) -> int:
@@ -456,25 +435,35 @@ class ShardTable:
 
     # -- maintenance ---------------------------------------------------------
     def expire(self, min_step: int | None, min_time: float | None) -> IdArray:
-        """Delete rows last seen before ``min_step`` / ``min_time``; returns their ids."""
+        """Delete rows last seen before ``min_step`` / ``min_time``; returns their ids.
+
+        Pinned rows expire too (a prefetch's pins must not decide what expires): they leave
+        the tier at once and their slots are freed when unpinned. Sightings of unadmitted ids
+        age out by the same rule. Prefetch reads in flight are invalidated, so none puts an
+        expired row back into DRAM.
+        """
         with self.lock:
             expired: list[IdArray] = []
             live = self.hot.live_slots()
-            live = live[self.hot.pins[live] == 0]
             prov = self.hot.provisional[live]
-            self.hot.remove(live[prov])  # never real: dropped without a tombstone
+            # never real: dropped without a tombstone (pinned ones stay, invisible)
+            self.hot.remove(live[prov & (self.hot.pins[live] == 0)])
             live = live[~prov]
             old = self._stale(self.hot.rows[live], min_step, min_time)
             if old.any():
                 gone = live[old]
                 expired.append(self.hot.ids[gone].copy())
-                self.hot.remove(gone)
+                pinned = self.hot.pins[gone] > 0
+                self.hot.remove(gone[~pinned])
+                self.hot.retire(gone[pinned])
             for ids, rows in self.cold.iterate():
                 old = self._stale(rows, min_step, min_time) & (self.hot.find(ids) < 0)
                 if old.any():
                     expired.append(ids[old])
             out = np.unique(np.concatenate(expired)) if expired else np.empty(0, np.int64)
             self.cold.delete(out)
+            self.sightings.expire(min_step, min_time)
+            self.evict_generation += 1  # a prefetch that read RocksDB before this reads again
             return out
 
     @staticmethod

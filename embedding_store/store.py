@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from embedding_store.admission import SIGHTING_DTYPE, SightingBlock
 from embedding_store.chain import SlabChain
 from embedding_store.config import StoreConfig, TableConfig
 from embedding_store.dedup import unique, unique_inverse
@@ -642,6 +643,26 @@ class EmbeddingStore:
                 for st in self._tables.get(name, []):
                     st.epoch = int(epoch)
             self._save_meta()
+
+    def sightings(self, table: str) -> SightingBlock:
+        """Ids of ``table`` seen but not admitted yet, with their counts (sorted by id).
+
+        Training state like the rows: checkpoints carry it, so that a restored store admits
+        the same ids at the same steps as the one that never stopped.
+        """
+        sts = self._shard_tables(table)
+        with self.step_boundary():
+            parts = [st.sightings.export() for st in sts]
+        out = np.concatenate(parts) if parts else np.empty(0, SIGHTING_DTYPE)
+        return out[np.argsort(out["id"], kind="stable")]
+
+    def load_sightings(self, table: str, block: SightingBlock) -> None:
+        """Replace ``table``'s sighting counts by ``block`` (as :meth:`sightings` returns)."""
+        sts = self._shard_tables(table)
+        block = np.asarray(block, dtype=SIGHTING_DTYPE)
+        with self.step_boundary():
+            for i, pos in enumerate(self._split(np.ascontiguousarray(block["id"]))):
+                sts[i].sightings.load(block[pos])
 
     def read_rows(self, table: str, ids: object) -> tuple[np.ndarray[Any, Any], RowBlock]:
         """Full rows of ``ids`` without counting, pinning or creating them: ``(found, rows)``."""

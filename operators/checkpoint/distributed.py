@@ -43,6 +43,7 @@ import numpy.typing as npt
 import torch
 
 from embedding_store import EmbeddingStore, EmbeddingStoreError
+from embedding_store.admission import SightingBlock
 from embedding_store.collectives import ProcessGroup, all_gather_json, all_reduce_ints
 from embedding_store.distributed import owner_of, rank_path
 from operators.checkpoint.chain import load_index
@@ -385,6 +386,7 @@ def restore_rank(
     rows: dict[str, int] = {t.name: 0 for t in local.tables}
     state: Mapping[str, Any] | None = None
     dense: dict[str, DenseArray] = {}
+    sightings: dict[str, list[SightingBlock]] = {}
     with local.step_boundary():
         for part in entry.parts:
             readers = _readers(root, part, verify)
@@ -401,11 +403,17 @@ def restore_rank(
                         if keep.any():
                             local.import_rows(table.name, ids[keep], block[keep])
             tip = readers[-1].manifest()
+            for table in tip.tables:  # each part's tip holds its rank's complete sightings
+                seen = readers[-1].sightings(table)
+                seen = seen[owner_of(np.ascontiguousarray(seen["id"]), world_size) == rank]
+                sightings.setdefault(table.name, []).append(seen)
             if part.rank == 0:
                 state = tip.store_state
                 dense = readers[-1].dense()
         if state is None:
             raise WorldCheckpointError(0, f"world v{entry.version} has no part of rank 0")
+        for name, blocks in sightings.items():
+            local.load_sightings(name, np.concatenate(blocks))
         local.load_state(state)
         local.flush()
     for name in rows:

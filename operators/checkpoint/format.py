@@ -11,6 +11,9 @@ that lists every other file with its sha256 and size::
       rows-<table>-0001.ids.npy ...         parts of at most ``rows_per_file`` rows
       tomb-<table>.npy                      int64[k]          ids deleted since the parent
                                                               (incremental only)
+      seen-<table>.npy                      SIGHTING_DTYPE[s] ids seen but not admitted yet,
+                                                              with their counts (all of them,
+                                                              in every checkpoint)
       dense-0000.npy ...                    one array per dense name (the names are in
                                             the manifest, so any string is a valid name)
 
@@ -51,6 +54,11 @@ def tombstone_file_name(table: str) -> str:
     return f"tomb-{table}.npy"
 
 
+def sightings_file_name(table: str) -> str:
+    """The file holding a table's sighting counts of ids not admitted yet."""
+    return f"seen-{table}.npy"
+
+
 def dense_file_name(index: int) -> str:
     """The file holding the ``index``-th dense array."""
     return f"dense-{index:04d}.npy"
@@ -83,6 +91,8 @@ class TableEntry:
     parts: tuple[RowPart, ...] = ()
     tombstones: str | None = None
     tombstone_count: int = 0
+    sightings: str | None = None
+    sighting_count: int = 0
 
     @property
     def rows(self) -> int:
@@ -98,6 +108,8 @@ class TableEntry:
             "parts": [{"ids": p.ids, "rows": p.rows, "count": p.count} for p in self.parts],
             "tombstones": self.tombstones,
             "tombstone_count": self.tombstone_count,
+            "sightings": self.sightings,
+            "sighting_count": self.sighting_count,
         }
 
     @classmethod
@@ -112,6 +124,8 @@ class TableEntry:
             ),
             tombstones=None if data["tombstones"] is None else str(data["tombstones"]),
             tombstone_count=int(data["tombstone_count"]),
+            sightings=None if data.get("sightings") is None else str(data["sightings"]),
+            sighting_count=int(data.get("sighting_count", 0)),
         )
 
 

@@ -71,6 +71,7 @@ from embedding_store.rows import RowLayout
 from embedding_store.tier import RowBlock
 from embedding_store.types import IdArray
 from operators.checkpoint.chain import (
+    CHAINS_FILE,
     Chain,
     ChainIndex,
     CheckpointInfo,
@@ -79,6 +80,7 @@ from operators.checkpoint.chain import (
     save_index,
 )
 from operators.checkpoint.chain_merge import merge_table
+from operators.checkpoint.chain_recovery import chain_dirs, rebuild_index
 from operators.checkpoint.dense_state import DenseValue
 from operators.checkpoint.format import CheckpointKind
 from operators.checkpoint.reader import CheckpointReader, VerificationProblem
@@ -92,6 +94,7 @@ from operators.checkpoint.snapshot import (
 from operators.checkpoint.write_log import WriteLogWatermarks
 from operators.checkpoint.writer import TMP_PREFIX, FileHook, write_checkpoint
 from operators.errors import (
+    ChainManifestError,
     CheckpointError,
     ChecksumMismatchError,
     CorruptCheckpointError,
@@ -212,17 +215,48 @@ class CheckpointManager:
             return self._base is not None and self._base.store() is store
 
     # -- listing -------------------------------------------------------------
+    def _index(self, locked: bool = False) -> ChainIndex:
+        """``chains.json``; rebuilt from the checkpoints that verify if it is lost or damaged.
+
+        A missing file with no chain directories is an empty root. Missing or unreadable with
+        chain directories present, the index is rebuilt
+        (:mod:`operators.checkpoint.chain_recovery`) and
+        written back, under the root lock, so that a commit never takes the intact
+        checkpoints of a lost manifest for orphans and deletes them.
+        """
+        path = os.path.join(self.root, CHAINS_FILE)
+        try:
+            index = load_index(self.root)
+        except ChainManifestError as err:
+            problem = str(err)
+        else:
+            if index.chains or os.path.exists(path) or not chain_dirs(self.root):
+                return index
+            problem = "missing"
+        if not locked:
+            with self._root_lock():
+                return self._index(locked=True)
+        index = rebuild_index(self.root)
+        log.warning(
+            "%s: %s; rebuilt from the checkpoint directories that verify: %s",
+            path,
+            problem,
+            [info.id for info in index.all()] or "none",
+        )
+        save_index(self.root, index)
+        return index
+
     def list(self) -> tuple[CheckpointInfo, ...]:
         """Every committed checkpoint, oldest first (listed, not verified)."""
-        return load_index(self.root).all()
+        return self._index().all()
 
     def chains(self) -> tuple[Chain, ...]:
         """Every chain, oldest first."""
-        return load_index(self.root).chains
+        return self._index().chains
 
     def info(self, checkpoint_id: str) -> CheckpointInfo:
         """The listing of one checkpoint."""
-        return load_index(self.root).find(checkpoint_id)
+        return self._index().find(checkpoint_id)
 
     def reader(self, checkpoint_id: str) -> CheckpointReader:
         """Read access to one checkpoint's files."""
@@ -356,7 +390,7 @@ class CheckpointManager:
     ) -> CheckpointInfo:
         """Write ``snap`` as the newest checkpoint and list it in the chain manifest."""
         with self._root_lock():
-            index = load_index(self.root)
+            index = self._index(locked=True)
             self._remove_orphans(index)
             newest = index.latest_chain()
             if compacted_from is not None and (newest is None or newest.tip.id != compacted_from):
@@ -462,7 +496,7 @@ class CheckpointManager:
         self, checkpoint_id: str, with_chain: bool = True
     ) -> builtins.list[VerificationProblem]:
         """Problems with a checkpoint (and, by default, every checkpoint it builds on)."""
-        index = load_index(self.root)
+        index = self._index()
         info = index.find(checkpoint_id)
         infos = index.chain(info.chain).upto(checkpoint_id) if with_chain else (info,)
         problems: builtins.list[VerificationProblem] = []
@@ -478,7 +512,7 @@ class CheckpointManager:
 
     def latest_complete(self) -> CheckpointInfo | None:
         """The newest checkpoint whose whole chain verifies; a bad one is logged and skipped."""
-        index = load_index(self.root)
+        index = self._index()
         for chain in reversed(index.chains):
             good = self._good_prefix(chain)
             if good is not None:
@@ -511,7 +545,7 @@ class CheckpointManager:
         With ``verify`` every file of the chain is checked against its sha256 first.
         """
         self.wait()
-        index = load_index(self.root)
+        index = self._index()
         if checkpoint_id is None:
             latest = self.latest_complete()  # verifies the chain on the way
             if latest is None:
@@ -543,7 +577,7 @@ class CheckpointManager:
 
     def read_table(self, checkpoint_id: str, table: str) -> tuple[IdArray, RowBlock]:
         """The rows ``table`` had at a checkpoint (base + increments), sorted by id."""
-        index = load_index(self.root)
+        index = self._index()
         info = index.find(checkpoint_id)
         readers = [CheckpointReader(self.root, c) for c in index.chain(info.chain).upto(info.id)]
         entry = readers[-1].manifest().table(table)
@@ -563,7 +597,7 @@ class CheckpointManager:
         return self._compact(chain)
 
     def _compact(self, chain: int | None) -> CheckpointInfo:
-        index = load_index(self.root)
+        index = self._index()
         if chain is None:
             latest = self.latest_complete()
             if latest is None:
@@ -605,7 +639,10 @@ def _compacted_snapshot(readers: builtins.list[CheckpointReader]) -> CheckpointS
     for entry in tip.tables:
         layout = RowLayout(entry.dim, entry.state_dim)
         ids, rows = merge_table(readers, entry.name, layout)
-        tables.append(TableSnapshot(entry.name, entry.dim, entry.state_dim, [(ids, rows)]))
+        seen = readers[-1].sightings(entry)
+        tables.append(
+            TableSnapshot(entry.name, entry.dim, entry.state_dim, [(ids, rows)], sightings=seen)
+        )
     return CheckpointSnapshot(
         kind=CheckpointKind.FULL,
         version=tip.version,

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from embedding_store.admission import SIGHTING_DTYPE, SightingBlock
 from embedding_store.rows import RowLayout
 from embedding_store.tier import RowBlock
 from embedding_store.types import IdArray
@@ -108,6 +109,8 @@ class CheckpointReader:
             referenced.update(n for p in t.parts for n in (p.ids, p.rows))
             if t.tombstones is not None:
                 referenced.add(t.tombstones)
+            if t.sightings is not None:
+                referenced.add(t.sightings)
         for name in sorted(referenced - set(manifest.files)):
             problems.append(VerificationProblem(ident, name, "referenced but not listed"))
         for name, entry in sorted(manifest.files.items()):
@@ -169,6 +172,20 @@ class CheckpointReader:
         if table.tombstones is None:
             return np.empty(0, dtype=np.int64)
         return np.array(self._ids(table.tombstones, table.tombstone_count))
+
+    def sightings(self, table: TableEntry) -> SightingBlock:
+        """Ids of ``table`` seen but not admitted at this checkpoint (none if not recorded)."""
+        if table.sightings is None:
+            return np.empty(0, dtype=SIGHTING_DTYPE)
+        block = self._load(table.sightings, mmap=False)
+        if block.dtype != SIGHTING_DTYPE or block.shape != (table.sighting_count,):
+            raise CorruptCheckpointError(
+                self.info.id,
+                table.sightings,
+                f"holds {block.dtype}{block.shape}, expected {SIGHTING_DTYPE}"
+                f"[{table.sighting_count}]",
+            )
+        return block
 
     def dense(self) -> dict[str, DenseArray]:
         """Every dense array, by name."""

@@ -3,7 +3,7 @@
 ::
 
     empty store ◄── import base parts ◄── delete tombstones 1, import rows 1 ◄── ... ◄── k
-                └── load_state(version, LFU epochs) of checkpoint k, flush (durable)
+                └── sightings and load_state(version, LFU epochs) of checkpoint k, flush
 
 The target store must hold no rows (open it on an empty directory), or ``clear=True`` deletes
 what it holds first. Rows are imported in blocks, so memory stays bounded by the block size.
@@ -116,6 +116,10 @@ def restore_chain(
                     store.delete_rows(entry.name, tomb)
                 for ids, rows in reader.table_blocks(entry):
                     store.import_rows(entry.name, ids, rows)
+        for t in store.tables:  # admission state: the tip's, complete (none if not recorded)
+            seen = tip.table(t.name)
+            if seen is not None:
+                store.load_sightings(t.name, readers[-1].sightings(seen))
         store.load_state(tip.store_state)
         store.flush()
     dense = readers[-1].dense()

@@ -2,8 +2,9 @@
 
 Capturing is the only part that must hold training off: under ``store.step_boundary()`` it
 copies the store's small state, the rows (all of them, or those written since the base
-version), the tombstones, the dense arrays, the source offsets and ``extra``. Writing the
-snapshot to disk may then happen on another thread while training goes on.
+version), the tombstones, the sighting counts of ids not admitted yet, the dense arrays, the
+source offsets and ``extra``. Writing the snapshot to disk may then happen on another thread
+while training goes on.
 
 ::
 
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from embedding_store import EmbeddingStore
+from embedding_store.admission import SightingBlock
 from embedding_store.tier import RowBlock
 from embedding_store.types import IdArray
 from operators.checkpoint.dense_state import DenseArray, DenseValue, snapshot_dense
@@ -53,6 +55,7 @@ class TableSnapshot:
     state_dim: int
     blocks: Blocks
     tombstones: IdArray | None = None
+    sightings: SightingBlock | None = None
 
     @property
     def rows(self) -> int:
@@ -129,7 +132,9 @@ def capture_full(
         blocks: Blocks = store.export_rows(t.name)
         if materialize:
             blocks = list(blocks)
-        tables.append(TableSnapshot(t.name, t.dim, t.state_dim, blocks))
+        tables.append(
+            TableSnapshot(t.name, t.dim, t.state_dim, blocks, sightings=store.sightings(t.name))
+        )
     return CheckpointSnapshot(
         kind=CheckpointKind.FULL,
         version=int(state["version"]),
@@ -167,7 +172,8 @@ def capture_incremental(
         ids, rows = store.written_since(t.name, base_version)
         tomb = store.tombstones_since(t.name, base_version - 1)
         tomb = np.setdiff1d(tomb, ids, assume_unique=True) if len(tomb) else tomb
-        tables.append(TableSnapshot(t.name, t.dim, t.state_dim, [(ids, rows)], tomb))
+        seen = store.sightings(t.name)  # all of them: they are small and change every step
+        tables.append(TableSnapshot(t.name, t.dim, t.state_dim, [(ids, rows)], tomb, seen))
     return CheckpointSnapshot(
         kind=CheckpointKind.INCREMENTAL,
         version=int(state["version"]),

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from embedding_store.admission import SIGHTING_DTYPE
 from embedding_store.tier import RowBlock
 from embedding_store.types import IdArray
 from operators.checkpoint.chain import chain_dirname, checkpoint_id
@@ -51,6 +52,7 @@ from operators.checkpoint.format import (
     TableEntry,
     dense_file_name,
     rows_file_names,
+    sightings_file_name,
     tombstone_file_name,
 )
 from operators.checkpoint.snapshot import CheckpointSnapshot, TableSnapshot
@@ -107,7 +109,15 @@ class _DirWriter:
             tomb_name = tombstone_file_name(t.name)
             tomb_count = len(tomb)
             self.array(tomb_name, tomb.astype(np.int64, copy=False))
-        return TableEntry(t.name, t.dim, t.state_dim, tuple(parts), tomb_name, tomb_count)
+        seen_name = None
+        seen_count = 0
+        if t.sightings is not None:
+            seen_name = sightings_file_name(t.name)
+            seen_count = len(t.sightings)
+            self.array(seen_name, np.ascontiguousarray(t.sightings, dtype=SIGHTING_DTYPE))
+        return TableEntry(
+            t.name, t.dim, t.state_dim, tuple(parts), tomb_name, tomb_count, seen_name, seen_count
+        )
 
 
 def write_checkpoint(

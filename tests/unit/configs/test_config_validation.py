@@ -233,3 +233,16 @@ def test_the_commented_operators_block_is_valid_when_uncommented(name: str) -> N
     compose = yaml.safe_load((REPO / "deploy" / "docker-compose.yml").read_text())
     deployed = compose["services"]["trainer"]["environment"]["FRESHET_OPERATORS__SCHEDULES"]
     assert raw["operators"]["schedules"] == json.loads(deployed)  # what deploy/ runs
+
+
+def test_store_staleness_reaches_the_store_config(tmp_path: Path) -> None:
+    from embedding_store import StoreConfig, TableConfig
+
+    raw = _raw()
+    raw.setdefault("store", {})["staleness"] = 3  # type: ignore[index]
+    opts = JobConfig.model_validate(raw).store.rocks_options()
+    store = StoreConfig(str(tmp_path), (TableConfig("t", 2),), **opts)
+    assert store.staleness == 3
+    assert JobConfig.model_validate(_raw()).store.rocks_options()["staleness"] == 0
+    raw["store"]["staleness"] = -1  # type: ignore[index]
+    assert any(p.startswith("store.staleness:") for p in _problems(raw))
