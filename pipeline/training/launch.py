@@ -9,7 +9,7 @@ pipeline.training.distributed_job`` process with the environment torchrun would 
     the first rank to fail (or a SIGINT/SIGTERM here) stops the others; the exit status is
     the first failure's, else 0
 
-The same job runs under torchrun itself:
+The same job runs under torchrun itself, with the same file and flags:
 ``torchrun --nproc-per-node N -m pipeline.training.distributed_job --config FILE``.
 
 >>> rank_environment(1, 2, 29500)["RANK"], rank_environment(1, 2, 29500)["WORLD_SIZE"]
@@ -69,8 +69,8 @@ def launch(
 ) -> int:
     """Run ``nproc`` ranks of the job on ``config_path`` here; returns the exit status.
 
-    ``extra_args`` go to every rank (``--max-events``, ``--idle-timeout``,
-    ``--checkpoint-dir``, ``--checkpoint-every``, ``--restore``).
+    ``extra_args`` go to every rank (``freshet train``'s flags: ``--max-events``,
+    ``--idle-timeout``, ``--checkpoint-dir``, ``--checkpoint-every``).
     """
     if nproc < 1:
         raise ConfigError("nproc", f"must be at least 1, got {nproc}")
