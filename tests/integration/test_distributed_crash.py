@@ -112,7 +112,7 @@ def _trained(ckpt: Path) -> int:
 def _start(config: Path, ckpt: Path, restore: bool) -> tuple[subprocess.Popen[bytes], Path]:
     """Launch the 2 ranks from a child process (so one rank can be killed under it)."""
     args = [
-        *("--max-events", str(TOTAL - _trained(ckpt)), "--idle-timeout", "30"),
+        *("--max-events", str(TOTAL), "--idle-timeout", "30"),  # over the lineage
         *("--checkpoint-dir", str(ckpt), "--checkpoint-every", str(EVERY)),
         *(["--restore"] if restore else []),
     ]
