@@ -49,10 +49,10 @@ from operators.checkpoint.chain import load_index
 from operators.checkpoint.dense_state import DenseArray, DenseValue
 from operators.checkpoint.durable_io import json_bytes, replace_atomically
 from operators.checkpoint.manager import CheckpointManager
-from operators.checkpoint.writer import FileHook
 from operators.checkpoint.reader import CheckpointReader
 from operators.checkpoint.restore import check_compatible, ensure_empty
 from operators.checkpoint.write_log import WriteLogWatermarks
+from operators.checkpoint.writer import FileHook
 from operators.errors import CheckpointError, NoCompleteCheckpointError, OperatorError
 
 log = logging.getLogger(__name__)
