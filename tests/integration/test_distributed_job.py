@@ -248,7 +248,7 @@ def test_two_ranks_publish_complete_versions_a_replica_serves_like_one_rank(
             for i, emb in want_rows.items():
                 worst = max(worst, float(np.abs(got[i] - emb).max()))
     print(f"largest row difference over {len(versions)} versions: {worst:.3g}")
-    assert worst <= 1e-4  # float sums in another order (test_distributed_equivalence's bound)
+    assert worst <= TOL  # float sums in another order: measured 1.6e-7
 
     # a replica fed by the job serves what the 1-rank model predicts
     fspec, mspec = config.features.to_spec(), config.model.to_spec()
