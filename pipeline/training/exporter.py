@@ -408,12 +408,7 @@ class MetricsExporter:
         self._events_seen = job.rank_events
         if self.spec is not None:
             port = self.metrics.start_http_server(self.spec.port_of(job.world.rank), self.spec.addr)
-            log.info(
-                "rank %d: trainer metrics on http://%s:%d/metrics",
-                job.world.rank,
-                self.spec.addr,
-                port,
-            )
+            log.info("trainer metrics on http://%s:%d/metrics", self.spec.addr, port)
             self.metrics.start_lag()
 
     def at_step(self, job: JobView, idle: bool) -> None:

@@ -302,8 +302,7 @@ class TrainJob:
             self.start_offsets = dict(self.resumed.offsets)
             self.events_trained = self.resumed.events_trained
             log.info(
-                "rank %d: restored %s (version %d, %d events trained%s); resuming at %s",
-                world.rank,
+                "restored %s (version %d, %d events trained%s); resuming at %s",
                 self.resumed.checkpoint,
                 self.resumed.version,
                 self.events_trained,
