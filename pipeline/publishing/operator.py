@@ -6,7 +6,7 @@ the featurizer state it reads all belong to the same step (design decision 3)::
     job.open()            ─► open(job):    rank 0 starts the Publisher; watermarks register
     step boundary         ─► at_step(job): due? (rank 0 decides, every rank follows)
                                             └─► publish: one version
-    poll with no data     ─► at_step(job, idle=True): trained since the last version? publish
+    stream idles (1 s)    ─► at_step(job, idle=True): trained since the last version? publish
     job.close(clean=True) ─► close(job):   trained since the last version? publish
 
 With N ranks each rank holds only the rows it owns. A publish is then a collective: every

@@ -5,9 +5,9 @@
     rank r: KafkaSource (polls ahead) ──batch i──► OnlineTrainer.train_batch (score, then train)
                  │ peek_ahead(K)                        │ store.step()
                  └─► trainer.sparse_ids ─► store.prefetch ┘ ticket.wait() / release()
-    every loop, the world agrees on [ranks with a batch, events, ranks idle, ranks stopping]
-    (one all_reduce with N ranks; nothing with one):
-       nobody has data: every plugin's at_step(idle=True); all idle ─► stop
+    every loop, the world agrees on [ranks with a batch, events, ranks past the idle timeout,
+    ranks quiet for QUIET_S, ranks stopping] (one all_reduce with N ranks; nothing with one):
+       nobody has data: all quiet ─► every plugin's at_step(idle=True); all idle ─► stop
        someone has data: every rank steps (an empty batch where it has none), then
           checkpoint every K steps (spec.checkpoint.every_steps), plugins' at_step(idle=False)
     after each batch: source.mark_trained(batch) ─► source.snapshot() = offsets to resume
@@ -89,6 +89,8 @@ from pipeline.training.world import World
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
+QUIET_S = 1.0
+"""Every rank this long without data: the stream idles (plugins' ``at_step(idle=True)``)."""
 
 
 class TrainJobError(PipelineError, RuntimeError):
@@ -477,21 +479,18 @@ class TrainJob:
                 quiet_since = now
             elif quiet_since is None and self._listening():
                 quiet_since = now
-            is_idle = (
-                batch is None
-                and bool(idle)
-                and quiet_since is not None
-                and now - quiet_since > idle
-            )
-            have, events, idle_ranks, stop_ranks = world.sum(
-                [batch is not None, len(batch.events) if batch else 0, is_idle, stopping]
+            quiet = batch is None and quiet_since is not None and now - quiet_since >= QUIET_S
+            is_idle = quiet and bool(idle) and now - (quiet_since or now) > idle
+            have, events, idle_ranks, quiet_ranks, stop_ranks = world.sum(
+                [batch is not None, len(batch.events) if batch else 0, is_idle, quiet, stopping]
             )
             if stop_ranks:
                 break
             if not have:
                 if idle_ranks == world.size:
                     break
-                self._boundary(idle=True)
+                if quiet_ranks == world.size:  # not a gap between two batches: the stream idles
+                    self._boundary(idle=True)
                 continue
             if t0 is None:
                 t0 = last_progress = now

@@ -5,7 +5,7 @@ the featurizer state a plugin reads all belong to one step)::
 
     TrainJob.open()  ── restore ──► plugin.open(job)          in the order given
     TrainJob.run()   ── step i ───► plugin.at_step(job, idle=False)
-                     ── no data on any rank (a poll) ─► plugin.at_step(job, idle=True)
+                     ── no data on any rank for QUIET_S (each poll) ─► at_step(job, idle=True)
     TrainJob.close() ── final checkpoint ─► plugin.close(job, clean)   in reverse order
 
 With N ranks every rank calls the same hooks at the same step, so a plugin may take part in
@@ -133,7 +133,7 @@ class JobPlugin(Protocol):
         ...
 
     def at_step(self, job: JobView, idle: bool) -> None:
-        """A step boundary; ``idle``: no rank had data at this poll (nothing was trained)."""
+        """A step boundary; ``idle``: no rank has had data for a while (nothing trained)."""
         ...
 
     def close(self, job: JobView, clean: bool) -> None:

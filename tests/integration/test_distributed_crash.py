@@ -94,6 +94,9 @@ def job_config(
     if deltas is not None:
         raw["store"]["hot_rows"] = 64
         raw["operators"] = {
+            # no LFU aging: it runs on the wall clock, so the counts it halves (placement
+            # bookkeeping, never a trained value) would differ between runs
+            "migration": {"age": False},
             "schedules": [
                 {"operator": "tier_migration", "trigger": {"type": "interval", "seconds": 0.3}}
             ]
