@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _job(tmp: str, name: str, every: float | None) -> Any:
     from configs.job import JobConfig
     from pipeline.training.job import TrainJob
+    from pipeline.training.job_operators import ScheduledOperators
 
     base = JobConfig.from_yaml(REPO / "configs" / "fraud.yaml")
     update: dict[str, Any] = {
@@ -48,15 +49,17 @@ def _job(tmp: str, name: str, every: float | None) -> Any:
         }
     raw = base.model_dump()
     raw.update(update)
-    return TrainJob(JobConfig(**raw)).open()
+    spec = JobConfig(**raw).to_spec()
+    plugins = [ScheduledOperators(spec.operators)] if spec.operators.schedules else []
+    return TrainJob(spec, plugins=plugins).open()
 
 
 def _round(job: Any, events: list[Any], batch: int) -> float:
     t0 = time.perf_counter()
     for i in range(0, len(events), batch):
         job.trainer.train_batch(events[i : i + batch])
-        for hook in job.step_hooks:
-            hook(job)
+        for plugin in job.plugins:
+            plugin.at_step(job, False)
     return len(events) / (time.perf_counter() - t0)
 
 
@@ -80,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
             for mode in ("without", "with"):
                 job = _job(tmp, f"{mode}{r}", None if mode == "without" else args.every)
                 rates[mode].append(_round(job, events, batch))
-                if job.operators is not None and job.operators.manager is not None:
-                    job.operators.manager.wait()  # a background write still in flight
-                    reports += len(job.operators.reports)
+                if job.plugins and job.checkpoint_manager is not None:
+                    job.checkpoint_manager.wait()  # a background write still in flight
+                    reports += len(job.plugins[0].reports)
                 job.close(clean=False)
     out["operator_runs_in_timed_rounds"] = reports
     out["samples_per_s"] = {k: statistics.median(v) for k, v in rates.items()}

@@ -102,7 +102,7 @@ def _decode_seconds(payloads: list[bytes]) -> float:
 def _store_only(bootstrap: str, store: str, batch: int, models: list[Any]) -> dict[str, Any]:
     from pipeline.training.job import TrainJob
 
-    job = TrainJob(_config(bootstrap, "ctr", store, batch, "thread")).open()
+    job = TrainJob(_config(bootstrap, "ctr", store, batch, "thread").to_spec()).open()
     tr = job.trainer
     assert tr is not None
     n = len(models)
@@ -154,7 +154,23 @@ def _pipeline(bootstrap: str, store: str, batch: int, n: int, mode: str) -> dict
     from pipeline.source.process import ProcessSource
     from pipeline.training.job import TrainJob
 
-    job = TrainJob(_config(bootstrap, "ctr", store, batch, mode)).open()
+    worker: dict[str, float] = {}
+
+    class KeepWorkerStats:
+        """A plugin that copies the source process's counters at every step boundary."""
+
+        def open(self, job: Any) -> None:
+            pass
+
+        def at_step(self, job: Any, idle: bool) -> None:
+            if isinstance(job.source, ProcessSource):
+                worker.update(job.source.worker_stats)
+
+        def close(self, job: Any, clean: bool) -> None:
+            pass
+
+    spec = _config(bootstrap, "ctr", store, batch, mode).to_spec()
+    job = TrainJob(spec, plugins=[KeepWorkerStats()]).open()
     tr = job.trainer
     assert tr is not None
     job._ensure_source()  # started here, so its next_batch() can be timed
@@ -163,13 +179,6 @@ def _pipeline(bootstrap: str, store: str, batch: int, n: int, mode: str) -> dict
     prefetch_ids = _Timed(tr.sparse_ids)
     job.source.next_batch = next_batch  # type: ignore[method-assign]
     tr.sparse_ids = prefetch_ids  # type: ignore[method-assign]
-    worker: dict[str, float] = {}
-
-    def keep_worker_stats(_: Any) -> None:
-        if isinstance(job.source, ProcessSource):
-            worker.update(job.source.worker_stats)
-
-    job.step_hooks.append(keep_worker_stats)
     proc0, thread0 = _cpu()
     summary = job.run(max_events=n, idle_timeout_s=30)
     proc1, thread1 = _cpu()

@@ -22,6 +22,8 @@ the file: ``FRESHET_SOURCE__TOPIC=clicks`` sets ``source.topic`` (``__`` separat
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +36,16 @@ from configs.operators import OperatorsConfig
 from configs.serving import PublishConfig, ServeConfig
 from embedding_store.config import SstConfig
 from pipeline.runtime.secrets import read_secret
+from pipeline.training.spec import (
+    CheckpointSpec,
+    JobSpec,
+    MetricsSpec,
+    OperatorsSpec,
+    PublishSpec,
+    SourceSpec,
+    StoreSpec,
+    TrainingSpec,
+)
 
 
 class _Section(BaseModel):
@@ -318,6 +330,102 @@ class JobConfig(BaseSettings):
         """Order the sources: environment first, then the YAML file."""
         # the environment overrides the file (which arrives as init arguments)
         return env_settings, init_settings
+
+    def config_hash(self) -> str:
+        """A hash of what must match for a checkpoint to be resumed (features and model)."""
+        body = {
+            "features": self.features.model_dump(mode="json"),
+            "model": self.model.model_dump(mode="json"),
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_spec(self) -> JobSpec:
+        """The frozen :class:`~pipeline.training.spec.JobSpec` the job core takes.
+
+        Reads the secrets the file names now (Kafka password, signing key).
+
+        >>> cfg = JobConfig.model_validate({"kind": "ctr", "source": {"topic": "t"},
+        ...     "features": {"sparse": [{"type": "categorical", "name": "c1", "table": "cat",
+        ...     "field": "c1"}]}, "model": {"type": "logistic"}, "metrics_port": 9400})
+        >>> spec = cfg.to_spec()
+        >>> spec.source.topic, spec.metrics.port_of(1), spec.checkpoint, len(spec.config_hash)
+        ('t', 9401, None, 16)
+        """
+        src, st, tr = self.source, self.store, self.training
+        client_config = src.security.client_config()
+        ops = self.operators
+        checkpoint = None
+        operators = OperatorsSpec()
+        if ops is not None:
+            operators = OperatorsSpec(
+                schedules=ops.to_schedules(),
+                migration_age=ops.migration.age,
+                migration_scan_limit=ops.migration.scan_limit,
+                count_cold_rows=ops.count_cold_rows,
+            )
+            if ops.checkpoint is not None:
+                ck = ops.checkpoint
+                checkpoint = CheckpointSpec(
+                    ck.dir,
+                    retention=ck.retention,
+                    max_chain_length=ck.max_chain_length,
+                    rows_per_file=ck.rows_per_file,
+                    background=ck.background,
+                    full_mode=ck.full_mode,
+                )
+        publish = None
+        if self.publish is not None:
+            pub = self.publish
+            publish = PublishSpec(
+                bootstrap=pub.bootstrap,
+                snapshot_dir=pub.snapshot_dir,
+                settings=pub.to_settings(),
+                signer=pub.signing.signer(),
+                client_config=client_config,
+            )
+        return JobSpec(
+            kind=self.kind,
+            source=SourceSpec(
+                bootstrap_servers=tuple(src.bootstrap_servers),
+                topic=src.topic,
+                group_id=src.group_id,
+                assignment=src.assignment,
+                max_events=src.max_events,
+                max_wait_ms=src.max_wait_ms,
+                queue_batches=src.queue_batches,
+                dead_letter_topic=src.dead_letter_topic,
+                session_timeout_ms=src.session_timeout_ms,
+                decode_in=src.decode_in,
+                record_reader=src.record_reader,
+                client_config=client_config,
+            ),
+            features=self.features.to_spec(),
+            model=self.model.to_spec(),
+            store=StoreSpec(
+                path=st.path,
+                num_shards=st.num_shards,
+                lfu_decay=st.lfu_decay,
+                rocks_options=st.rocks_options(),
+                table_overrides=st.table_overrides(),
+                on_disk_error=st.on_disk_error,
+                disk_retry_s=st.disk_retry_s,
+            ),
+            training=TrainingSpec(
+                prefetch_batches=tr.prefetch_batches,
+                idle_timeout_s=tr.idle_timeout_s,
+                max_events=tr.max_events,
+                auc_window=tr.auc_window,
+            ),
+            checkpoint=checkpoint,
+            operators=operators,
+            publish=publish,
+            metrics=(
+                None
+                if self.metrics_port is None
+                else MetricsSpec(self.metrics_port, self.metrics_addr)
+            ),
+            config_hash=self.config_hash(),
+        )
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> JobConfig:

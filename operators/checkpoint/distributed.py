@@ -52,6 +52,8 @@ from operators.checkpoint.durable_io import json_bytes, replace_atomically
 from operators.checkpoint.manager import CheckpointManager
 from operators.checkpoint.reader import CheckpointReader
 from operators.checkpoint.restore import check_compatible, ensure_empty
+from operators.checkpoint.write_log import WriteLogWatermarks
+from operators.checkpoint.writer import FileHook
 from operators.errors import CheckpointError, NoCompleteCheckpointError, OperatorError
 
 log = logging.getLogger(__name__)
@@ -173,7 +175,8 @@ class WorldCheckpoints:
 
     ``write`` is a collective (every rank, the same step); ``restore`` is not. A full
     checkpoint opens a new chain every ``full_every`` writes, increments in between;
-    ``retention`` chains are kept per rank. Constructing does no I/O.
+    ``retention`` chains are kept per rank; ``watermarks`` (shared with a delta publisher) and
+    ``file_hook`` go to this rank's manager. Constructing does no I/O.
     """
 
     def __init__(
@@ -185,13 +188,20 @@ class WorldCheckpoints:
         retention: int = 3,
         full_every: int = 8,
         keep: int = 16,
+        watermarks: WriteLogWatermarks | None = None,
+        file_hook: FileHook | None = None,
     ) -> None:
         self.root = os.path.abspath(root)
         self.rank = rank
         self.group = group
         self.full_every = full_every
         self.keep = keep
-        self.manager = CheckpointManager(_manager_root(self.root, rank), retention=retention)
+        self.manager = CheckpointManager(
+            _manager_root(self.root, rank),
+            retention=retention,
+            watermarks=watermarks,
+            file_hook=file_hook,
+        )
         self._since_full = 0
 
     def close(self) -> None:

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
                 f"hit {p.hit_ratio:.3f}  dead letters {p.dead_letters}"
             )
 
-        with TrainJob(config, progress=show) as job:
+        with TrainJob(config.to_spec(), progress=show) as job:
             summary = job.run(max_events=args.events, idle_timeout_s=60.0)
         bar.update(summary.events - last[0])
         bar.close()

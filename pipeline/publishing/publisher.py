@@ -314,6 +314,10 @@ class Publisher:
             return True
         return self.clock() - self._last_publish_at >= self.settings.interval_s
 
+    def snapshot_due(self) -> bool:
+        """Whether the next publish writes a snapshot (always the first of a run)."""
+        return self._version is None or self._snapshot_due(self.clock())
+
     def _snapshot_due(self, now: float) -> bool:
         s = self.settings
         if self._snapshot_next or self._since_snapshot + 1 >= s.snapshot_every:

@@ -18,7 +18,8 @@
     freshet_publish_seconds                  histogram  set by the publisher
     freshet_published_version                gauge      last model version published
 
-Everything is read between two training steps, from a step hook (:func:`attach_metrics`).
+Everything is read between two training steps, by the :class:`MetricsExporter` plugin; rank r
+of N serves on ``metrics_port + r``.
 Per step it costs a few counter reads. The prequential metrics (a sort of every scored event)
 are refreshed every ``quality_every_s``, or less often as that sort grows: the next refresh
 waits at least 100x the last one's cost, so they take at most 1% of the training thread. The
@@ -36,11 +37,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -50,11 +52,13 @@ from embedding_store.rocks import table_cf
 from operators.base import Outcome
 from operators.checkpoint.ops import CHECKPOINT_OPERATORS
 from pipeline.source.lag import ConsumerLag
+from pipeline.training.plugin import JobView
+from pipeline.training.spec import MetricsSpec
 
 if TYPE_CHECKING:
     from embedding_store import EmbeddingStore
+    from pipeline.publishing.publisher import PublishReport
     from pipeline.source.kafka import SourceBatch
-    from pipeline.training.job import TrainJob
     from pipeline.training.trainer import BatchResult
 
 log = logging.getLogger(__name__)
@@ -67,26 +71,58 @@ RATE_WINDOW_S = 10.0
 QUALITY_COST_FACTOR = 100.0  # prequential refreshes take at most 1% of the training thread
 
 
-class TrainerMetrics:
-    """The metrics of ``job`` (a :class:`~pipeline.training.job.TrainJob`).
+class OperatorReports(Protocol):
+    """Where operator reports are read (``ScheduledOperators``)."""
 
-    ``update()`` reads the job between steps; ``on_batch`` counts trained events (both are
-    registered by :func:`attach_metrics`). ``start_http_server`` serves ``/metrics``. The
-    operators call :meth:`observe_checkpoint` and :meth:`observe_publish`. Constructing does
-    no I/O.
+    @property
+    def reports(self) -> Any:
+        """The latest reports, oldest first."""
+        ...
+
+    @property
+    def report_count(self) -> int:
+        """Reports made so far."""
+        ...
+
+
+class PublishedVersions(Protocol):
+    """Where publishes are read (:class:`~pipeline.publishing.operator.DeltaPublish`)."""
+
+    @property
+    def published(self) -> int:
+        """Versions published so far."""
+        ...
+
+    @property
+    def last_report(self) -> PublishReport | None:
+        """The latest publish."""
+        ...
+
+
+class TrainerMetrics:
+    """The metrics of ``job`` (a :class:`~pipeline.training.plugin.JobView`).
+
+    ``update()`` reads the job between steps; ``count_events`` counts trained events (the
+    :class:`MetricsExporter` plugin calls both). ``start_http_server`` serves ``/metrics``.
+    Checkpoint durations come from ``operators``' reports, publishes from ``publisher``; or
+    call :meth:`observe_checkpoint` and :meth:`observe_publish`. Constructing does no I/O.
     """
 
     def __init__(
         self,
-        job: TrainJob | None,
+        job: JobView | None,
         registry: CollectorRegistry | None = None,
         *,
+        operators: OperatorReports | None = None,
+        publisher: PublishedVersions | None = None,
         quality_every_s: float = 5.0,
         rows_every_s: float = 30.0,
         lag_every_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.job = job
+        self.operators = operators
+        self.publisher = publisher
         self.registry = registry if registry is not None else CollectorRegistry()
         self.quality_every_s = quality_every_s
         self.rows_every_s = rows_every_s
@@ -167,18 +203,18 @@ class TrainerMetrics:
         """Start measuring the consumer lag of the job's source every ``lag_every_s``."""
         if self._lag is not None or self.job is None:
             return
-        src = self.job.config.source
+        src = self.job.spec.source
         self._lag = ConsumerLag(
             list(src.bootstrap_servers),
             self._positions,
             self.consumer_lag.set,
             every_s=self.lag_every_s,
-            client_config=src.security.client_config(),
+            client_config=dict(src.client_config),
         ).start()
 
     def _positions(self) -> dict[tuple[str, int], int]:
         source = self.job.source if self.job is not None else None
-        return source.snapshot() if source is not None else {}
+        return dict(source.snapshot()) if source is not None else {}
 
     def render(self) -> bytes:
         """The Prometheus text exposition, as ``/metrics`` serves it."""
@@ -217,14 +253,17 @@ class TrainerMetrics:
             self.published_version.set(version)
 
     # -- hooks ---------------------------------------------------------------
-    def on_batch(self, batch: SourceBatch, result: BatchResult | None = None) -> None:
-        """Count a trained batch's events (a :attr:`TrainJob.batch_hooks` entry)."""
-        n = len(batch.events)
+    def count_events(self, n: int) -> None:
+        """Count ``n`` more trained events."""
         self.total_events += n
         self.events_trained.inc(n)
 
-    def update(self, job: TrainJob | None = None, force: bool = False) -> None:
-        """Refresh from the job between two steps (a :attr:`TrainJob.step_hooks` entry).
+    def on_batch(self, batch: SourceBatch, result: BatchResult | None = None) -> None:
+        """Count a trained batch's events (a :attr:`TrainJob.batch_hooks` entry)."""
+        self.count_events(len(batch.events))
+
+    def update(self, job: JobView | None = None, force: bool = False) -> None:
+        """Refresh from the job between two steps.
 
         ``force`` refreshes the throttled metrics (prequential, cold rows) now.
         """
@@ -243,7 +282,7 @@ class TrainerMetrics:
                 self._dead_seen = 0
             self.dead_letters.inc(dead - self._dead_seen)
             self._dead_seen = dead
-        self._update_operators(job)
+        self._update_operators()
         if force or now >= self._next_quality:
             self._update_quality(job)
             cost = self.clock() - now
@@ -255,14 +294,12 @@ class TrainerMetrics:
                     estimate_cold_rows(store, table.name)
                 )
 
-    def _update_operators(self, job: TrainJob) -> None:
-        """Checkpoint durations and published versions from the job's operators, if any."""
-        ops = getattr(job, "operators", None)
-        if ops is None:
-            return
-        count = int(getattr(ops, "report_count", 0))
+    def _update_operators(self) -> None:
+        """Checkpoint durations and published versions from the operators and the publisher."""
+        ops = self.operators
+        count = ops.report_count if ops is not None else 0
         new = count - self._reports_seen if count >= self._reports_seen else count
-        if new:
+        if ops is not None and new:
             reports = list(ops.reports)
             for report in reports[max(0, len(reports) - new) :]:
                 if report.operator in CHECKPOINT_OPERATORS and report.outcome in (
@@ -271,7 +308,7 @@ class TrainerMetrics:
                 ):
                     self.observe_checkpoint(report.seconds)
             self._reports_seen = count
-        publish = getattr(ops, "delta_publish", None)
+        publish = self.publisher
         if publish is not None and publish.published != self._published_seen:
             self._published_seen = publish.published
             last = publish.last_report
@@ -287,7 +324,7 @@ class TrainerMetrics:
         if now > t0:
             self.events_per_second.set((self.total_events - n0) / (now - t0))
 
-    def _update_quality(self, job: TrainJob) -> None:
+    def _update_quality(self, job: JobView) -> None:
         trainer, store = job.trainer, job.store
         if trainer is not None:
             m = trainer.metrics
@@ -325,28 +362,75 @@ def estimate_cold_rows(store: EmbeddingStore, table: str) -> int:
     return total
 
 
-def attach_metrics(
-    job: TrainJob,
-    port: int | None,
-    addr: str = "127.0.0.1",
-    *,
-    quality_every_s: float = 5.0,
-    rows_every_s: float = 30.0,
-    lag_every_s: float = 10.0,
-) -> TrainerMetrics:
-    """Export ``job``'s metrics: register the hooks, serve ``/metrics``, measure the lag.
+class MetricsExporter:
+    """The trainer's ``/metrics`` as a job plugin: local rank r serves on ``spec.port + r``.
 
-    ``port=None`` registers the hooks only (no server, no lag thread); ``0`` picks a free port,
-    read back as ``metrics.port``. The intervals are :class:`TrainerMetrics`'s. Call
-    ``metrics.close()`` when the job is done (or use the result as a context manager).
+    Ranks on one machine (``--nproc``) get one port each; one rank per machine (a pod per
+    rank on Kubernetes, ``--nnodes``) serves on ``spec.port`` everywhere.
+
+    ``spec=None`` keeps the metrics without serving them (no server, no lag thread).
+    ``operators`` and ``publisher`` are the plugins whose reports it reads. The intervals are
+    :class:`TrainerMetrics`'s; ``metrics`` exists from :meth:`open` on.
     """
-    metrics = TrainerMetrics(
-        job, quality_every_s=quality_every_s, rows_every_s=rows_every_s, lag_every_s=lag_every_s
-    )
-    job.step_hooks.append(metrics.update)
-    job.batch_hooks.append(metrics.on_batch)
-    if port is not None:
-        metrics.start_http_server(port, addr)
-        log.info("trainer metrics on http://%s:%d/metrics", addr, metrics.port)
-        metrics.start_lag()
-    return metrics
+
+    name = "metrics"
+
+    def __init__(
+        self,
+        spec: MetricsSpec | None = None,
+        *,
+        operators: OperatorReports | None = None,
+        publisher: PublishedVersions | None = None,
+        quality_every_s: float = 5.0,
+        rows_every_s: float = 30.0,
+        lag_every_s: float = 10.0,
+    ) -> None:
+        self.spec = spec
+        self.operators = operators
+        self.publisher = publisher
+        self.intervals = (quality_every_s, rows_every_s, lag_every_s)
+        self.metrics: TrainerMetrics | None = None
+        self._events_seen = 0
+
+    @property
+    def port(self) -> int | None:
+        """The port bound (after :meth:`open`)."""
+        return self.metrics.port if self.metrics is not None else None
+
+    def open(self, job: JobView) -> None:
+        """Create the registry, serve it on this rank's port, measure the lag."""
+        quality, rows, lag = self.intervals
+        self.metrics = TrainerMetrics(
+            job,
+            operators=self.operators,
+            publisher=self.publisher,
+            quality_every_s=quality,
+            rows_every_s=rows,
+            lag_every_s=lag,
+        )
+        self._events_seen = job.rank_events
+        if self.spec is not None:
+            port_here = self.spec.port_of(local_rank(job.world.rank))
+            port = self.metrics.start_http_server(port_here, self.spec.addr)
+            log.info("trainer metrics on http://%s:%d/metrics", self.spec.addr, port)
+            self.metrics.start_lag()
+
+    def at_step(self, job: JobView, idle: bool) -> None:
+        """Count the events trained since the last boundary and refresh."""
+        if self.metrics is None:
+            return
+        events = job.rank_events
+        if events > self._events_seen:
+            self.metrics.count_events(events - self._events_seen)
+        self._events_seen = events
+        self.metrics.update(job)
+
+    def close(self, job: JobView, clean: bool) -> None:
+        """Stop serving."""
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def local_rank(rank: int) -> int:
+    """A rank's number on its machine (torchrun's ``LOCAL_RANK``; else its global ``rank``)."""
+    return int(os.environ.get("LOCAL_RANK", rank))

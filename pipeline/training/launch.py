@@ -1,7 +1,7 @@
 """Start N local ranks of the distributed job, torchrun-style, and wait for them.
 
 ``freshet train --nproc N`` calls :func:`launch`. Each rank is a ``python -m
-pipeline.training.distributed_job`` process with the environment torchrun would give it::
+pipeline.cli.rank`` process with the environment torchrun would give it::
 
     launch(config, nproc=2)
       ├─ rank 0: MASTER_ADDR=127.0.0.1 MASTER_PORT=<free> RANK=0 LOCAL_RANK=0 WORLD_SIZE=2
@@ -13,8 +13,8 @@ Across machines (one pod per rank on Kubernetes), every node runs ``freshet trai
 --node-rank R --master-addr HOST --master-port P``: node ``R``'s local rank ``l`` is global rank
 ``R * nproc + l`` of ``M * nproc``, and rank 0 (node 0) hosts the rendezvous at ``HOST:P``.
 
-The same job runs under torchrun itself:
-``torchrun --nproc-per-node N -m pipeline.training.distributed_job --config FILE``.
+The same job runs under torchrun itself, with the same file and flags:
+``torchrun --nproc-per-node N -m pipeline.cli.rank --config FILE``.
 
 >>> rank_environment(1, 2, 29500)["RANK"], rank_environment(1, 2, 29500)["WORLD_SIZE"]
 ('1', '2')
@@ -40,7 +40,7 @@ from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MODULE = "pipeline.training.distributed_job"
+MODULE = "pipeline.cli.rank"
 _STOP_GRACE_S = 20.0
 
 
@@ -107,8 +107,8 @@ def launch(
 ) -> int:
     """Run ``nproc`` ranks of the job on ``config_path`` here; returns the exit status.
 
-    ``extra_args`` go to every rank (``--max-events``, ``--idle-timeout``,
-    ``--checkpoint-dir``, ``--checkpoint-every``, ``--restore``). ``node`` places this
+    ``extra_args`` go to every rank (``freshet train``'s flags: ``--max-events``,
+    ``--idle-timeout``, ``--checkpoint-dir``, ``--checkpoint-every``). ``node`` places this
     machine in a job of several (its ranks' global numbers and the rendezvous address).
     """
     if nproc < 1:

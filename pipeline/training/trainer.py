@@ -14,6 +14,16 @@ only then is the model trained on the batch:
 One forward serves both the scores and the gradients unless the model has dropout or batch
 norm (then scores come from a separate ``eval()``/``no_grad`` forward first).
 
+With N ranks (:mod:`pipeline.training.world`) the same trainer runs on every rank over a
+:class:`~embedding_store.distributed.DistributedStore`: its forward and ``store.step()`` are
+collectives, and ``dense_sync`` sums the dense gradients over the ranks before the dense
+optimizer steps, so N ranks take the step one trainer would take on the union of their
+batches. A rank without events trains an empty batch: it still takes part in every
+collective::
+
+    loss.backward() ─► dense_sync(params)  (all_reduce SUM; None with one rank)
+                    ─► dense_optimizer.step() ─► store.step()  (row grads to their owners)
+
 For look-ahead prefetch, ``sparse_ids(events)`` gives the store ids of a future batch
 without touching any streaming state; hand them to ``store.prefetch([...])``.
 
@@ -38,7 +48,7 @@ without touching any streaming state; hand them to ``store.prefetch([...])``.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -49,12 +59,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedding_store import EmbeddingStore
+from pipeline.errors import PipelineError
 from pipeline.features.featurizer import Batch, Featurizer
 from pipeline.training.models import SparseModel
 from pipeline.training.prequential import PrequentialMetrics
 
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
+DenseSync = Callable[[Sequence[torch.Tensor]], None]
+
+
+class RankTrainingError(PipelineError, ValueError):
+    """A rank could not train a batch (it names the rank; other ranks would stall)."""
+
+    def __init__(self, rank: int, detail: str) -> None:
+        self.rank = rank
+        super().__init__(f"rank {rank}: {detail}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +109,8 @@ class OnlineTrainer:
     ``dense_optimizer`` updates its dense parameters (``None`` when it has none).
     ``reduction="sum"`` (the default) gives every event its full gradient, as per-example
     online learning does; ``"mean"`` divides by the batch size (SGD and FTRL then learn
-    ``B`` times slower; Adagrad and Adam hardly care).
+    ``B`` times slower; Adagrad and Adam hardly care). ``dense_sync`` (N ranks) sums the
+    dense gradients over the ranks; ``rank`` names this rank in errors.
     """
 
     def __init__(
@@ -102,6 +123,8 @@ class OnlineTrainer:
         metrics: PrequentialMetrics | None = None,
         separate_scoring: bool | None = None,
         reduction: Literal["sum", "mean"] = "sum",
+        dense_sync: DenseSync | None = None,
+        rank: int = 0,
     ) -> None:
         self.model = model
         self.store = store
@@ -110,6 +133,8 @@ class OnlineTrainer:
         self.metrics = metrics if metrics is not None else PrequentialMetrics()
         self.separate_scoring = _stochastic(model) if separate_scoring is None else separate_scoring
         self.reduction = reduction
+        self.dense_sync = dense_sync
+        self.rank = rank
         self.events = 0
         self.batches = 0
         self.seconds = 0.0
@@ -150,14 +175,22 @@ class OnlineTrainer:
         out: F32 = torch.sigmoid(logits).numpy().astype(np.float32)
         return out
 
+    def _parameters(self) -> list[torch.Tensor]:
+        if isinstance(self.model, nn.Module):
+            return [p for p in self.model.parameters() if p.requires_grad]
+        return []
+
     def train_batch(self, batch: Batch | Sequence[Any]) -> BatchResult:
-        """Score ``batch`` with the current parameters, record the metrics, then train on it."""
+        """Score ``batch`` with the current parameters, record the metrics, then train on it.
+
+        With ``dense_sync`` (N ranks) the batch may be empty: the rank still steps.
+        """
         t0 = time.perf_counter()
         b = self.featurize(batch)
         t1 = time.perf_counter()
         labels = torch.from_numpy(b.labels)
         if np.isnan(b.labels).any():
-            raise ValueError("every event of a training batch needs a label")
+            raise RankTrainingError(self.rank, "every event of a training batch needs a label")
         scores: torch.Tensor | None = None
         if self.separate_scoring:
             self._set_mode(False)
@@ -169,23 +202,29 @@ class OnlineTrainer:
             scores = torch.sigmoid(logits.detach())
         loss = F.binary_cross_entropy_with_logits(logits, labels, reduction=self.reduction)
         scores_np = scores.numpy().astype(np.float32)
-        self.metrics.update(scores_np, b.labels)
+        n = len(b)
+        if n:
+            self.metrics.update(scores_np, b.labels)
         if self.dense_optimizer is not None:
             self.dense_optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
+        if self.dense_sync is not None:
+            params = self._parameters()
+            if params:
+                self.dense_sync(params)
         if self.dense_optimizer is not None:
             self.dense_optimizer.step()
         self.store.step()
         seconds = time.perf_counter() - t0
-        self.events += len(b)
+        self.events += n
         self.batches += 1
         self.seconds += seconds
         self.featurize_seconds += t1 - t0
         return BatchResult(
             scores=scores_np,
             labels=b.labels,
-            loss=float(loss.detach()) / (len(b) if self.reduction == "sum" else 1),
-            size=len(b),
+            loss=float(loss.detach()) / (n if self.reduction == "sum" and n else 1),
+            size=n,
             step=self.store.version,
             seconds=seconds,
             featurize_seconds=t1 - t0,

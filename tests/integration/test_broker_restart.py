@@ -37,6 +37,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from operators.checkpoint.manager import CheckpointManager
 from pipeline.broker.embedded import EmbeddedBroker, ensure_topics, find_tansu
+from pipeline.cli.train import plugins_for
 from pipeline.events.generators import generate
 from pipeline.events.replay import replay
 from pipeline.source.kafka import SourceBatch
@@ -159,7 +160,8 @@ def test_trainer_goes_on_after_a_broker_restart_without_loss_or_double_training(
         ensure_topics(broker.bootstrap, {topic: 1})
         assert replay(broker.bootstrap, topic, events[:FIRST], progress=False) == FIRST
         config = job_config(tmp_path, broker.bootstrap, topic, assignment)
-        job = TrainJob(config).open()
+        spec = config.to_spec()
+        job = TrainJob(spec, plugins=plugins_for(spec)).open()
 
         def record(batch: SourceBatch, result: BatchResult) -> None:
             trained.extend(batch.positions)
@@ -234,9 +236,9 @@ def resume_point(config: Any, store_path: Path) -> tuple[int, dict[tuple[str, in
     probe = config.model_copy(
         update={"store": config.store.model_copy(update={"path": str(store_path)})}
     )
-    job = TrainJob(probe).open()
+    job = TrainJob(probe.to_spec()).open()
     try:
-        assert job.operators is not None
-        return job.events_trained, dict(job.start_offsets), job.operators.restored_version
+        assert job.resumed is not None
+        return job.events_trained, dict(job.start_offsets), job.resumed.version
     finally:
         job.close(clean=False)

@@ -1,7 +1,7 @@
 """Issue 4's crash test with 2 ranks: SIGKILL one rank again and again, restart the world.
 
 Both runs launch 2 ranks (``pipeline.training.launch`` ->
-``python -m pipeline.training.distributed_job``) over
+``python -m pipeline.cli.rank``) over
 a 2-partition topic; rank r reads partition r (manual assignment) and batches close on size
 only, so step i of either run is rank 0's batch i plus rank 1's batch i. The clean run goes
 through uninterrupted. The crashed run is started, one of its rank processes is SIGKILLed at
@@ -15,6 +15,7 @@ the same version (steps).
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -48,8 +49,13 @@ KILLS = 4
 TOL = 1e-6
 
 
-def job_config(bootstrap: str, topic: str, store: Path) -> dict[str, Any]:
-    """A small DeepFM on Criteo fields: no aggregates, no standardisation (per-rank state)."""
+def job_config(
+    bootstrap: str, topic: str, store: Path, deltas: str | None = None
+) -> dict[str, Any]:
+    """A small DeepFM on Criteo fields: no aggregates, no standardisation (per-rank state).
+
+    With ``deltas`` the job also migrates rows and publishes a version after every step.
+    """
     sparse = [
         {"type": "categorical", "name": f"c{i}", "table": "cat", "field": f"c{i}"}
         for i in range(1, 9)
@@ -57,7 +63,7 @@ def job_config(bootstrap: str, topic: str, store: Path) -> dict[str, Any]:
         {"type": "bucketize", "name": f"i{i}_b", "table": "num", "field": f"i{i}", "log_step": 0.5}
         for i in range(1, 4)
     ]
-    return {
+    raw: dict[str, Any] = {
         "kind": "ctr",
         "source": {
             "bootstrap_servers": [bootstrap],
@@ -85,6 +91,24 @@ def job_config(bootstrap: str, topic: str, store: Path) -> dict[str, Any]:
             "dense_optimizer": {"kind": "adam", "lr": 0.01},
         },
     }
+    if deltas is not None:
+        raw["store"]["hot_rows"] = 64
+        raw["operators"] = {
+            # no LFU aging: it runs on the wall clock, so the counts it halves (placement
+            # bookkeeping, never a trained value) would differ between runs
+            "migration": {"age": False},
+            "schedules": [
+                {"operator": "tier_migration", "trigger": {"type": "interval", "seconds": 0.3}}
+            ]
+        }
+        raw["publish"] = {
+            "bootstrap_servers": [bootstrap],
+            "topic": deltas,
+            "snapshot_dir": str(store.parent / "snapshots"),
+            "interval_s": 0.0,
+            "snapshot_every": 5,
+        }
+    return raw
 
 
 def _produce(bootstrap: str, topic: str, lines: list[str]) -> None:
@@ -109,10 +133,15 @@ def _trained(ckpt: Path) -> int:
     return sum(world[-1].offsets.values()) if world else 0
 
 
-def _start(config: Path, ckpt: Path, restore: bool) -> tuple[subprocess.Popen[bytes], Path]:
-    """Launch the 2 ranks from a child process (so one rank can be killed under it)."""
+def _start(
+    config: Path, ckpt: Path, restore: bool, failpoint: str = ""
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """Launch the 2 ranks from a child process (so one rank can be killed under it).
+
+    ``failpoint`` (``name[@rank]:nth``, :mod:`operators.failpoints`) SIGKILLs a rank there.
+    """
     args = [
-        *("--max-events", str(TOTAL - _trained(ckpt)), "--idle-timeout", "30"),
+        *("--max-events", str(TOTAL), "--idle-timeout", "30"),  # over the lineage
         *("--checkpoint-dir", str(ckpt), "--checkpoint-every", str(EVERY)),
         *(["--restore"] if restore else []),
     ]
@@ -123,7 +152,11 @@ def _start(config: Path, ckpt: Path, restore: bool) -> tuple[subprocess.Popen[by
     log = ckpt.parent / f"launch-{len(list(ckpt.parent.glob('launch-*.log')))}.log"
     with log.open("wb") as err:  # a file, not a pipe nobody reads while the ranks log
         proc = subprocess.Popen(
-            [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, "FRESHET_FAILPOINTS": failpoint},
         )
     return proc, log
 
@@ -136,7 +169,7 @@ def _ranks(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
     out = []
     for child in children:
         try:
-            if any("distributed_job" in part for part in child.cmdline()):
+            if any("pipeline.cli.rank" in part for part in child.cmdline()):
                 out.append(child)
         except psutil.Error:
             continue
@@ -223,6 +256,12 @@ def test_two_ranks_with_one_sigkilled_end_where_the_uninterrupted_ones_do(
     print(f"killed ranks {killed}; events trained at each kill {progress}")
     assert len(killed) >= 3, (killed, progress)
 
+    assert_same_final_state(ckpts["clean"], ckpts["crash"], topic)
+
+
+def assert_same_final_state(clean_ckpt: Path, crash_ckpt: Path, topic: str) -> None:
+    """Both final world checkpoints: every row once, the same values, dense, offsets, steps."""
+    ckpts = {"clean": clean_ckpt, "crash": crash_ckpt}
     clean, crash = load_world(str(ckpts["clean"]))[-1], load_world(str(ckpts["crash"]))[-1]
     for entry in (clean, crash):
         assert entry.world_size == WORLD and [p.rank for p in entry.parts] == [0, 1]
@@ -267,3 +306,46 @@ def test_two_ranks_with_one_sigkilled_end_where_the_uninterrupted_ones_do(
             assert np.array_equal(a, b), name
     print(json.dumps(worst, indent=1))
     assert max(worst.values()) <= TOL, worst
+
+
+# (failpoint, what it is): each start of the crashed run SIGKILLs one rank at the next one
+POINTS = [
+    ("step@1:4", "rank 1 right after a training step"),
+    ("checkpoint_file@0:2", "rank 0 inside a checkpoint write, between two files"),
+    ("publish_gathered@1:3", "rank 1 inside a publish, while rank 0 sends the version"),
+    ("checkpoint@1:2", "rank 1 entering a coordinated checkpoint"),
+    ("publish_sent:2", "rank 0 right after sending a version, before its watermark"),
+    ("checkpoint_file@1:3", "rank 1 inside its part of a checkpoint"),
+    ("restored@0:1", "rank 0 right after restoring, before the first step"),
+]
+
+
+def test_one_rank_sigkilled_at_named_points_with_publishing_ends_where_the_clean_run_does(
+    shared_data: Path, bootstrap: str, new_topic: Callable[[int], str], tmp_path: Path
+) -> None:
+    lines = (shared_data / "criteo" / "train.txt").read_text().splitlines()
+    topic = new_topic(WORLD)
+    _produce(bootstrap, topic, lines)
+    configs, ckpts = {}, {}
+    for name in ("clean", "crash"):
+        (tmp_path / name).mkdir()
+        configs[name] = tmp_path / name / "job.yaml"
+        raw = job_config(bootstrap, topic, tmp_path / name / "store", new_topic(1))
+        configs[name].write_text(yaml.safe_dump(raw))
+        ckpts[name] = tmp_path / name / "ckpt"
+
+    _finish(_start(configs["clean"], ckpts["clean"], restore=False))
+
+    progress = []
+    for point, what in POINTS:
+        proc, log = _start(configs["crash"], ckpts["crash"], restore=True, failpoint=point)
+        code = proc.wait(timeout=300)
+        text = log.read_text(errors="replace")
+        # the armed rank died (-9 seen by the launcher) and the launcher failed the run
+        assert code != 0, f"{point} ({what}) was never reached:\n{text[-3000:]}"
+        assert "exited with status -9" in text, text[-3000:]
+        progress.append(_trained(ckpts["crash"]))
+    print(f"events in the newest world checkpoint after each kill: {progress}")
+    assert progress[-1] < TOTAL
+    _finish(_start(configs["crash"], ckpts["crash"], restore=True))
+    assert_same_final_state(ckpts["clean"], ckpts["crash"], topic)

@@ -23,7 +23,7 @@ from kafka import KafkaProducer
 
 from configs.job import JobConfig
 from embedding_store import EmbeddingStore, StoreConfig
-from embedding_store.distributed import owner_of
+from embedding_store.distributed import DistributedStore, owner_of
 from pipeline.events.kinds import CtrEvent, decode
 from pipeline.features.featurizer import Featurizer
 from pipeline.training.models import BatchLayout, build_model, model_tables
@@ -83,18 +83,19 @@ def _free_port() -> int:
 
 
 def _rank(rank: int, world: int, port: int, config_path: str, out: str) -> None:
-    from pipeline.training.distributed_job import DistributedTrainJob
+    from pipeline.training.job import TrainJob
+    from pipeline.training.world import World
 
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
     try:
-        job = DistributedTrainJob(JobConfig.from_yaml(config_path))
+        job = TrainJob(JobConfig.from_yaml(config_path).to_spec(), world=World.joined())
         with job:
             summary = job.run(max_events=WORLD * BATCH * STEPS, idle_timeout_s=60)
             params = {n: p.detach().numpy().copy() for n, p in job.model.named_parameters()}
-            assert job.store is not None
-            stats = job.store.stats
+            assert job.store is not None and isinstance(job.shared_store, DistributedStore)
+            stats = job.shared_store.stats
             report = {
                 "events": summary.events,
                 "batches": summary.batches,

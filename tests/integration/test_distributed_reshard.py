@@ -1,6 +1,6 @@
 """A 2-rank checkpoint restarts with 1 rank and with 3: every row once, on its owner, and on.
 
-Phase 1 runs the real entry point (``launch`` -> ``python -m pipeline.training.distributed_job``, 2
+Phase 1 runs the real entry point (``launch`` -> ``python -m pipeline.cli.rank``, 2
 ranks) over a 3-partition topic with coordinated checkpoints. Then more events arrive, and
 the checkpoint is restored into 1 rank (in this process) and into 3 ranks (re-sharded
 in-process first to check placement, then launched), each training the new events.
@@ -20,14 +20,14 @@ from kafka import KafkaProducer
 
 from configs.job import JobConfig
 from embedding_store import EmbeddingStore, StoreConfig
-from embedding_store.collectives import single_process_group
 from embedding_store.distributed import owner_of, rank_path
 from operators.checkpoint.distributed import WorldCheckpoint, load_world, restore_rank
 from operators.checkpoint.manager import CheckpointManager
 from pipeline.events.kinds import CtrEvent
-from pipeline.training.distributed_job import CheckpointOptions, DistributedTrainJob
+from pipeline.training.job import TrainJob
 from pipeline.training.launch import launch
 from pipeline.training.models import BatchLayout, model_tables
+from pipeline.training.world import World
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -138,17 +138,18 @@ def test_two_rank_checkpoint_restarts_with_one_and_three_ranks(
 
     # -- phase 2: 1 rank in this process restores the 2-rank checkpoint and trains on
     raw1 = _config(bootstrap, topic, tmp_path / "store1")
-    job = DistributedTrainJob(
-        JobConfig.model_validate(raw1), CheckpointOptions(str(ckpt), restore=True, at_end=False)
-    )
-    with single_process_group(), job:
-        assert job.store is not None and job.restored is not None
-        assert job.restored.resharded and job.restored.version == entry.version
+    spec1 = JobConfig.model_validate(raw1).to_spec().with_checkpoints(str(ckpt))
+    job = TrainJob(spec1, world=World.solo()).open()
+    try:
+        assert job.store is not None and job.resumed is not None
+        assert job.resumed.resharded and job.resumed.version == entry.version
         assert job.store.version == entry.version
+        assert job.events_trained == PARTITIONS * FIRST
         for t in names:
             ids = np.concatenate([i for i, _ in job.store.export_rows(t)])
             assert sorted(ids.tolist()) == sorted(saved[t])  # every row once
-        summary = job.run(max_events=PARTITIONS * SECOND, idle_timeout_s=20)
+        # max_events counts the lineage: the restored events and the new ones
+        summary = job.run(max_events=PARTITIONS * (FIRST + SECOND), idle_timeout_s=20)
         assert summary.events == PARTITIONS * SECOND  # only the new events
         assert job.source is not None
         assert job.source.snapshot() == {(topic, p): FIRST + SECOND for p in range(PARTITIONS)}
@@ -157,6 +158,8 @@ def test_two_rank_checkpoint_restarts_with_one_and_three_ranks(
             ids = np.concatenate([i for i, _ in job.store.export_rows(t)])
             found, rows = job.store.read_rows(t, ids)
             assert found.all() and (rows["version"] > entry.version).any()
+    finally:
+        job.close(clean=False)  # no final checkpoint: phase 3 restores the 2-rank one
 
     # -- phase 3: 3 ranks, re-sharded here one after another: each row once, on its owner
     three = tmp_path / "store3"
@@ -183,7 +186,7 @@ def test_two_rank_checkpoint_restarts_with_one_and_three_ranks(
         str(_write(tmp_path / "three.yaml", raw3)),
         3,
         [
-            *("--max-events", str(PARTITIONS * SECOND), "--idle-timeout", "20"),
+            *("--max-events", str(PARTITIONS * (FIRST + SECOND)), "--idle-timeout", "20"),
             *("--checkpoint-dir", str(ckpt), "--restore"),
         ],
     )
@@ -191,6 +194,8 @@ def test_two_rank_checkpoint_restarts_with_one_and_three_ranks(
     newest = load_world(str(ckpt))[-1]
     assert newest.world_size == 3 and newest.version > entry.version
     assert newest.offsets == {f"{topic}/{p}": FIRST + SECOND for p in range(PARTITIONS)}
+    # the lineage trained each event once: the 2 ranks' events, then only the new ones
+    assert newest.extra["events_trained"] == PARTITIONS * (FIRST + SECOND)
     for t in names:
         union = []
         changed = 0

@@ -1,7 +1,8 @@
 """Scrape /metrics of a running trainer and of a running replica and find every named series.
 
-A real TrainJob (real broker, RocksDB, HTTP) publishes deltas from a step hook, as the
-deployment does; a replica follows the delta topic and serves /predict and /metrics.
+A real TrainJob (real broker, RocksDB, HTTP) publishes deltas with the DeltaPublish plugin and
+serves its metrics with the MetricsExporter plugin, as ``freshet train`` wires them; a replica
+follows the delta topic and serves /predict and /metrics.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import pytest
 from configs.job import JobConfig
 from pipeline.events.kinds import CtrEvent
 from pipeline.events.replay import replay
+from pipeline.publishing.operator import DeltaPublish
 from pipeline.publishing.publisher import Publisher, PublisherSettings
 from pipeline.serving.http import ReplicaHttpServer
 from pipeline.serving.model import Blueprint
 from pipeline.serving.replica import Replica, ReplicaSettings
 from pipeline.testing.replicas import http_call, predict_body, wait_for_version
-from pipeline.training.exporter import TrainerMetrics, attach_metrics
+from pipeline.training.exporter import MetricsExporter
 from pipeline.training.job import TrainJob
+from pipeline.training.spec import MetricsSpec
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -50,21 +53,6 @@ def scrape(url: str) -> dict[str, float]:
 def series(found: dict[str, float], name: str) -> dict[str, float]:
     """The samples of ``name`` (any labels)."""
     return {k: v for k, v in found.items() if k == name or k.startswith(name + "{")}
-
-
-def publish_hook(publisher: Publisher, metrics: TrainerMetrics) -> Callable[[TrainJob], None]:
-    """A step hook that publishes when due and times it, as the publish operator will."""
-
-    def hook(job: TrainJob) -> None:
-        if publisher.due() and job.store is not None and job.featurizer is not None:
-            t0 = time.perf_counter()
-            report = publisher.publish(
-                job.store, job.model.state_dict(), job.featurizer.state_dict()
-            )
-            if report is not None:
-                metrics.observe_publish(time.perf_counter() - t0, report.version)
-
-    return hook
 
 
 def test_trainer_and_replica_metrics_scraped_while_running(
@@ -95,15 +83,21 @@ def test_trainer_and_replica_metrics_scraped_while_running(
             ),
         }
     )
-    job = TrainJob(config)
-    metrics = attach_metrics(job, 0, quality_every_s=0.0, rows_every_s=0.0, lag_every_s=0.2)
     publisher = Publisher(
         bootstrap,
         deltas,
         tmp_path / "snapshots",
         settings=PublisherSettings(topic=deltas, interval_s=0.0),
     )
-    job.step_hooks.append(publish_hook(publisher, metrics))
+    publish = DeltaPublish(publisher)
+    exporter = MetricsExporter(
+        MetricsSpec(0),
+        publisher=publish,
+        quality_every_s=0.0,
+        rows_every_s=0.0,
+        lag_every_s=0.2,
+    )
+    job = TrainJob(config.to_spec(), plugins=[publish, exporter])
     replica = Replica(
         Blueprint(config.features.to_spec(), config.model.to_spec(), num_shards=1),
         ReplicaSettings(
@@ -119,9 +113,10 @@ def test_trainer_and_replica_metrics_scraped_while_running(
     )
     server = ReplicaHttpServer(replica, "ctr")
     try:
-        assert metrics.port is not None and metrics.port > 0
-        trainer_url = f"http://127.0.0.1:{metrics.port}"
         with job, publisher, replica:
+            metrics = exporter.metrics
+            assert metrics is not None and metrics.port is not None and metrics.port > 0
+            trainer_url = f"http://127.0.0.1:{metrics.port}"
             server.start()
             summary = job.run(max_events=EVENTS, idle_timeout_s=30)
             metrics.update(job, force=True)  # refreshes throttled by their cost are due now
@@ -142,7 +137,6 @@ def test_trainer_and_replica_metrics_scraped_while_running(
             served = scrape(server.url)
     finally:
         server.close()
-        metrics.close()
 
     assert summary.events == EVENTS
     assert trainer["freshet_events_trained_total"] == EVENTS

@@ -129,7 +129,7 @@ def job_config(
 
 
 def train(config: JobConfig, events: int) -> dict[str, np.ndarray]:
-    job = TrainJob(config)
+    job = TrainJob(config.to_spec())
     with job:
         summary = job.run(max_events=events, idle_timeout_s=60)
         assert summary.events == events
@@ -167,7 +167,7 @@ def test_train_job_with_a_source_process_trains_the_same_model(
     assert replay(bootstrap, topic, generate(kind, events, 7), progress=False) == events
     thread = train(job_config(bootstrap, topic, tmp_path / "thread", "thread", config), events)
     process_config = job_config(bootstrap, topic, tmp_path / "process", "process", config)
-    hashed = TrainJob(process_config)._source_config().hash_fields
+    hashed = TrainJob(process_config.to_spec())._source_config().hash_fields
     assert len(hashed) == (26 if kind == "ctr" else 0)
     process = train(process_config, events)
     assert thread.keys() == process.keys()

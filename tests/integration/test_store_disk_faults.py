@@ -174,7 +174,7 @@ def resume_point(config_path: Path, store_path: Path) -> tuple[int, dict[tuple[s
     probe = config.model_copy(
         update={"store": config.store.model_copy(update={"path": str(store_path)})}
     )
-    job = TrainJob(probe).open()
+    job = TrainJob(probe.to_spec()).open()
     try:
         return job.events_trained, dict(job.start_offsets)
     finally:

@@ -59,7 +59,7 @@ def test_criteo_trained_in_order_exactly_once_with_dead_letters(
     )
     keys: list[bytes | None] = []
     labels: list[float] = []
-    job = TrainJob(config)
+    job = TrainJob(config.to_spec())
     job.batch_hooks.append(lambda b, r: (keys.extend(b.keys), labels.extend(r.labels.tolist())))
     with job:
         summary = job.run(max_events=1999, idle_timeout_s=30)

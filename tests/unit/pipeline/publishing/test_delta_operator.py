@@ -1,4 +1,4 @@
-"""The DeltaPublish operator as a job's hooks: publishes when due, step time, watermarks."""
+"""The DeltaPublish plugin: publishes when due, on idle and at a clean stop; step time."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pipeline.events.generators import generate
 from pipeline.publishing.operator import CONSUMER, DeltaPublish
 from pipeline.publishing.publisher import Publisher, PublisherSettings
 from pipeline.testing.replicas import MemoryTopic, TrainingHarness, events_of, transaction_specs
+from pipeline.training.world import World
 
 
 class Marks:
@@ -25,12 +26,15 @@ class Marks:
 
 
 class Job:
-    """The hook lists and the attributes a TrainJob exposes."""
+    """What a TrainJob shows its plugins, over a one-rank training harness."""
 
-    def __init__(self, harness: TrainingHarness) -> None:
+    def __init__(self, harness: TrainingHarness, plugins: list[Any], marks: Marks) -> None:
         self.harness = harness
-        self.step_hooks: list[Any] = []
-        self.batch_hooks: list[Any] = []
+        self.plugins = plugins
+        self.world = World.solo()
+        self.watermarks = marks
+        for plugin in plugins:
+            plugin.open(self)
 
     @property
     def store(self) -> Any:
@@ -44,12 +48,22 @@ class Job:
     def featurizer(self) -> Any:
         return self.harness.featurizer
 
+    @property
+    def last_step_time(self) -> Any:
+        return self.harness.last_step_time
+
     def train(self, events: list[Any]) -> None:
-        result = self.harness.train(events)
-        for hook in self.batch_hooks:
-            hook(events, result)
-        for hook in self.step_hooks:
-            hook(self)
+        self.harness.train(events)
+        for plugin in self.plugins:
+            plugin.at_step(self, idle=False)
+
+    def idle(self) -> None:
+        for plugin in self.plugins:
+            plugin.at_step(self, idle=True)
+
+    def close(self) -> None:
+        for plugin in self.plugins:
+            plugin.close(self, clean=True)
 
 
 def test_operator_publishes_between_steps(tmp_path: Path) -> None:
@@ -65,8 +79,8 @@ def test_operator_publishes_between_steps(tmp_path: Path) -> None:
     ).start()
     harness = TrainingHarness(*transaction_specs(), tmp_path / "t", num_shards=1).open()
     marks = Marks()
-    job = Job(harness)
-    op = DeltaPublish(publisher, watermarks=marks).attach(job)
+    op = DeltaPublish(publisher)
+    job = Job(harness, [op], marks)
     events = events_of("transaction", list(generate("transaction", 400, seed=1)))
     try:
         versions = []
@@ -82,5 +96,37 @@ def test_operator_publishes_between_steps(tmp_path: Path) -> None:
         assert marks.calls[0] == ("register", CONSUMER)
         assert [v for c, v in marks.calls[1:]] == [1, 3, 5, 7]
         assert np.all(np.diff([v for c, v in marks.calls[1:]]) > 0)
+    finally:
+        harness.close()
+
+
+def test_last_trained_version_is_published_on_idle_and_at_a_clean_stop(tmp_path: Path) -> None:
+    """Issue 17 (5): a replica must not stay behind when the stream idles or the job stops."""
+    topic = MemoryTopic()
+    clock = [0.0]
+    publisher = Publisher(
+        "unused:9092",
+        "d",
+        tmp_path / "snaps",
+        settings=PublisherSettings(topic="d", interval_s=3600.0, snapshot_interval_s=None),
+        sink=topic,
+        clock=lambda: clock[0],
+    ).start()
+    harness = TrainingHarness(*transaction_specs(), tmp_path / "t", num_shards=1).open()
+    op = DeltaPublish(publisher)
+    job = Job(harness, [op], Marks())
+    events = events_of("transaction", list(generate("transaction", 300, seed=2)))
+    try:
+        for i in range(3):  # the interval is an hour: only the first step publishes
+            job.train(events[i * 50 : (i + 1) * 50])
+        assert op.last_report is not None and op.last_report.store_version == 1
+        job.idle()
+        assert op.last_report.version == 2 and op.last_report.store_version == 3
+        job.idle()  # nothing trained since: no new version
+        assert op.published == 2
+        job.train(events[150:200])
+        assert op.published == 2  # not due
+        job.close()
+        assert op.published == 3 and op.last_report.store_version == harness.store.version == 4
     finally:
         harness.close()

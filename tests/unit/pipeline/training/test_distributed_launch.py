@@ -13,7 +13,7 @@ from pipeline.errors import ConfigError
 from pipeline.training.launch import launch, rank_environment
 
 FAKE_RANK = """#!/bin/sh
-# stands in for `python -m pipeline.training.distributed_job ...`: records its environment and args
+# stands in for `python -m pipeline.cli.rank ...`: records its environment and args
 echo "$RANK $LOCAL_RANK $WORLD_SIZE $MASTER_ADDR $MASTER_PORT $*" > "$OUT/rank-$RANK"
 if [ "$RANK" = "$FAIL_RANK" ]; then exit 3; fi
 if [ -n "$SLEEP" ]; then exec sleep "$SLEEP"; fi
@@ -43,7 +43,7 @@ def test_every_rank_gets_torchrun_environment(
     assert lines[0][4] == lines[1][4]  # one rendezvous port
     assert lines[0][5:] == [
         "-m",
-        "pipeline.training.distributed_job",
+        "pipeline.cli.rank",
         "--config",
         "job.yaml",
         "--max-events",

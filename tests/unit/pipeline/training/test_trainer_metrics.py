@@ -125,7 +125,7 @@ def test_lag_is_nan_until_measured_and_durations_are_histograms() -> None:
 
 
 def test_operator_reports_feed_checkpoint_and_publish_metrics() -> None:
-    """The job's operators are read between steps: checkpoint durations, published version."""
+    """The operators' and the publisher's reports are read between steps."""
     from collections import deque
     from datetime import UTC, datetime
     from types import SimpleNamespace
@@ -135,9 +135,10 @@ def test_operator_reports_feed_checkpoint_and_publish_metrics() -> None:
     def report(op: str, seconds: float, outcome: Outcome = Outcome.DONE) -> OperatorReport:
         return OperatorReport(op, outcome, datetime.now(UTC), seconds)
 
-    m, job, _ = make()
-    ops = SimpleNamespace(reports=deque(maxlen=2), report_count=0, delta_publish=None)
-    job.operators = ops  # type: ignore[attr-defined]
+    m, _, _ = make()
+    ops = SimpleNamespace(reports=deque(maxlen=2), report_count=0)
+    publish = SimpleNamespace(published=0, last_report=None)
+    m.operators, m.publisher = ops, publish  # type: ignore[assignment]
     for r in (
         report("incremental_checkpoint", 0.5, Outcome.SUBMITTED),
         report("tier_migration", 9.0),
@@ -151,9 +152,8 @@ def test_operator_reports_feed_checkpoint_and_publish_metrics() -> None:
     assert value(m, "freshet_checkpoint_seconds_sum") == 0.25
     ops.reports.append(report("incremental_checkpoint", 0.5))
     ops.report_count += 1
-    ops.delta_publish = SimpleNamespace(
-        published=3, last_report=SimpleNamespace(seconds=0.1, version=17)
-    )
+    publish.published = 3
+    publish.last_report = SimpleNamespace(seconds=0.1, version=17)
     m.update()
     m.update()  # nothing new: nothing counted twice
     assert value(m, "freshet_checkpoint_seconds_count") == 2
