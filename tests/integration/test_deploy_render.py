@@ -221,7 +221,7 @@ def test_compose_uses_the_k8s_image_commands_and_ports() -> None:
     for key in ("FRESHET_SOURCE__BOOTSTRAP_SERVERS", "FRESHET_PUBLISH__BOOTSTRAP_SERVERS"):
         assert trainer["environment"][key] == '["kafka:9092"]'
     replay = services["replay"]["command"]
-    assert replay[replay.index("--bootstrap") + 1] == "kafka:9092"
+    assert replay[replay.index("--bootstrap-server") + 1] == "kafka:9092"
     base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
     (env,) = [g for g in base["configMapGenerator"] if g["name"] == "freshet-env"]
     assert 'FRESHET_SOURCE__BOOTSTRAP_SERVERS=["kafka:9092"]' in env["literals"]
