@@ -6,6 +6,10 @@ Examples::
         --file ../shared/data/criteo/train.txt
     freshet replay --bootstrap-server 127.0.0.1:9092 --topic tx --generator transaction \
         --max-messages 100000 --rate 5000 --key customer_id --partitions 4
+    freshet replay --bootstrap-server 127.0.0.1:9092 --from-dlq tx.dlq   # once the cause is fixed
+
+``--from-dlq`` re-drives dead letters: each one's key, payload and original headers go back to
+its source topic and partition (or to ``--topic``); see :mod:`pipeline.source.dead_letters`.
 
 Option names follow Kafka's own tools (``--bootstrap-server``, ``--max-messages``); the older
 ``--bootstrap`` and ``--limit`` still work. Exit codes: 0 success, 1 the broker or the file
@@ -26,6 +30,7 @@ from pipeline.errors import PipelineError
 from pipeline.events.formats import FileFormat, detect_format, read_messages, read_records
 from pipeline.events.generators import KINDS, generate
 from pipeline.events.replay import Message, keyed_by_field, keyed_by_index, replay
+from pipeline.source.dead_letters import redrive
 
 DEFAULT_GENERATED = 100_000
 """Events a generator produces when ``--limit`` is not given."""
@@ -41,10 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="Kafka brokers, comma-separated",
     )
-    parser.add_argument("--topic", required=True, help="topic to produce to")
+    parser.add_argument(
+        "--topic",
+        default=None,
+        help="topic to produce to (required, except with --from-dlq: the source topics)",
+    )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--file", type=Path, help="file to replay (.gz ok)")
     what.add_argument("--generator", choices=KINDS, help="synthetic stream of this kind")
+    what.add_argument(
+        "--from-dlq", metavar="TOPIC", default=None, help="re-drive this dead-letter topic"
+    )
     parser.add_argument(
         "--format",
         choices=[f.value for f in FileFormat],
@@ -95,8 +107,31 @@ def _messages(args: argparse.Namespace) -> tuple[Iterable[Message], int | None]:
     return keyed_by_field(read_records(args.file, fmt), key), None
 
 
+def _redrive(args: argparse.Namespace) -> int:
+    try:
+        report = redrive(args.bootstrap, args.from_dlq, topic=args.topic, limit=args.limit)
+    except PipelineError as err:
+        print(f"freshet replay: {err}", file=sys.stderr)
+        return 1
+    where = args.topic or "their source topics"
+    print(
+        f"{report.sent} dead letters re-driven to {where}; skipped: "
+        f"{report.skipped_truncated} with a cut payload, "
+        f"{report.skipped_not_dead_letters} not Freshet dead letters"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """Replay the file or generator into the topic; print the count sent."""
+    """Replay the file or generator into the topic (or re-drive dead letters); print the count."""
+    if args.limit is not None and args.limit < 0:
+        print("freshet replay: --max-messages must be >= 0", file=sys.stderr)
+        return 2
+    if args.from_dlq is not None:
+        return _redrive(args)
+    if args.topic is None:
+        print("freshet replay: --topic is required with --file or --generator", file=sys.stderr)
+        return 2
     if args.file is not None and not args.file.is_file():
         print(f"freshet replay: no such file: {args.file}", file=sys.stderr)
         return 2
