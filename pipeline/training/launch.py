@@ -4,12 +4,17 @@
 pipeline.training.distributed_job`` process with the environment torchrun would give it::
 
     launch(config, nproc=2)
+      ├─ rendezvous store, hosted here, listening on 127.0.0.1:<free> only
       ├─ rank 0: MASTER_ADDR=127.0.0.1 MASTER_PORT=<free> RANK=0 LOCAL_RANK=0 WORLD_SIZE=2
       └─ rank 1: MASTER_ADDR=127.0.0.1 MASTER_PORT=<free> RANK=1 LOCAL_RANK=1 WORLD_SIZE=2
     the first rank to fail (or a SIGINT/SIGTERM here) stops the others; the exit status is
     the first failure's, else 0
 
-The same job runs under torchrun itself:
+The rendezvous store (torch.distributed's ``TCPStore``, unauthenticated) is hosted by the
+launcher, as torchrun's agent hosts it, on a socket bound to the master address alone: left to
+rank 0, torch binds it on every interface (``:::MASTER_PORT``). The ranks connect to it as
+clients (``TORCHELASTIC_USE_AGENT_STORE``), and gloo's own connections use the loopback
+interface (``GLOO_SOCKET_IFNAME=lo`` unless set). The same job runs under torchrun itself:
 ``torchrun --nproc-per-node N -m pipeline.training.distributed_job --config FILE``.
 
 >>> rank_environment(1, 2, 29500)["RANK"], rank_environment(1, 2, 29500)["WORLD_SIZE"]
@@ -26,7 +31,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from types import FrameType
+from typing import Any, Final
+
+from torch.distributed import TCPStore  # type: ignore[attr-defined]
 
 from pipeline.errors import ConfigError
 
@@ -34,6 +43,8 @@ log = logging.getLogger(__name__)
 
 MODULE = "pipeline.training.distributed_job"
 _STOP_GRACE_S = 20.0
+MASTER_ADDR: Final = "127.0.0.1"
+"""Where the rendezvous store listens: the ranks are all on this machine."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -43,14 +54,41 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def rendezvous_store(world: int, host: str = MASTER_ADDR) -> tuple[Any, int]:
+    """A ``TCPStore`` server for ``world`` ranks listening on ``host`` only; ``(store, port)``.
+
+    The store owns the listening socket (closed with the store); keep it alive while the
+    ranks run.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.listen(max(16, world))
+    port = int(sock.getsockname()[1])
+    store = TCPStore(
+        host,
+        port,
+        world_size=world,
+        is_master=True,
+        timeout=timedelta(seconds=600),
+        wait_for_workers=False,
+        master_listen_fd=sock.fileno(),
+    )
+    sock.detach()  # the store's server closes the descriptor
+    return store, port
+
+
 def rank_environment(
     rank: int, world: int, port: int, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment of local rank ``rank`` of ``world`` (what torchrun sets)."""
+    """The environment of local rank ``rank`` of ``world`` (what torchrun sets).
+
+    The ranks join the store :func:`rendezvous_store` hosts on ``MASTER_ADDR:port``.
+    """
     env = dict(os.environ if base is None else base)
     env.update(
-        MASTER_ADDR="127.0.0.1",
+        MASTER_ADDR=MASTER_ADDR,
         MASTER_PORT=str(port),
+        TORCHELASTIC_USE_AGENT_STORE="True",
         RANK=str(rank),
         LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world),
@@ -58,6 +96,8 @@ def rank_environment(
         GROUP_RANK="0",
     )
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))
+    if any(name == "lo" for _, name in socket.if_nameindex()):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pair sockets: loopback only
     return env
 
 
@@ -74,7 +114,7 @@ def launch(
     """
     if nproc < 1:
         raise ConfigError("nproc", f"must be at least 1, got {nproc}")
-    port = free_port()
+    store, port = rendezvous_store(nproc)
     cmd = [python, "-m", MODULE, "--config", config_path, *extra_args]
     procs: list[subprocess.Popen[bytes]] = []
     stopping = False
@@ -95,10 +135,11 @@ def launch(
     try:
         for rank in range(nproc):
             procs.append(subprocess.Popen(cmd, env=rank_environment(rank, nproc, port)))
-        log.info("launched %d ranks of %s (rendezvous 127.0.0.1:%d)", nproc, MODULE, port)
+        log.info("launched %d ranks of %s (rendezvous %s:%d)", nproc, MODULE, MASTER_ADDR, port)
         return _wait(procs)
     finally:
         _terminate(procs)
+        del store  # stops its server
         for s, handler in previous.items():
             signal.signal(s, handler)
 
