@@ -3,7 +3,8 @@
 Each subcommand lives in its own module, named in :data:`COMMANDS`; only the module of the
 command being run (or whose help is asked for) is imported, so ``freshet --help`` and
 ``freshet --version`` load neither torch nor pandas. Exit codes: 0 success, 1 runtime
-failure, 2 usage or configuration error.
+failure, 2 usage or configuration error, 4 the Kafka broker could not be reached (one line
+naming the servers; ``source.broker_wait_s`` bounds the wait).
 
 >>> parse(["--log-level", "debug", "broker", "--port", "9092"]).port
 9092
@@ -22,7 +23,15 @@ from importlib import metadata
 from types import ModuleType
 from typing import Any
 
-__all__ = ["COMMANDS", "CommandParser", "build_parser", "main", "parse", "version"]
+__all__ = [
+    "BROKER_UNREACHABLE",
+    "COMMANDS",
+    "CommandParser",
+    "build_parser",
+    "main",
+    "parse",
+    "version",
+]
 
 # subcommand -> (module, help); each module has ``add_arguments(parser)`` and ``run(args) -> int``
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -39,6 +48,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+BROKER_UNREACHABLE = 4
+"""Exit code when no bootstrap server of the Kafka cluster could be reached."""
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -129,7 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     runtime_logging = importlib.import_module("pipeline.runtime.logging")
     runtime_logging.setup_logging(args.log_format, getattr(logging, args.log_level.upper()))
     importlib.import_module("pipeline.runtime.gc_tuning").tune_gc()  # start-up is done
-    code: int = importlib.import_module(args._module).run(args)
+    errors = importlib.import_module("pipeline.errors")
+    try:
+        code: int = importlib.import_module(args._module).run(args)
+    except errors.BrokerUnreachableError as err:
+        print(f"freshet {args.command}: {err}", file=sys.stderr)
+        return BROKER_UNREACHABLE
     return code
 
 

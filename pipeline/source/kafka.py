@@ -66,12 +66,20 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.structs import OffsetAndMetadata
 
 from pipeline.broker.embedded import ensure_topics
-from pipeline.errors import BrokerError, ConfigError, DecodeError, SourceError, SourceStateError
+from pipeline.errors import (
+    BrokerError,
+    ConfigError,
+    DecodeError,
+    PipelineError,
+    SourceError,
+    SourceStateError,
+)
 from pipeline.events.fast_decode import FastDecoder
 from pipeline.events.kinds import EVENT_KINDS, Event
 from pipeline.source import dead_letters
 from pipeline.source import records as kafka_records
 from pipeline.source.batch_buffer import BatchBuffer
+from pipeline.source.reachability import wait_for_broker
 
 if TYPE_CHECKING:
     from pipeline.events.columnar import ColumnarEvents
@@ -161,6 +169,8 @@ class SourceConfig:
                             unless ``create_dead_letter_topics`` is false
     dead_letter_lookback    dead letters read back per DLQ partition at start, to send none
                             twice across a restart (0: do not read back)
+    broker_wait_s           how long start() waits for a bootstrap server to accept a
+                            connection before it raises ``BrokerUnreachableError`` (0: no check)
     session_timeout_ms      group session (tansu makes a join wait about half of it)
     fetch_max_wait_ms, ...  kafka-python fetch tuning (tansu needs fetch_max_wait_ms >= 1)
     fast_record_reader      read fetched record batches with :mod:`pipeline.source.records`
@@ -189,6 +199,7 @@ class SourceConfig:
     dead_letter_topic: str | None = None
     create_dead_letter_topics: bool = True
     dead_letter_lookback: int = dead_letters.DEFAULT_LOOKBACK
+    broker_wait_s: float = 30.0
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = 10_000
     max_poll_interval_ms: int = 300_000
@@ -419,6 +430,11 @@ class KafkaSource:
             raise SourceStateError("start()", self._state.value)
         cfg = self.config
         security = security_options(cfg.client_config)
+        try:  # one clear line, not a minute of client retries then a traceback
+            wait_for_broker(cfg.bootstrap_servers, cfg.broker_wait_s, "source.bootstrap_servers")
+        except PipelineError:
+            self._state = SourceState.CLOSED
+            raise
         if cfg.create_dead_letter_topics:
             dlqs = {dead_letter_topic_for(t, cfg.dead_letter_topic): 1 for t in cfg.topics}
             try:

@@ -271,6 +271,7 @@ class DistributedTrainJob:
             queue_batches=src.queue_batches,
             dead_letter_topic=src.dead_letter_topic,
             session_timeout_ms=src.session_timeout_ms,
+            broker_wait_s=src.broker_wait_s,
             fast_record_reader=src.record_reader == "fast",
             client_id=f"freshet-source-rank{rank}",
             client_config=src.security.client_config(),

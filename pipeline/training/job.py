@@ -214,6 +214,7 @@ class TrainJob:
             queue_batches=src.queue_batches,
             dead_letter_topic=src.dead_letter_topic,
             session_timeout_ms=src.session_timeout_ms,
+            broker_wait_s=src.broker_wait_s,
             fast_record_reader=src.record_reader == "fast",
             hash_fields=string_category_fields(self.config.features.to_spec()),
             client_config=src.security.client_config(),
