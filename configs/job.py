@@ -122,6 +122,12 @@ class SourceSection(_Section):
         default=None, max_length=249, description="dead letters (default <topic>.dlq)"
     )
     session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000, description="group")
+    broker_wait_s: float = Field(
+        default=30.0,
+        ge=0.0,
+        le=3600.0,
+        description="wait this long for a bootstrap server at start, then exit 4 with one line",
+    )
     decode_in: Literal["thread", "process"] = Field(
         default="process",
         description=(
@@ -397,6 +403,7 @@ class JobConfig(BaseSettings):
                 session_timeout_ms=src.session_timeout_ms,
                 decode_in=src.decode_in,
                 record_reader=src.record_reader,
+                broker_wait_s=src.broker_wait_s,
                 client_config=client_config,
             ),
             features=self.features.to_spec(),

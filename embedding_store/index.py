@@ -1,4 +1,4 @@
-"""Vectorised id -> slot index over pandas' khash ``Int64HashTable``.
+"""Vectorised id -> slot index over pandas' khash ``Int64HashTable`` (:mod:`.hash_index`).
 
 khash has no vectorised delete, so a removed id's entry is left in place and every hit is
 validated against the tier's own ``ids``/``live`` arrays (a stale entry points at a freed or
@@ -17,8 +17,8 @@ ones. Measured here: ~40 ns/key lookups and ~50 ns/key inserts at 1M keys, versu
 from __future__ import annotations
 
 import numpy as np
-from pandas._libs.hashtable import Int64HashTable
 
+from embedding_store.hash_index import int64_map
 from embedding_store.types import IdArray, SlotArray
 
 
@@ -26,7 +26,7 @@ class SlotIndex:
     """A mutable int64 -> int64 map with vectorised insert and lookup (no delete)."""
 
     def __init__(self, size_hint: int = 1024) -> None:
-        self._table = Int64HashTable(max(size_hint, 16))
+        self._table = int64_map(max(size_hint, 16))
         self.entries = 0
 
     def insert(self, ids: IdArray, slots: SlotArray) -> None:
@@ -43,7 +43,7 @@ class SlotIndex:
 
     def rebuild(self, ids: IdArray, slots: SlotArray) -> None:
         """Drop every entry and index exactly ``ids -> slots``."""
-        self._table = Int64HashTable(max(len(ids) * 2, 16))
+        self._table = int64_map(max(len(ids) * 2, 16))
         self.entries = 0
         self.insert(ids, slots)
 

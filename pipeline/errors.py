@@ -78,6 +78,25 @@ class BrokerError(PipelineError, RuntimeError):
     """The embedded broker could not be found, started or reached, or a topic not created."""
 
 
+class BrokerUnreachableError(BrokerError):
+    """No bootstrap server of a Kafka client accepted a connection within the wait allowed.
+
+    >>> err = BrokerUnreachableError.after_wait("127.0.0.1:1", 2.0, "Connection refused", "x")
+    >>> str(err).split(";")[0]
+    'cannot reach the Kafka broker at 127.0.0.1:1 within 2 s (Connection refused)'
+    """
+
+    @classmethod
+    def after_wait(
+        cls, servers: str, wait_s: float, cause: str, setting: str
+    ) -> BrokerUnreachableError:
+        """The error after waiting ``wait_s`` for ``servers`` (named in ``setting``)."""
+        return cls(
+            f"cannot reach the Kafka broker at {servers} within {wait_s:g} s ({cause}); "
+            f"check {setting} and that the broker runs"
+        )
+
+
 class SourceError(PipelineError, RuntimeError):
     """The Kafka source failed: its polling thread died, a commit failed, a dead letter was lost."""
 

@@ -15,23 +15,39 @@ Store the skeleton in the checkpoint's ``extra``.
 >>> tree = unflatten_tree(arrays, skeleton)
 >>> opt.load_state_dict(tree["optim"]); tree["optim"]["param_groups"][0]["lr"]
 0.01
+
+A checkpoint keeps every dense array in one safetensors file (:data:`DENSE_FILE`); the torch
+dtype each came from is in the header's ``__metadata__``:
+
+>>> stored = snapshot_dense({"w": torch.ones(2, dtype=torch.bfloat16), "n": np.arange(3)})
+>>> back = decode_dense(encode_dense(stored))
+>>> back["w"].tensor().dtype, back["n"].array.tolist()
+(torch.bfloat16, [0, 1, 2])
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load as safetensors_load
+from safetensors.numpy import save as safetensors_save
 
 from operators.errors import DenseStateError
 
 DenseValue: TypeAlias = npt.NDArray[Any] | torch.Tensor
 """What a dense entry may be given as: a numpy array or a (dense) torch tensor."""
+
+DENSE_FILE: Final = "dense.safetensors"
+"""The file of a checkpoint that holds its dense arrays (before: one ``dense-NNNN.npy`` each)."""
+_FORMAT: Final = "dense/1"
 
 # torch dtypes numpy has no type for: stored as a same-width integer view
 _VIEWED: dict[torch.dtype, tuple[str, torch.dtype]] = {
@@ -80,6 +96,35 @@ def snapshot_dense(dense: Mapping[str, DenseValue]) -> dict[str, DenseArray]:
         else:
             raise DenseStateError(name, f"expected an array or tensor, got {type(value).__name__}")
     return out
+
+
+def encode_dense(dense: Mapping[str, DenseArray]) -> bytes:
+    """Every array of ``dense`` in one safetensors file; the torch dtypes in ``__metadata__``."""
+    dtypes = {name: value.torch_dtype for name, value in dense.items()}
+    metadata = {"freshet.format": _FORMAT, "freshet.torch_dtypes": json.dumps(dtypes)}
+    arrays = {name: np.require(value.array, requirements="C") for name, value in dense.items()}
+    try:
+        data: bytes = safetensors_save(arrays, metadata=metadata)
+    except (SafetensorError, ValueError, KeyError) as err:
+        raise DenseStateError(sorted(dense)[0] if dense else "", f"not storable: {err}") from err
+    return data
+
+
+def decode_dense(data: bytes) -> dict[str, DenseArray]:
+    """The inverse of :func:`encode_dense`; raises :class:`DenseStateError` on a bad file."""
+    try:
+        (size,) = np.frombuffer(data[:8], dtype="<u8")
+        header = json.loads(data[8 : 8 + int(size)])
+        meta = header["__metadata__"]
+        if meta["freshet.format"] != _FORMAT:
+            raise DenseStateError(DENSE_FILE, f"format {meta['freshet.format']!r}, not {_FORMAT!r}")
+        dtypes: dict[str, str | None] = json.loads(meta["freshet.torch_dtypes"])
+        arrays = safetensors_load(bytes(data))
+    except (SafetensorError, ValueError, KeyError, TypeError) as err:
+        raise DenseStateError(DENSE_FILE, f"not a dense-state safetensors file: {err!r}") from err
+    if set(arrays) != set(dtypes):
+        raise DenseStateError(DENSE_FILE, "arrays and recorded dtypes differ")
+    return {name: DenseArray(arrays[name], dtypes[name]) for name in sorted(arrays)}
 
 
 def flatten_tree(tree: Mapping[str, Any], sep: str = "/") -> tuple[dict[str, DenseValue], Any]:

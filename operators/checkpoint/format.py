@@ -1,7 +1,7 @@
 """On-disk format of checkpoints: the per-checkpoint manifest and the files it names.
 
-A checkpoint directory holds plain arrays (``.npy``, never pickled) and one ``manifest.json``
-that lists every other file with its sha256 and size::
+A checkpoint directory holds plain arrays (``.npy`` and safetensors, never pickled) and one
+``manifest.json`` that lists every other file with its sha256 and size::
 
     chain-000007/ckpt-0002/                 (one checkpoint; kind "full" or "incremental")
       manifest.json                         id, kind, version, parent, store state and schema,
@@ -14,8 +14,9 @@ that lists every other file with its sha256 and size::
       seen-<table>.npy                      SIGHTING_DTYPE[s] ids seen but not admitted yet,
                                                               with their counts (all of them,
                                                               in every checkpoint)
-      dense-0000.npy ...                    one array per dense name (the names are in
-                                            the manifest, so any string is a valid name)
+      dense.safetensors                     every dense array, keyed by its name (any
+                                            string); torch dtypes in ``__metadata__``
+                                            (checkpoints before it: dense-0000.npy ...)
 
 A full checkpoint's parts hold every row of every table; an incremental one's hold the rows
 written since its parent's version, and its tombstones the ids expired since then.
@@ -60,7 +61,7 @@ def sightings_file_name(table: str) -> str:
 
 
 def dense_file_name(index: int) -> str:
-    """The file holding the ``index``-th dense array."""
+    """The file that held the ``index``-th dense array before ``dense.safetensors``."""
     return f"dense-{index:04d}.npy"
 
 

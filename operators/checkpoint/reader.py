@@ -25,10 +25,10 @@ from embedding_store.rows import RowLayout
 from embedding_store.tier import RowBlock
 from embedding_store.types import IdArray
 from operators.checkpoint.chain import CheckpointInfo
-from operators.checkpoint.dense_state import DenseArray
+from operators.checkpoint.dense_state import DenseArray, decode_dense
 from operators.checkpoint.durable_io import sha256_file
 from operators.checkpoint.format import MANIFEST, CheckpointManifest, TableEntry
-from operators.errors import ChecksumMismatchError, CorruptCheckpointError
+from operators.errors import ChecksumMismatchError, CorruptCheckpointError, DenseStateError
 
 
 @dataclass(frozen=True)
@@ -188,8 +188,26 @@ class CheckpointReader:
         return block
 
     def dense(self) -> dict[str, DenseArray]:
-        """Every dense array, by name."""
-        return {
-            d.name: DenseArray(self._load(d.file, mmap=False), d.torch_dtype)
-            for d in self.manifest().dense
-        }
+        """Every dense array, by name.
+
+        Reads ``dense.safetensors`` (all arrays in one file) and, from checkpoints written
+        before it, one ``dense-NNNN.npy`` per array.
+        """
+        out: dict[str, DenseArray] = {}
+        bundles: dict[str, dict[str, DenseArray]] = {}
+        for d in self.manifest().dense:
+            if d.file.endswith(".npy"):  # the layout before safetensors
+                out[d.name] = DenseArray(self._load(d.file, mmap=False), d.torch_dtype)
+                continue
+            if d.file not in bundles:
+                try:
+                    with open(self._file(d.file), "rb") as fh:
+                        bundles[d.file] = decode_dense(fh.read())
+                except (OSError, DenseStateError) as err:
+                    raise CorruptCheckpointError(
+                        self.info.id, d.file, f"cannot be loaded: {err}"
+                    ) from err
+            if d.name not in bundles[d.file]:
+                raise CorruptCheckpointError(self.info.id, d.file, f"has no array {d.name!r}")
+            out[d.name] = bundles[d.file][d.name]
+        return out

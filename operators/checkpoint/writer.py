@@ -41,6 +41,7 @@ from embedding_store.admission import SIGHTING_DTYPE
 from embedding_store.tier import RowBlock
 from embedding_store.types import IdArray
 from operators.checkpoint.chain import chain_dirname, checkpoint_id
+from operators.checkpoint.dense_state import DENSE_FILE, encode_dense
 from operators.checkpoint.durable_io import fsync_dir, json_bytes, write_bytes, write_npy
 from operators.checkpoint.format import (
     MANIFEST,
@@ -50,7 +51,6 @@ from operators.checkpoint.format import (
     FileEntry,
     RowPart,
     TableEntry,
-    dense_file_name,
     rows_file_names,
     sightings_file_name,
     tombstone_file_name,
@@ -72,6 +72,12 @@ class _DirWriter:
 
     def array(self, name: str, array: npt.NDArray[Any]) -> None:
         sha, size = write_npy(os.path.join(self.path, name), array)
+        self.files[name] = FileEntry(sha, size)
+        if self.hook is not None:
+            self.hook(os.path.join(self.path, name))
+
+    def bytes(self, name: str, data: bytes) -> None:
+        sha, size = write_bytes(os.path.join(self.path, name), data)
         self.files[name] = FileEntry(sha, size)
         if self.hook is not None:
             self.hook(os.path.join(self.path, name))
@@ -143,10 +149,12 @@ def write_checkpoint(
         out = _DirWriter(tmp, file_hook)
         incremental = snapshot.kind is CheckpointKind.INCREMENTAL
         tables = tuple(out.table(t, rows_per_file, incremental) for t in snapshot.tables)
-        dense = []
-        for i, (name, value) in enumerate(sorted(snapshot.dense.items())):
-            out.array(dense_file_name(i), value.array)
-            dense.append(DenseEntry(name, dense_file_name(i), value.torch_dtype))
+        dense = [
+            DenseEntry(name, DENSE_FILE, value.torch_dtype)
+            for name, value in sorted(snapshot.dense.items())
+        ]
+        if dense:  # one safetensors file for all (names and torch dtypes in its metadata)
+            out.bytes(DENSE_FILE, encode_dense(snapshot.dense))
         manifest = CheckpointManifest(
             id=ident,
             chain=chain,

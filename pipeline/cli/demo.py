@@ -20,9 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
+from configs.job import JobConfig
+from pipeline.broker.embedded import EmbeddedBroker, ensure_topics
+from pipeline.events.generators import generate
+from pipeline.events.replay import replay
+from pipeline.training.job import Progress, TrainJob
+
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "fraud.yaml"
 
 _MALFORMED: tuple[bytes, ...] = (
@@ -39,8 +46,6 @@ _MALFORMED: tuple[bytes, ...] = (
 
 
 def _stream(n: int, seed: int, bad_every: int) -> Iterator[Any]:
-    from pipeline.events.generators import generate
-
     rng = random.Random(seed)
     for i, event in enumerate(generate("transaction", n, seed)):
         if bad_every and i % bad_every == bad_every - 1:
@@ -60,11 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo end to end; returns 0 on success."""
-    from configs.job import JobConfig
-    from pipeline.broker.embedded import EmbeddedBroker, ensure_topics
-    from pipeline.events.replay import replay
-    from pipeline.training.job import Progress, TrainJob
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = JobConfig.from_yaml(args.config)
@@ -128,12 +128,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plot(history: list[Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))  # no pyplot: no GUI backend, nothing global to close
+    ax1, ax2 = fig.subplots(1, 2)
     events = [p.events for p in history]
     ax1.plot(events, [p.auc for p in history], label="cumulative AUC")
     ax1.plot(events, [p.window_auc for p in history], label="sliding-window AUC")
@@ -148,4 +144,3 @@ def _plot(history: list[Any], path: Path) -> None:
     fig.suptitle("Freshet demo: online fraud model trained from Kafka")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

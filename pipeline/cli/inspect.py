@@ -23,7 +23,7 @@ import argparse
 import importlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -206,8 +206,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"freshet inspect: {err}", file=sys.stderr)
             return 1
     if args.json:
-        from dataclasses import asdict
-
         print(json.dumps(asdict(report), indent=2))
     else:
         _print_text(report)

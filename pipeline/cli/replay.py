@@ -2,17 +2,23 @@ r"""``freshet replay``: produce a file or a generated stream into a Kafka topic.
 
 Examples::
 
-    freshet replay --bootstrap 127.0.0.1:9092 --topic clicks --file ../shared/data/criteo/train.txt
-    freshet replay --bootstrap 127.0.0.1:9092 --topic tx --generator transaction --limit 100000 \
-        --rate 5000 --key customer_id --partitions 4
+    freshet replay --bootstrap-server 127.0.0.1:9092 --topic clicks \
+        --file ../shared/data/criteo/train.txt
+    freshet replay --bootstrap-server 127.0.0.1:9092 --topic tx --generator transaction \
+        --max-messages 100000 --rate 5000 --key customer_id --partitions 4
+    freshet replay --bootstrap-server 127.0.0.1:9092 --from-dlq tx.dlq   # once the cause is fixed
 
-Exit codes: 0 success, 1 the broker or the file failed, 2 bad usage.
+``--from-dlq`` re-drives dead letters: each one's key, payload and original headers go back to
+its source topic and partition (or to ``--topic``); see :mod:`pipeline.source.dead_letters`.
+
+Option names follow Kafka's own tools (``--bootstrap-server``, ``--max-messages``); the older
+``--bootstrap`` and ``--limit`` still work. Exit codes: 0 success, 1 the broker or the file
+failed, 2 bad usage (an unknown generator, a missing file, a bad number).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import itertools
 import sys
 from collections.abc import Iterable, Iterator
@@ -22,7 +28,9 @@ from typing import Any
 from pipeline.broker.embedded import ensure_topics
 from pipeline.errors import PipelineError
 from pipeline.events.formats import FileFormat, detect_format, read_messages, read_records
+from pipeline.events.generators import KINDS, generate
 from pipeline.events.replay import Message, keyed_by_field, keyed_by_index, replay
+from pipeline.source.dead_letters import redrive
 
 DEFAULT_GENERATED = 100_000
 """Events a generator produces when ``--limit`` is not given."""
@@ -30,11 +38,25 @@ DEFAULT_GENERATED = 100_000
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``freshet replay``'s options."""
-    parser.add_argument("--bootstrap", required=True, metavar="HOST:PORT", help="Kafka brokers")
-    parser.add_argument("--topic", required=True, help="topic to produce to")
+    parser.add_argument(
+        "--bootstrap-server",
+        "--bootstrap",
+        dest="bootstrap",
+        required=True,
+        metavar="HOST:PORT",
+        help="Kafka brokers, comma-separated",
+    )
+    parser.add_argument(
+        "--topic",
+        default=None,
+        help="topic to produce to (required, except with --from-dlq: the source topics)",
+    )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--file", type=Path, help="file to replay (.gz ok)")
-    what.add_argument("--generator", metavar="KIND", help="synthetic stream, e.g. ctr, transaction")
+    what.add_argument("--generator", choices=KINDS, help="synthetic stream of this kind")
+    what.add_argument(
+        "--from-dlq", metavar="TOPIC", default=None, help="re-drive this dead-letter topic"
+    )
     parser.add_argument(
         "--format",
         choices=[f.value for f in FileFormat],
@@ -42,7 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="file format (default: from the extension)",
     )
     parser.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
-    parser.add_argument("--limit", type=int, default=None, help="stop after N events")
+    parser.add_argument(
+        "--max-messages",
+        "--limit",
+        dest="limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N events (default: the whole file; 100,000 generated)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
     parser.add_argument(
         "--key",
@@ -59,23 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _generated(kind: str, n: int, seed: int) -> Iterator[dict[str, Any]]:
-    try:
-        module = importlib.import_module("pipeline.events.generators")
-    except ImportError as err:
-        raise PipelineError(f"no synthetic generators available ({err})") from err
-    generate = getattr(module, "generate", None)
-    if generate is None:
-        raise PipelineError("pipeline.events.generators has no generate(kind, n, seed) yet")
-    records: Iterator[dict[str, Any]] = generate(kind, n, seed)
-    return records
-
-
 def _messages(args: argparse.Namespace) -> tuple[Iterable[Message], int | None]:
     key: str | None = args.key
     if args.generator is not None:
         n = args.limit if args.limit is not None else DEFAULT_GENERATED
-        records = _generated(args.generator, n, args.seed)
+        records: Iterator[dict[str, Any]] = generate(args.generator, n, args.seed)
         if key is None:
             return records, n
         if key == "index":
@@ -89,13 +107,36 @@ def _messages(args: argparse.Namespace) -> tuple[Iterable[Message], int | None]:
     return keyed_by_field(read_records(args.file, fmt), key), None
 
 
+def _redrive(args: argparse.Namespace) -> int:
+    try:
+        report = redrive(args.bootstrap, args.from_dlq, topic=args.topic, limit=args.limit)
+    except PipelineError as err:
+        print(f"freshet replay: {err}", file=sys.stderr)
+        return 1
+    where = args.topic or "their source topics"
+    print(
+        f"{report.sent} dead letters re-driven to {where}; skipped: "
+        f"{report.skipped_truncated} with a cut payload, "
+        f"{report.skipped_not_dead_letters} not Freshet dead letters"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """Replay the file or generator into the topic; print the count sent."""
+    """Replay the file or generator into the topic (or re-drive dead letters); print the count."""
+    if args.limit is not None and args.limit < 0:
+        print("freshet replay: --max-messages must be >= 0", file=sys.stderr)
+        return 2
+    if args.from_dlq is not None:
+        return _redrive(args)
+    if args.topic is None:
+        print("freshet replay: --topic is required with --file or --generator", file=sys.stderr)
+        return 2
     if args.file is not None and not args.file.is_file():
         print(f"freshet replay: no such file: {args.file}", file=sys.stderr)
         return 2
     if (args.rate is not None and args.rate <= 0) or (args.limit is not None and args.limit < 0):
-        print("freshet replay: --rate must be > 0 and --limit >= 0", file=sys.stderr)
+        print("freshet replay: --rate must be > 0 and --max-messages >= 0", file=sys.stderr)
         return 2
     try:
         if args.partitions is not None:

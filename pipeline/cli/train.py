@@ -45,7 +45,7 @@ DISK_FAILED: Final = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``freshet train`` (and of each rank of ``python -m ...distributed_job``)."""
+    """Options of ``freshet train`` (and of each rank of ``python -m pipeline.cli.rank``)."""
     parser.add_argument("--config", required=True, help="job YAML (configs/fraud.yaml, ...)")
     parser.add_argument(
         "--max-events",

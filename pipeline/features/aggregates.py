@@ -40,7 +40,8 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from pandas._libs.hashtable import Int64HashTable
+
+from embedding_store.hash_index import int64_map
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -79,7 +80,7 @@ class WindowedAggregate:
         self.window = window
         self.delay = delay
         self.ring = window + delay
-        self._index = Int64HashTable(max(capacity, 16))
+        self._index = int64_map(max(capacity, 16))
         self._keys: I64 = np.empty(capacity, dtype=np.int64)
         self._bucket: I64 = np.full((capacity, self.ring), EMPTY, dtype=np.int64)
         self._stats: F64 = np.zeros((capacity, 3, self.ring), dtype=np.float64)

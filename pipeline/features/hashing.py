@@ -32,8 +32,8 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from pandas._libs.hashtable import PyObjectHashTable
 
+from embedding_store.hash_index import object_map
 from embedding_store.initializers import splitmix64
 from pipeline.features.errors import FeatureValueError
 
@@ -132,7 +132,7 @@ class StringHasher:
         self._reset()
 
     def _reset(self) -> None:
-        self._index = PyObjectHashTable()  # value -> its position in self._bases
+        self._index = object_map()  # value -> its position in self._bases
         self._index.set_item(None, 0)
         self._bases: U64 = np.empty(1024, dtype=np.uint64)
         self._bases[0] = MISSING_BASE

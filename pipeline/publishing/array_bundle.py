@@ -1,25 +1,31 @@
-"""Named numeric arrays plus JSON metadata in one versioned envelope (never pickle).
+"""Named numeric arrays plus JSON metadata in one file: safetensors (never pickle).
 
-Deltas and snapshot files are bundles. The layout, little-endian throughout::
+Deltas and snapshot files are bundles, written in the `safetensors
+<https://huggingface.co/docs/safetensors>`_ format, so any safetensors reader can open them;
+the JSON metadata travels in the header's ``__metadata__`` (string values only) under
+``freshet.meta``::
 
-    +--------+---------+----------+--------------------+---------+---------------------------+
-    | "FSHB" | format  | reserved | header length (u32)| header  | pad to 8 | array bytes ... |
-    | 4 B    | u8 = 1  | 3 B      | 4 B                | JSON    |          | (8-aligned each)|
-    +--------+---------+----------+--------------------+---------+---------------------------+
+    +-------------------+--------------------------------------------------+-----------------+
+    | header size (u64) | {"__metadata__": {"freshet.format": "bundle/2",  | array bytes ... |
+    | little-endian     |                   "freshet.meta": "{...JSON...}"},|                 |
+    |                   |  "ids": {"dtype": "I64", "shape": [2],           |                 |
+    |                   |          "data_offsets": [0, 16]}, ...}          |                 |
+    +-------------------+--------------------------------------------------+-----------------+
 
-    header = {"meta": {...}, "arrays": [{"name", "dtype", "shape", "offset", "nbytes"}, ...]}
-
-Only boolean, integer and floating dtypes are accepted (``<i8``, ``<f4``, ``|b1``, ...), so
-nothing executable can travel inside; offsets are relative to the first array byte.
+Only boolean, integer and floating dtypes are accepted, so nothing executable can travel inside.
+Bundles of the format before (magic ``FSHB``, Freshet <= 0.1.0) are still read.
 
 >>> blob = encode_bundle({"version": 3}, {"ids": np.array([5, 7], np.int64)})
 >>> meta, arrays = decode_bundle(blob, "example")
 >>> meta["version"], arrays["ids"].tolist(), arrays["ids"].dtype.str
 (3, [5, 7], '<i8')
->>> decode_bundle(blob[:-1], "example")
+>>> from safetensors.numpy import load
+>>> load(blob)["ids"].tolist()  # any safetensors reader
+[5, 7]
+>>> decode_bundle(blob[:-1], "example")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-pipeline.publishing.errors.DeltaFormatError: example: array 'ids' runs past the end of the data
+pipeline.publishing.errors.DeltaFormatError: example: not a valid safetensors bundle: ...
 """
 
 from __future__ import annotations
@@ -30,12 +36,20 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as safetensors_load
+from safetensors.numpy import save as safetensors_save
 
 from pipeline.publishing.array_patch import AnyArray
 from pipeline.publishing.errors import DeltaFormatError
 
+FORMAT: Final = "bundle/2"
+META_KEY: Final = "freshet.meta"
+FORMAT_KEY: Final = "freshet.format"
 MAGIC: Final = b"FSHB"
+"""The magic of the format before safetensors (format 1), still read."""
 FORMAT_VERSION: Final = 1
+_SIZE = struct.Struct("<Q")
 _PREFIX = struct.Struct("<4sB3xI")
 _ALIGN = 8
 _KINDS: Final = frozenset("biuf")
@@ -55,30 +69,57 @@ def _little(a: AnyArray) -> AnyArray:
 
 
 def encode_bundle(meta: Mapping[str, Any], arrays: Mapping[str, AnyArray]) -> bytes:
-    """Serialise ``meta`` (JSON-ready) and ``arrays`` into one bundle."""
-    entries: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    offset = 0
-    for name, raw in arrays.items():
-        a = _little(np.asarray(raw))
-        data = a.tobytes()
-        entries.append(
-            {
-                "name": name,
-                "dtype": a.dtype.str,
-                "shape": list(a.shape),
-                "offset": offset,
-                "nbytes": len(data),
-            }
-        )
-        blobs.append(data)
-        blobs.append(b"\0" * _pad(len(data)))
-        offset += len(data) + _pad(len(data))
-    header = json.dumps(
-        {"meta": dict(meta), "arrays": entries}, separators=(",", ":"), sort_keys=True
-    ).encode()
-    head = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header
-    return b"".join([head, b"\0" * _pad(len(head)), *blobs])
+    """Serialise ``meta`` (JSON-ready) and ``arrays`` into one safetensors bundle."""
+    tensors = {name: _little(np.asarray(raw)) for name, raw in arrays.items()}
+    header = {
+        FORMAT_KEY: FORMAT,
+        META_KEY: json.dumps(dict(meta), separators=(",", ":"), sort_keys=True),
+    }
+    data: bytes = safetensors_save(tensors, metadata=header)
+    return data
+
+
+def _safetensors_meta(buf: memoryview, what: str) -> dict[str, Any]:
+    (size,) = _SIZE.unpack_from(buf, 0)
+    if size > MAX_HEADER_BYTES or _SIZE.size + size > len(buf):
+        raise DeltaFormatError(what, f"header of {size} bytes runs past the end")
+    try:
+        header = json.loads(bytes(buf[_SIZE.size : _SIZE.size + size]))
+        ours = header["__metadata__"]
+        if ours[FORMAT_KEY] != FORMAT:
+            raise DeltaFormatError(what, f"bundle format {ours[FORMAT_KEY]!r}, expected {FORMAT!r}")
+        meta = json.loads(ours[META_KEY])
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DeltaFormatError(what, f"header has no Freshet metadata: {err!r}") from err
+    if not isinstance(meta, dict):
+        raise DeltaFormatError(what, "header has no meta object")
+    return meta
+
+
+def decode_bundle(
+    data: bytes | bytearray | memoryview, what: str = "bundle"
+) -> tuple[dict[str, Any], dict[str, AnyArray]]:
+    """Parse a bundle into ``(meta, arrays)``; arrays are fresh, writable copies.
+
+    Reads safetensors bundles and the format before them. Raises
+    :class:`~pipeline.publishing.errors.DeltaFormatError` naming ``what`` and the problem.
+    """
+    buf = memoryview(data)
+    if len(buf) >= 4 and bytes(buf[:4]) == MAGIC:
+        return _decode_format_1(buf, what)
+    if len(buf) < _SIZE.size:
+        raise DeltaFormatError(what, f"{len(buf)} bytes is too short for a bundle")
+    meta = _safetensors_meta(buf, what)
+    try:
+        loaded = safetensors_load(bytes(buf))
+    except SafetensorError as err:
+        raise DeltaFormatError(what, f"not a valid safetensors bundle: {err}") from err
+    arrays: dict[str, AnyArray] = {}
+    for name, array in loaded.items():
+        if array.dtype.kind not in _KINDS:
+            raise DeltaFormatError(what, f"array {name!r}: dtype {array.dtype} not allowed")
+        arrays[name] = array if array.flags.writeable else array.copy()
+    return meta, arrays
 
 
 def _dtype(entry: Mapping[str, Any], what: str) -> np.dtype[Any]:
@@ -94,14 +135,8 @@ def _dtype(entry: Mapping[str, Any], what: str) -> np.dtype[Any]:
     return dtype
 
 
-def decode_bundle(
-    data: bytes | bytearray | memoryview, what: str = "bundle"
-) -> tuple[dict[str, Any], dict[str, AnyArray]]:
-    """Parse a bundle into ``(meta, arrays)``; arrays are fresh, writable copies.
-
-    Raises :class:`~pipeline.publishing.errors.DeltaFormatError` naming ``what`` and the problem.
-    """
-    buf = memoryview(data)
+def _decode_format_1(buf: memoryview, what: str) -> tuple[dict[str, Any], dict[str, AnyArray]]:
+    """The bundle format before safetensors: ``FSHB`` | u8 format | JSON header | arrays."""
     if len(buf) < _PREFIX.size:
         raise DeltaFormatError(what, f"{len(buf)} bytes is too short for a bundle")
     magic, fmt, header_len = _PREFIX.unpack_from(buf, 0)

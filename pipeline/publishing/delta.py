@@ -3,8 +3,8 @@
 A delta takes a replica from version ``base`` to ``version``; a replica applies it all or
 nothing and only when it serves ``base``. ``base=None`` marks a *reset*: the first version of a
 publisher run, which only a snapshot of that version can reach. The payload is an
-:mod:`~pipeline.publishing.array_bundle` (JSON metadata + raw little-endian arrays); Kafka
-framing and
+:mod:`~pipeline.publishing.array_bundle` (safetensors: JSON metadata + raw little-endian
+arrays); Kafka framing and
 checksums are :mod:`pipeline.publishing.chunks`' business.
 
 ::

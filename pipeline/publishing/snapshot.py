@@ -5,7 +5,8 @@
     <root>/
       v00000000000000000042/            one complete snapshot (the name sorts by version)
         MANIFEST.json                   version, times, Kafka position, files with sha256, hmac
-        state.fsb                       dense parameters + featurizer state (array bundle)
+        state.fsb                       dense parameters + featurizer state (array bundle:
+                                        a safetensors file, metadata in ``__metadata__``)
         rows-<table>-00000.fsb ...      ids int64 (n,) + emb float32 (n, dim), per export chunk
       .tmp-v00000000000000000043-<id>/  being written: never read
 

@@ -12,6 +12,7 @@
     freshet_replica_resyncs_total               counter    snapshots loaded
     freshet_replica_bootstrap_retries_total     counter    first-snapshot attempts that found none
     freshet_replica_rows{table,tier}            gauge      rows in DRAM (hot) and RocksDB (cold)
+    process_*, python_*                                    the process: RSS, CPU, fds, GC, ...
 
 >>> m = ReplicaMetrics("r0")
 >>> m.reject("gap")
@@ -25,6 +26,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from pipeline.runtime.process_metrics import register_standard_collectors
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 
@@ -35,6 +38,7 @@ class ReplicaMetrics:
     def __init__(self, name: str) -> None:
         self.name = name
         self.registry = CollectorRegistry()
+        register_standard_collectors(self.registry)
         r, labels = self.registry, {"replica": name}
         self.version = Gauge(
             "freshet_replica_model_version", "model version served", ["replica"], registry=r

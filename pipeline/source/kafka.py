@@ -5,11 +5,14 @@ closed batches, so the next batches (and the feature ids in them) are known befo
 asks: the store can prefetch their cold rows. Malformed messages go to a dead-letter topic and
 training goes on.
 
-A dead letter carries the original key and payload, with the reason (at most 1,000 characters)
-and the source position in its headers. A payload that would take it past
+A dead letter carries the original key, payload and headers, with the reason (at most 1,000
+characters) and the source position in ``freshet.dlq.*`` headers
+(:mod:`pipeline.source.dead_letters`). Each bad message is dead-lettered once, across restarts
+too: at start the source reads where its group's dead letters end per partition and does not
+send those again, though it reads past them again. A payload that would take it past
 ``DEAD_LETTER_MAX_BYTES`` is cut to fit the producer's 1 MiB request limit; its
-``payload_bytes`` header keeps the original size, and the source position says where to read it
-whole. One oversized bad message must not stop the source.
+``freshet.dlq.payload_bytes`` header keeps the original size, and the source position says
+where to read it whole. One oversized bad message must not stop the source.
 
 ::
 
@@ -64,11 +67,20 @@ from kafka.structs import OffsetAndMetadata
 
 from pipeline.broker.embedded import ensure_topics
 from pipeline.broker.security import security_options
-from pipeline.errors import BrokerError, ConfigError, DecodeError, SourceError, SourceStateError
+from pipeline.errors import (
+    BrokerError,
+    ConfigError,
+    DecodeError,
+    PipelineError,
+    SourceError,
+    SourceStateError,
+)
 from pipeline.events.fast_decode import FastDecoder
 from pipeline.events.kinds import EVENT_KINDS, Event
+from pipeline.source import dead_letters
 from pipeline.source import records as kafka_records
 from pipeline.source.batch_buffer import BatchBuffer
+from pipeline.source.reachability import wait_for_broker
 
 if TYPE_CHECKING:
     from pipeline.events.columnar import ColumnarEvents
@@ -137,6 +149,10 @@ class SourceConfig:
     queue_batches           closed batches buffered ahead of the trainer
     dead_letter_topic       where bad messages go (default ``<topic>.dlq``), created at start
                             unless ``create_dead_letter_topics`` is false
+    dead_letter_lookback    dead letters read back per DLQ partition at start, to send none
+                            twice across a restart (0: do not read back)
+    broker_wait_s           how long start() waits for a bootstrap server to accept a
+                            connection before it raises ``BrokerUnreachableError`` (0: no check)
     session_timeout_ms      group session (tansu makes a join wait about half of it)
     fetch_max_wait_ms, ...  kafka-python fetch tuning (tansu needs fetch_max_wait_ms >= 1)
     fast_record_reader      read fetched record batches with :mod:`pipeline.source.records`
@@ -164,6 +180,8 @@ class SourceConfig:
     queue_batches: int = 8
     dead_letter_topic: str | None = None
     create_dead_letter_topics: bool = True
+    dead_letter_lookback: int = dead_letters.DEFAULT_LOOKBACK
+    broker_wait_s: float = 30.0
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = 10_000
     max_poll_interval_ms: int = 300_000
@@ -194,6 +212,10 @@ class SourceConfig:
             value = getattr(self, name)
             if value < 1:  # tansu refuses fetch_max_wait_ms=0
                 raise ConfigError(name, f"must be at least 1, got {value}")
+        if self.dead_letter_lookback < 0:
+            raise ConfigError(
+                "dead_letter_lookback", f"must be >= 0, got {self.dead_letter_lookback}"
+            )
         if self.session_timeout_ms < 3:
             raise ConfigError("session_timeout_ms", f"too small: {self.session_timeout_ms}")
         if self.assignment is Assignment.GROUP and self.group_id is None:
@@ -283,8 +305,8 @@ class KafkaSource:
     Delivery: within a run every message is handed out once, in offset order per partition.
     Across a restart from ``snapshot()``, messages after the snapshot are read again and the
     ones before it are not. Dead letters are flushed to the broker before the batch whose offsets
-    pass them is handed out; a dead letter after the last event of a run may be sent again
-    after a restart.
+    pass them is handed out; after a restart, bad messages the group already dead-lettered are
+    not sent again (see :mod:`pipeline.source.dead_letters`).
     """
 
     def __init__(
@@ -313,6 +335,8 @@ class KafkaSource:
         self._handed_seq = -1
         self._trained_seq = -1
         self._dead_letters = 0
+        self._dead_letters_skipped = 0
+        self._dead_lettered: Offsets = {}  # highest offset already dead-lettered, per partition
         self._events_read = 0
         self._dlq_futures: list[Any] = []
 
@@ -327,6 +351,11 @@ class KafkaSource:
     def dead_letters(self) -> int:
         """Messages sent to the dead-letter topic so far."""
         return self._dead_letters
+
+    @property
+    def dead_letters_skipped(self) -> int:
+        """Bad messages read again after a restart and not sent again (already dead letters)."""
+        return self._dead_letters_skipped
 
     @property
     def events_read(self) -> int:
@@ -383,12 +412,18 @@ class KafkaSource:
             raise SourceStateError("start()", self._state.value)
         cfg = self.config
         security = security_options(cfg.client_config)
+        try:  # one clear line, not a minute of client retries then a traceback
+            wait_for_broker(cfg.bootstrap_servers, cfg.broker_wait_s, "source.bootstrap_servers")
+        except PipelineError:
+            self._state = SourceState.CLOSED
+            raise
         if cfg.create_dead_letter_topics:
             dlqs = {dead_letter_topic_for(t, cfg.dead_letter_topic): 1 for t in cfg.topics}
             try:
                 ensure_topics(_bootstrap_str(cfg.bootstrap_servers), dlqs, client_config=security)
             except BrokerError as err:  # e.g. no permission: the topic may exist all the same
                 log.warning("could not ensure dead-letter topics %s: %s", sorted(dlqs), err)
+        self._read_dead_letter_watermarks(security)
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=cfg.bootstrap_servers,
@@ -610,7 +645,10 @@ class KafkaSource:
         try:
             event = self._decoder(record.value or b"")
         except ValueError as err:  # DecodeError, or whatever a custom decoder raises
-            self._dead_letter(record, err)
+            if record.offset > self._dead_lettered.get(key, -1):
+                self._dead_letter(record, err)
+            else:  # read again after a restart: its dead letter is on the topic already
+                self._dead_letters_skipped += 1
             builder.dead_letters += 1
             return
         position = (record.topic, record.partition, record.offset)
@@ -622,16 +660,18 @@ class KafkaSource:
         if len(reason) > _MAX_REASON_CHARS:
             reason = reason[: _MAX_REASON_CHARS - 3] + "..."
         value: bytes = record.value or b""
-        headers = [
-            ("reason", reason.encode()),
-            ("reason_code", code.encode()),
-            ("event_kind", self.config.kind.encode()),
-            ("source_topic", record.topic.encode()),
-            ("source_partition", str(record.partition).encode()),
-            ("source_offset", str(record.offset).encode()),
-            ("source_timestamp_ms", str(record.timestamp).encode()),
-            ("payload_bytes", str(len(value)).encode()),
-        ]
+        headers = dead_letters.dead_letter_headers(
+            record.headers,
+            reason=reason,
+            code=code,
+            kind=self.config.kind,
+            group=self.config.group_id or "",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=record.timestamp,
+            payload_bytes=len(value),
+        )
         room = DEAD_LETTER_MAX_BYTES - len(record.key or b"")
         room -= sum(len(k) + len(v) for k, v in headers)
         if len(value) > room:  # else the producer raises, and every restart meets it again
@@ -641,6 +681,27 @@ class KafkaSource:
         self._dlq_futures.append(future)
         self._dead_letters += 1
         log.debug("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, err)
+
+    def _read_dead_letter_watermarks(self, security: Mapping[str, Any]) -> None:
+        """Where this group's dead letters end per partition (sent once across restarts)."""
+        cfg = self.config
+        if cfg.dead_letter_lookback == 0:
+            return
+        topics = sorted({dead_letter_topic_for(t, cfg.dead_letter_topic) for t in cfg.topics})
+        try:
+            marks = dead_letters.read_watermarks(
+                cfg.bootstrap_servers,
+                topics,
+                cfg.group_id or "",
+                lookback=cfg.dead_letter_lookback,
+                client_config=security,
+            )
+        except Exception as err:  # a read-only DLQ must not stop training: warn, resend
+            log.warning("could not read the dead-letter topics %s back: %s", topics, err)
+            return
+        self._dead_lettered = {k: v for k, v in marks.items() if k[0] in cfg.topics}
+        if self._dead_lettered:
+            log.info("dead letters already sent, up to offsets %s", self._dead_lettered)
 
     def _flush_dead_letters(self) -> None:
         if not self._dlq_futures:

@@ -10,7 +10,12 @@ goes through kafka-python's own code unchanged; legacy batches (v0/v1) are read 
 record, as kafka-python reads them.
 
 It replaces nothing globally: :func:`install` sets the class on one consumer's fetcher, which
-builds its ``PartitionRecords`` through ``self.PartitionRecords``. ::
+builds its ``PartitionRecords`` through ``self.PartitionRecords``. ``PartitionRecords`` is
+private to kafka-python, so :func:`install` does so only on the releases in
+:data:`TESTED_KAFKA_PYTHON` (those the contract test ``tests/unit/pipeline/source/
+test_kafka_records.py`` has run on); on any other it logs one warning and leaves kafka-python's
+reader in place. Compressed batches (gzip, snappy, lz4, zstd) are decompressed by kafka-python's
+codec, then read by the same loop. ::
 
     fetch response ─► MemoryRecords ─► batch (CRC checked as before) ─► magic 2 data batch?
                                                     │ yes                      │ no
@@ -45,11 +50,12 @@ import logging
 from collections.abc import Iterator
 from typing import Any, Final
 
+import kafka
 from kafka.consumer.fetcher import ConsumerRecord, Fetcher
 from kafka.errors import CorruptRecordError
 from kafka.record.util import decode_varint
 
-__all__ = ["FastPartitionRecords", "install"]
+__all__ = ["TESTED_KAFKA_PYTHON", "FastPartitionRecords", "install"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,11 @@ _READ_UNCOMMITTED: Final = 0
 _new_tuple = tuple.__new__
 _TIMESTAMP_TYPE_MASK: Final = 0x08
 _CONTROL_MASK: Final = 0x20
+
+TESTED_KAFKA_PYTHON: Final = frozenset({"3.0.12"})
+"""kafka-python releases the contract test has run on; pyproject.toml pins the same range."""
+
+_warned_version: list[str] = []  # the one unknown-version warning per process
 
 
 class FastPartitionRecords(_BASE):  # type: ignore[misc]
@@ -272,9 +283,21 @@ def _header_size(headers: list[tuple[str, bytes | None]] | None) -> int:
 def install(consumer: Any) -> bool:
     """Make ``consumer`` (a kafka-python ``KafkaConsumer``) read batches with this module.
 
-    Returns False, and changes nothing, when the consumer's fetcher is not the kind this
-    module was written against (another kafka-python version).
+    Returns False, and changes nothing, on a kafka-python release not in
+    :data:`TESTED_KAFKA_PYTHON` (one warning per process) or when the consumer's fetcher is not
+    the kind this module was written against.
     """
+    version = str(getattr(kafka, "__version__", "unknown"))
+    if version not in TESTED_KAFKA_PYTHON:
+        if not _warned_version:
+            _warned_version.append(version)
+            log.warning(
+                "kafka-python %s is not one the fast record reader was tested on (%s); "
+                "records are read by kafka-python's own reader",
+                version,
+                ", ".join(sorted(TESTED_KAFKA_PYTHON)),
+            )
+        return False
     fetcher = getattr(consumer, "_fetcher", None)
     if fetcher is None or getattr(fetcher, "PartitionRecords", None) is not _BASE:
         log.info("kafka-python's fetcher is not the expected one; records are read by it")

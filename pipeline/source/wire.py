@@ -54,7 +54,13 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.errors import BrokerError, ConfigError, PipelineError, SourceError
+from pipeline.errors import (
+    BrokerError,
+    BrokerUnreachableError,
+    ConfigError,
+    PipelineError,
+    SourceError,
+)
 from pipeline.events.columnar import ColumnarEvents
 from pipeline.features.hashing import U64, StringHasher
 from pipeline.source.kafka import Assignment, Offsets, SourceBatch, SourceConfig
@@ -217,6 +223,8 @@ def error_from_wire(header: Mapping[str, Any]) -> PipelineError:
         return ConfigError(what, message.removeprefix(f"{what}: "))
     if name == "BrokerError":
         return BrokerError(message)
+    if name == "BrokerUnreachableError":
+        return BrokerUnreachableError(message)
     if name in ("SourceError", "SourceStateError", "WireError"):
         return SourceError(message)
     return SourceError(f"{name}: {message}")

@@ -17,6 +17,8 @@
     freshet_checkpoint_seconds               histogram  set by the checkpoint operator
     freshet_publish_seconds                  histogram  set by the publisher
     freshet_published_version                gauge      last model version published
+    freshet_store_disk_failed                gauge      1 while RocksDB's disk refuses writes
+    process_*, python_*                                 the process: RSS, CPU, fds, GC, ...
 
 Everything is read between two training steps, by the :class:`MetricsExporter` plugin; rank r
 of N serves on ``metrics_port + r``.
@@ -51,6 +53,7 @@ from prometheus_client.exposition import start_wsgi_server
 from embedding_store.rocks import table_cf
 from operators.base import Outcome
 from operators.checkpoint.ops import CHECKPOINT_OPERATORS
+from pipeline.runtime.process_metrics import register_standard_collectors
 from pipeline.source.lag import ConsumerLag
 from pipeline.training.plugin import JobView
 from pipeline.training.spec import MetricsSpec
@@ -123,7 +126,10 @@ class TrainerMetrics:
         self.job = job
         self.operators = operators
         self.publisher = publisher
-        self.registry = registry if registry is not None else CollectorRegistry()
+        if registry is None:
+            registry = CollectorRegistry()
+            register_standard_collectors(registry)  # process_resident_memory_bytes, GC, ...
+        self.registry = registry
         self.quality_every_s = quality_every_s
         self.rows_every_s = rows_every_s
         self.lag_every_s = lag_every_s
@@ -179,6 +185,12 @@ class TrainerMetrics:
         self.published_version = Gauge(
             "freshet_published_version", "last model version published", registry=r
         )
+        self.disk_failed = Gauge(
+            "freshet_store_disk_failed",
+            "1 while the store's disk refuses writes (store.on_disk_error: pause), else 0",
+            registry=r,
+        )
+        self.disk_failed.set_function(lambda: float(bool(getattr(self.job, "_disk_failed", 0))))
         self.total_events = 0
         self._rate_samples: deque[tuple[float, int]] = deque()
         self._next_quality = -math.inf

@@ -559,6 +559,7 @@ class TrainJob:
             dead_letter_topic=src.dead_letter_topic,
             session_timeout_ms=src.session_timeout_ms,
             fast_record_reader=src.record_reader == "fast",
+            broker_wait_s=src.broker_wait_s,
             hash_fields=string_category_fields(self.spec.features),
             client_config=dict(src.client_config),
             **extra,

@@ -4,14 +4,22 @@
 pipeline.cli.rank`` process with the environment torchrun would give it::
 
     launch(config, nproc=2)
+      ├─ rendezvous store, hosted here, listening on 127.0.0.1:<free> only
       ├─ rank 0: MASTER_ADDR=127.0.0.1 MASTER_PORT=<free> RANK=0 LOCAL_RANK=0 WORLD_SIZE=2
       └─ rank 1: MASTER_ADDR=127.0.0.1 MASTER_PORT=<free> RANK=1 LOCAL_RANK=1 WORLD_SIZE=2
     the first rank to fail (or a SIGINT/SIGTERM here) stops the others; the exit status is
     the first failure's, else 0
 
+The rendezvous store (torch.distributed's ``TCPStore``, unauthenticated) is hosted by the
+launcher, as torchrun's agent hosts it, on a socket bound to the master address alone: left to
+rank 0, torch binds it on every interface (``:::MASTER_PORT``). The ranks connect to it as
+clients (``TORCHELASTIC_USE_AGENT_STORE``); on one machine gloo's own connections use the
+loopback interface (``GLOO_SOCKET_IFNAME=lo`` unless set).
+
 Across machines (one pod per rank on Kubernetes), every node runs ``freshet train --nnodes M
 --node-rank R --master-addr HOST --master-port P``: node ``R``'s local rank ``l`` is global rank
-``R * nproc + l`` of ``M * nproc``, and rank 0 (node 0) hosts the rendezvous at ``HOST:P``.
+``R * nproc + l`` of ``M * nproc``; node 0's launcher hosts the store on ``HOST:P`` (bound to
+that address alone) and every rank joins it as a client.
 
 The same job runs under torchrun itself, with the same file and flags:
 ``torchrun --nproc-per-node N -m pipeline.cli.rank --config FILE``.
@@ -34,7 +42,11 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from types import FrameType
+from typing import Any, Final
+
+from torch.distributed import TCPStore  # type: ignore[attr-defined]
 
 from pipeline.errors import ConfigError
 
@@ -42,6 +54,8 @@ log = logging.getLogger(__name__)
 
 MODULE = "pipeline.cli.rank"
 _STOP_GRACE_S = 20.0
+MASTER_ADDR: Final = "127.0.0.1"
+"""Where the rendezvous store listens: the ranks are all on this machine."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +68,7 @@ class Node:
 
     nnodes: int = 1
     rank: int = 0
-    master_addr: str = "127.0.0.1"
+    master_addr: str = MASTER_ADDR
     master_port: int | None = None  # None: a free local port (one node only)
 
     def __post_init__(self) -> None:
@@ -73,6 +87,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def rendezvous_store(world: int, host: str = MASTER_ADDR, port: int = 0) -> tuple[Any, int]:
+    """A ``TCPStore`` server for ``world`` ranks listening on ``host`` only; ``(store, port)``.
+
+    ``port`` 0 takes a free one. The store owns the listening socket (closed with the store);
+    keep it alive while the ranks run.
+    """
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(max(16, world))
+    port = int(sock.getsockname()[1])
+    store = TCPStore(
+        host,
+        port,
+        world_size=world,
+        is_master=True,
+        timeout=timedelta(seconds=600),
+        wait_for_workers=False,
+        master_listen_fd=sock.fileno(),
+    )
+    sock.detach()  # the store's server closes the descriptor
+    return store, port
+
+
 def rank_environment(
     rank: int,
     world: int,
@@ -82,12 +121,14 @@ def rank_environment(
 ) -> dict[str, str]:
     """The environment of local rank ``rank`` of ``world`` on ``node`` (what torchrun sets).
 
-    ``world`` is the number of ranks on this node; the job has ``world * node.nnodes``.
+    ``world`` is the number of ranks on this node; the job has ``world * node.nnodes``. The
+    ranks join the store :func:`rendezvous_store` hosts on ``node.master_addr:port``.
     """
     env = dict(os.environ if base is None else base)
     env.update(
         MASTER_ADDR=node.master_addr,
         MASTER_PORT=str(port),
+        TORCHELASTIC_USE_AGENT_STORE="True",
         RANK=str(node.rank * world + rank),
         LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world * node.nnodes),
@@ -95,6 +136,8 @@ def rank_environment(
         GROUP_RANK=str(node.rank),
     )
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))
+    if node.nnodes == 1 and any(name == "lo" for _, name in socket.if_nameindex()):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pair sockets: loopback only
     return env
 
 
@@ -109,11 +152,17 @@ def launch(
 
     ``extra_args`` go to every rank (``freshet train``'s flags: ``--max-events``,
     ``--idle-timeout``, ``--checkpoint-dir``, ``--checkpoint-every``). ``node`` places this
-    machine in a job of several (its ranks' global numbers and the rendezvous address).
+    machine in a job of several (its ranks' global numbers and the rendezvous address); node
+    0 hosts the rendezvous store, the others' ranks join it.
     """
     if nproc < 1:
         raise ConfigError("nproc", f"must be at least 1, got {nproc}")
-    port = node.master_port if node.master_port is not None else free_port()
+    store: Any = None
+    if node.rank == 0:
+        store, port = rendezvous_store(nproc * node.nnodes, node.master_addr, node.master_port or 0)
+    else:
+        assert node.master_port is not None  # Node checks it for several nodes
+        port = node.master_port
     cmd = [python, "-m", MODULE, "--config", config_path, *extra_args]
     procs: list[subprocess.Popen[bytes]] = []
     stopping = False
@@ -147,6 +196,7 @@ def launch(
         return _wait(procs)
     finally:
         _terminate(procs)
+        del store  # stops its server
         for s, handler in previous.items():
             signal.signal(s, handler)
 

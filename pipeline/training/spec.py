@@ -70,6 +70,7 @@ class SourceSpec:
     session_timeout_ms: int = 10_000
     decode_in: Literal["thread", "process"] = "process"
     record_reader: Literal["fast", "kafka-python"] = "fast"
+    broker_wait_s: float = 30.0
     client_config: Mapping[str, Any] = field(default_factory=_no_options)
     """kafka-python security keyword arguments (the password already read)."""
 

@@ -282,7 +282,7 @@ def test_compose_uses_the_k8s_image_commands_and_ports() -> None:
     for key in ("FRESHET_SOURCE__BOOTSTRAP_SERVERS", "FRESHET_PUBLISH__BOOTSTRAP_SERVERS"):
         assert trainer["environment"][key] == '["kafka:9092"]'
     replay = services["replay"]["command"]
-    assert replay[replay.index("--bootstrap") + 1] == "kafka:9092"
+    assert replay[replay.index("--bootstrap-server") + 1] == "kafka:9092"
     base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
     (env,) = [g for g in base["configMapGenerator"] if g["name"] == "freshet-env"]
     assert 'FRESHET_SOURCE__BOOTSTRAP_SERVERS=["kafka:9092"]' in env["literals"]
@@ -350,8 +350,90 @@ def _exported_series() -> set[str]:
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     for registry in (TrainerMetrics(None).registry, ReplicaMetrics("r").registry):
         for family in registry.collect():
-            names.update(family.name + s for s in suffixes[family.type])
+            names.update(family.name + s for s in suffixes.get(family.type, ("",)))
     return names
+
+
+def test_both_registries_carry_the_standard_process_metrics() -> None:
+    exported = _exported_series()
+    for name in (
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "python_gc_collections_total",
+        "python_info",
+    ):
+        assert name in exported, name
+
+
+RULES = DEPLOY / "prometheus" / "rules.yml"
+PROMETHEUS_RULE = K8S / "overlays" / "servicemonitor" / "prometheusrule.yaml"
+ALERTS = {
+    "FreshetConsumerLagGrowing",
+    "FreshetWindowAucDrop",
+    "FreshetDeadLetterRateHigh",
+    "FreshetStoreDiskFailing",
+    "FreshetReplicaStale",
+}
+
+
+def test_alert_rules_cover_the_incidents_and_query_exported_series() -> None:
+    rules = yaml.safe_load(RULES.read_text())
+    operator = yaml.safe_load(PROMETHEUS_RULE.read_text())
+    assert operator["kind"] == "PrometheusRule"
+    assert operator["spec"]["groups"] == rules["groups"]  # one set of alerts, two packagings
+    assert operator["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    alerts = [r for g in rules["groups"] for r in g["rules"]]
+    assert {r["alert"] for r in alerts} == ALERTS
+    for rule in alerts:
+        used = set(re.findall(r"freshet_[a-z_]+", rule["expr"]))
+        assert used and used <= _exported_series(), (rule["alert"], used - _exported_series())
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert prometheus["rule_files"] == ["rules.yml"]
+    (service,) = [compose()["services"]["prometheus"]]
+    assert "./prometheus/rules.yml:/etc/prometheus/rules.yml:ro" in service["volumes"]
+
+
+def test_promtool_checks_and_unit_tests_the_alerts(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        reason = "promtool not installed (apt-get install prometheus); alert rules not run"
+        print(reason)
+        pytest.skip(reason)
+    operator = yaml.safe_load(PROMETHEUS_RULE.read_text())
+    extracted = tmp_path / "prometheusrule-groups.yml"
+    extracted.write_text(yaml.safe_dump({"groups": operator["spec"]["groups"]}))
+    for args in (
+        ["check", "rules", str(RULES), str(extracted)],
+        ["check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
+        ["test", "rules", str(DEPLOY / "prometheus" / "rules_test.yml")],
+    ):
+        done = subprocess.run(
+            [promtool, *args], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    done = subprocess.run(
+        [promtool, "test", "rules", "rules_test.yml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=DEPLOY / "prometheus",
+    )
+    assert "SUCCESS" in done.stdout + done.stderr
+
+
+def test_service_monitors_carry_the_label_kube_prometheus_stack_selects() -> None:
+    docs = list(
+        yaml.safe_load_all(
+            (K8S / "overlays" / "servicemonitor" / "servicemonitor.yaml").read_text()
+        )
+    )
+    assert {d["metadata"]["name"] for d in docs} == {"freshet-trainer", "freshet-replica"}
+    for doc in docs:
+        assert doc["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
 def test_dashboard_queries_only_exported_series() -> None:
@@ -373,7 +455,17 @@ def test_dashboard_queries_only_exported_series() -> None:
         "latency",
     ):
         assert topic in titles, topic
-    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {"prometheus"}
+    # the data source is a dashboard variable, so an imported dashboard finds any Prometheus
+    (variable,) = dashboard["templating"]["list"]
+    assert (variable["name"], variable["type"], variable["query"]) == (
+        "datasource",
+        "datasource",
+        "prometheus",
+    )
+    refs = [p["datasource"] for p in dashboard["panels"]]
+    refs += [t["datasource"] for p in dashboard["panels"] for t in p["targets"]]
+    assert {(r["type"], r["uid"]) for r in refs} == {("prometheus", "${datasource}")}
+    assert variable["current"]["value"] == "prometheus"  # compose's provisioned one
     datasource = yaml.safe_load(
         (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
     )

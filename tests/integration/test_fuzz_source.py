@@ -152,20 +152,26 @@ def test_fuzzed_events_are_delivered_or_dead_lettered(
     # every malformed one in the dead-letter topic once, with its reason and position
     dead = read_topic(f"{topic}.dlq", MALFORMED, timeout_s=60)
     assert len(dead) == MALFORMED
-    letters = [(int(d.headers["source_partition"]), int(d.headers["source_offset"])) for d in dead]
+    letters = [
+        (
+            int(d.headers["freshet.dlq.source_partition"]),
+            int(d.headers["freshet.dlq.source_offset"]),
+        )
+        for d in dead
+    ]
     assert len(set(letters)) == MALFORMED
     assert set(letters) == bad_at
     codes: Counter[str] = Counter()
     for letter, pos in zip(dead, letters, strict=True):
         payload = stream[index[pos]]
-        reason = letter.headers["reason"].decode()
+        reason = letter.headers["freshet.dlq.reason"].decode()
         assert reason.startswith(f"{kind}: ") and len(reason) > len(kind) + 2, reason
-        code = letter.headers["reason_code"].decode()
+        code = letter.headers["freshet.dlq.reason_code"].decode()
         assert code in payload.codes, (payload.spoil, payload.data[:120], reason)
         codes[code] += 1
-        assert letter.headers["source_topic"].decode() == topic
-        assert letter.headers["event_kind"].decode() == kind
-        assert int(letter.headers["source_timestamp_ms"]) > 0
+        assert letter.headers["freshet.dlq.source_topic"].decode() == topic
+        assert letter.headers["freshet.dlq.event_kind"].decode() == kind
+        assert int(letter.headers["freshet.dlq.source_timestamp_ms"]) > 0
         assert letter.value == payload.data  # the original bytes, untouched
         assert letter.key == str(index[pos]).encode()
     assert sum(codes.values()) == MALFORMED
@@ -211,14 +217,14 @@ def test_bad_messages_near_the_size_limit_are_dead_lettered_not_fatal(
         assert got == [[getattr(decode("transaction", g), f) for f in fields] for g in good]
         assert source.dead_letters == 2
 
-    dead = {int(d.headers["source_offset"]): d for d in read_topic(f"{topic}.dlq", 2)}
+    dead = {int(d.headers["freshet.dlq.source_offset"]): d for d in read_topic(f"{topic}.dlq", 2)}
     assert sorted(dead) == [0, 2]
     cut = dead[0]
-    assert cut.headers["reason_code"] == b"bad_json"
-    assert int(cut.headers["payload_bytes"]) == len(huge) > len(cut.value)
+    assert cut.headers["freshet.dlq.reason_code"] == b"bad_json"
+    assert int(cut.headers["freshet.dlq.payload_bytes"]) == len(huge) > len(cut.value)
     assert cut.value == huge[: len(cut.value)] and len(cut.value) > 990_000
     named = dead[2]
-    reason = named.headers["reason"].decode()
+    reason = named.headers["freshet.dlq.reason"].decode()
     assert reason == f"transaction: unknown field '{'k' * 57}...'"  # the name, shortened
     assert named.value == long_key  # small enough to keep whole
-    assert int(named.headers["payload_bytes"]) == len(long_key)
+    assert int(named.headers["freshet.dlq.payload_bytes"]) == len(long_key)

@@ -2,7 +2,7 @@
 
 The property tests in ``tests/unit/test_kafka_records.py`` compare the two readers on bytes
 built by kafka-python; this runs them on what the broker really returns for the Criteo sample
-(plain and gzip batches, keys, headers), through :class:`KafkaSource`.
+(plain, gzip, snappy, lz4 and zstd batches, keys, headers), through :class:`KafkaSource`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _read(bootstrap: str, topic: str, fast: bool, expected: int) -> tuple[list[A
     return seen, installed
 
 
-@pytest.mark.parametrize("compression", [None, "gzip"])
+@pytest.mark.parametrize("compression", [None, "gzip", "snappy", "lz4", "zstd"])
 def test_both_readers_give_the_source_the_same_events(
     bootstrap: str, new_topic: Callable[[int], str], compression: str | None
 ) -> None:

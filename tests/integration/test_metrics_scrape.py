@@ -158,6 +158,12 @@ def test_trainer_and_replica_metrics_scraped_while_running(
     assert trainer["freshet_checkpoint_seconds_sum"] == pytest.approx(0.4)
     assert trainer["freshet_publish_seconds_count"] >= published
     assert trainer["freshet_published_version"] == published
+    assert trainer["freshet_store_disk_failed"] == 0
+    # the standard process collectors: a DRAM-budgeted store is sized against this RSS
+    for scraped in (trainer, served):
+        assert scraped["process_resident_memory_bytes"] > 50e6  # torch alone is more
+        assert scraped["process_open_fds"] > 0
+        assert scraped['python_gc_collections_total{generation="0"}'] >= 0
 
     assert served['freshet_replica_model_version{replica="r0"}'] == published
     assert served['freshet_replica_deltas_applied_total{replica="r0"}'] >= 1

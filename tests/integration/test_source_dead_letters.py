@@ -97,17 +97,17 @@ def test_malformed_events_go_to_the_dead_letter_topic(
     dead = read_topic(f"{topic}.dlq", len(expected_bad))
     assert len(dead) == len(expected_bad)
     for letter in dead:
-        source_offset = int(letter.headers["source_offset"])
+        source_offset = int(letter.headers["freshet.dlq.source_offset"])
         assert source_offset in expected_bad
         failure, field = expected_bad[source_offset]
-        assert letter.headers["reason_code"].decode() == failure.value
-        reason = letter.headers["reason"].decode()
+        assert letter.headers["freshet.dlq.reason_code"].decode() == failure.value
+        reason = letter.headers["freshet.dlq.reason"].decode()
         assert reason.startswith("ctr: ")
         if field is not None:
             assert repr(field) in reason
-        assert letter.headers["source_topic"].decode() == topic
-        assert letter.headers["source_partition"] == b"0"
-        assert letter.headers["event_kind"] == b"ctr"
+        assert letter.headers["freshet.dlq.source_topic"].decode() == topic
+        assert letter.headers["freshet.dlq.source_partition"] == b"0"
+        assert letter.headers["freshet.dlq.event_kind"] == b"ctr"
         assert letter.value == stream[source_offset]  # the original payload, untouched
         assert letter.key == str(source_offset).encode()
-    assert sorted(int(d.headers["source_offset"]) for d in dead) == sorted(expected_bad)
+    assert sorted(int(d.headers["freshet.dlq.source_offset"]) for d in dead) == sorted(expected_bad)

@@ -109,11 +109,11 @@ def test_missing_and_truncated_files_are_reported(tmp_path: Path) -> None:
     manager = CheckpointManager(str(tmp_path / "ckpt"))
     infos, _ = build_chain(tmp_path, manager)
     os.unlink(ckpt_file(manager, infos[1], "tomb-t.npy"))
-    with open(ckpt_file(manager, infos[2], "dense-0000.npy"), "r+b") as fh:
+    with open(ckpt_file(manager, infos[2], "dense.safetensors"), "r+b") as fh:
         fh.truncate(10)
     assert [p.file for p in manager.verify(infos[1].id)] == ["tomb-t.npy"]
     assert "missing" in manager.verify(infos[1].id)[0].message
-    assert [p.file for p in manager.verify(infos[2].id, with_chain=False)] == ["dense-0000.npy"]
+    assert [p.file for p in manager.verify(infos[2].id, with_chain=False)] == ["dense.safetensors"]
     assert manager.latest_complete() == infos[0]
     with (
         EmbeddingStore(config(tmp_path / "fresh")) as fresh,

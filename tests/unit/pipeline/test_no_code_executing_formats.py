@@ -71,3 +71,39 @@ def test_the_scan_finds_a_planted_pickle(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(REPO)))
 def test_no_pickle(path: Path) -> None:
     assert problems(path) == []
+
+
+def test_every_file_a_checkpoint_or_a_delta_writes_is_data_only(tmp_path: Path) -> None:
+    """Files on disk and on the wire are JSON, .npy (no object arrays) or safetensors."""
+    import json
+
+    import numpy as np
+    import torch
+    from safetensors.numpy import load
+
+    from embedding_store import EmbeddingStore, StoreConfig, TableConfig
+    from operators.checkpoint.manager import CheckpointManager
+    from pipeline.publishing.array_bundle import encode_bundle
+
+    with EmbeddingStore(StoreConfig(str(tmp_path / "s"), (TableConfig("t", 4),))) as store:
+        store.lookup("t", np.arange(5, dtype=np.int64))
+        store.end_step()
+        dense = {"w": torch.ones(2, 2), "n": np.arange(3)}
+        manager = CheckpointManager(str(tmp_path / "ckpt"))
+        manager.write_full(store, dense, {"p": 1}, "cfg")
+        manager.write_incremental(store, dense, {"p": 2}, "cfg")
+    kinds: set[str] = set()
+    for path in sorted((tmp_path / "ckpt").rglob("*")):
+        if not path.is_file() or path.name == ".lock":
+            continue
+        data = path.read_bytes()
+        if path.suffix == ".json":
+            json.loads(data)
+        elif path.suffix == ".npy":
+            assert not np.load(path, allow_pickle=False).dtype.hasobject
+        else:
+            assert path.suffix == ".safetensors", path
+            assert all(not a.dtype.hasobject for a in load(data).values())
+        kinds.add(path.suffix)
+    assert kinds == {".json", ".npy", ".safetensors"}
+    assert load(encode_bundle({"v": 1}, {"x": np.arange(3)}))["x"].tolist() == [0, 1, 2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import tempfile
 from datetime import UTC, datetime
 
 import numpy as np
@@ -73,17 +74,75 @@ def test_reset_marker_has_no_base() -> None:
 def test_bundle_refuses_object_arrays_and_bad_dtypes() -> None:
     with pytest.raises(TypeError, match="only bool, int and float"):
         encode_bundle({}, {"x": np.array([object()], dtype=object)})
-    blob = bytearray(encode_bundle({}, {"x": np.zeros(2, np.int64)}))
-    text = bytes(blob)
-    forged = text.replace(b'"<i8"', b'"|O8"')
-    with pytest.raises(DeltaFormatError, match=r"not allowed|bad dtype"):
+    blob = encode_bundle({}, {"x": np.zeros(2, np.int64)})
+    forged = blob.replace(b'"I64"', b'"OBJ"')
+    with pytest.raises(DeltaFormatError, match="not a valid safetensors bundle"):
         decode_bundle(forged, "forged")
+    legacy = bytes.fromhex(FORMAT_1_BUNDLE).replace(b'"<i8"', b'"|O8"')
+    with pytest.raises(DeltaFormatError, match=r"not allowed|bad dtype"):
+        decode_bundle(legacy, "forged")
+
+
+def test_bundles_are_safetensors_with_metadata_in_the_header() -> None:
+    from safetensors import safe_open
+    from safetensors.numpy import load
+
+    arrays = {"ids": np.array([5, 7], np.int64), "w": np.ones((2, 3), np.float32)}
+    blob = encode_bundle({"version": 4, "note": "é"}, arrays)
+    size = struct.unpack_from("<Q", blob)[0]
+    header = json.loads(blob[8 : 8 + size])
+    assert header["__metadata__"]["freshet.format"] == "bundle/2"
+    assert json.loads(header["__metadata__"]["freshet.meta"]) == {"version": 4, "note": "é"}
+    assert {k: v.tolist() for k, v in load(blob).items()} == {
+        k: v.tolist() for k, v in arrays.items()
+    }
+    meta, back = decode_bundle(blob, "b")
+    assert meta == {"version": 4, "note": "é"}
+    assert all(back[k].flags.writeable and np.array_equal(back[k], arrays[k]) for k in arrays)
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as fh:  # a file any tool opens
+        fh.write(blob)
+        fh.flush()
+        with safe_open(fh.name, framework="numpy") as f:
+            assert f.metadata()["freshet.format"] == "bundle/2"
+            assert f.get_tensor("ids").tolist() == [5, 7]
+
+
+# a bundle written by Freshet 0.1.0's own format (magic FSHB), before safetensors
+FORMAT_1_BUNDLE = (
+    "4653484201000000b00000007b22617272617973223a5b7b226474797065223a223c6938222c226e616d65223a"
+    "22696473222c226e6279746573223a31362c226f6666736574223a302c227368617065223a5b325d7d2c7b2264"
+    "74797065223a223c6634222c226e616d65223a2277222c226e6279746573223a382c226f6666736574223a3136"
+    "2c227368617065223a5b312c325d7d5d2c226d657461223a7b226b696e64223a2264656c7461222c2276657273"
+    "696f6e223a337d7d00000000050000000000000007000000000000000000003f000080bf"
+)
+
+
+def test_bundles_of_the_format_before_safetensors_are_still_read() -> None:
+    meta, arrays = decode_bundle(bytes.fromhex(FORMAT_1_BUNDLE), "old")
+    assert meta == {"version": 3, "kind": "delta"}
+    assert arrays["ids"].tolist() == [5, 7] and arrays["w"].tolist() == [[0.5, -1.0]]
 
 
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda b: b"XXXX" + b[4:], "bad magic"),
+        (lambda b: b[:4], "too short"),
+        (lambda b: struct.pack("<Q", 10**9) + b[8:], "runs past the end"),
+        (lambda b: b[:-3], "not a valid safetensors bundle"),
+        (lambda b: b.replace(b"bundle/2", b"bundle/9"), "bundle format 'bundle/9'"),
+        (lambda b: b.replace(b"freshet.meta", b"freshet.xxxx"), "no Freshet metadata"),
+        (lambda b: b[:8] + b"\xff" + b[9:], "no Freshet metadata"),
+    ],
+)
+def test_bundle_rejects_damage(mutate: object, message: str) -> None:
+    blob = encode_bundle({"a": 1}, {"x": np.arange(4, dtype=np.float32)})
+    with pytest.raises(DeltaFormatError, match=message):
+        decode_bundle(mutate(blob), "blob")  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
         (lambda b: b[:4] + b"\x02" + b[5:], "format version 2"),
         (lambda b: b[:10], "too short"),
         (lambda b: b[:20], "runs past the end"),
@@ -91,8 +150,8 @@ def test_bundle_refuses_object_arrays_and_bad_dtypes() -> None:
         (lambda b: b[:8] + struct.pack("<I", 10**9) + b[12:], "runs past the end"),
     ],
 )
-def test_bundle_rejects_damage(mutate: object, message: str) -> None:
-    blob = encode_bundle({"a": 1}, {"x": np.arange(4, dtype=np.float32)})
+def test_format_1_bundle_rejects_damage(mutate: object, message: str) -> None:
+    blob = bytes.fromhex(FORMAT_1_BUNDLE)
     with pytest.raises(DeltaFormatError, match=message):
         decode_bundle(mutate(blob), "blob")  # type: ignore[operator]
 

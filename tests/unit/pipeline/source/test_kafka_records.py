@@ -42,7 +42,7 @@ _record = st.tuples(
 )
 _batch = st.tuples(
     st.sampled_from([2, 2, 2, 1, 0]),  # message format
-    st.sampled_from([0, 1]),  # no compression, gzip
+    st.sampled_from([0, 1, 2, 3, 4]),  # none, gzip, snappy, lz4, zstd (v0/v1: none for the last 2)
     st.lists(_record, min_size=1, max_size=12),
     st.integers(min_value=0, max_value=20_000),  # gap before the batch's base offset
     st.sampled_from([0, 0, 0x08, 0x20]),  # attribute bits: none, log-append time, control
@@ -65,8 +65,10 @@ def _build(batches: list[Any], base_ts: int = 1_700_000_000_000) -> tuple[bytes,
     offset = 0
     for magic, codec, records, gap, bits in batches:
         offset += gap
+        # zstd is v2-only; building v0 lz4 needs xxhash
+        kept_codec = 0 if magic < 2 and codec >= 3 else codec
         builder = MemoryRecordsBuilder(
-            magic=magic, compression_type=codec, batch_size=1 << 24, offset=offset
+            magic=magic, compression_type=kept_codec, batch_size=1 << 24, offset=offset
         )
         for ts_delta, key, value, headers in records:
             kept = headers if magic == 2 else []  # v0/v1 records have no headers
@@ -160,7 +162,41 @@ def test_install_sets_the_reader_on_one_consumer_only() -> None:
         other.close()
 
 
-@pytest.mark.parametrize("codec", [0, 1])
+def test_an_untested_kafka_python_keeps_its_own_reader_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import kafka
+
+    from pipeline.source import records
+
+    monkeypatch.setattr(kafka, "__version__", "3.9.0")
+    monkeypatch.setattr(records, "_warned_version", [])
+    consumers = [KafkaConsumer(bootstrap_servers="127.0.0.1:1", api_version=(2, 5)) for _ in "ab"]
+    try:
+        with caplog.at_level("WARNING", logger="pipeline.source.records"):
+            assert [install(c) for c in consumers] == [False, False]
+        assert all(c._fetcher.PartitionRecords is Fetcher.PartitionRecords for c in consumers)
+        warnings = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelname == "WARNING" and r.name == "pipeline.source.records"
+        ]
+        assert len(warnings) == 1
+        assert "kafka-python 3.9.0 is not one the fast record reader was tested on" in warnings[0]
+    finally:
+        for c in consumers:
+            c.close()
+
+
+def test_the_installed_kafka_python_is_a_tested_one() -> None:
+    import kafka
+
+    from pipeline.source.records import TESTED_KAFKA_PYTHON
+
+    assert kafka.__version__ in TESTED_KAFKA_PYTHON
+
+
+@pytest.mark.parametrize("codec", [0, 1, 2, 3, 4])
 def test_a_fetch_of_many_events_reads_every_payload(codec: int) -> None:
     values = [f'{{"label": {i % 2}, "c1": "{i:08x}"}}'.encode() for i in range(5_000)]
     batches = [(2, codec, [(i, None, v, []) for i, v in enumerate(values)], 0, 0)]
