@@ -33,8 +33,14 @@ def plot_store(result: dict[str, Any], path: Path) -> None:
     ax1.set_ylabel("samples/s (median of windows)")
     for i, r in enumerate(rates):
         ax1.annotate(f"{r:,.0f}", (i, r), ha="center", va="bottom", fontsize=8)
-    ax2.bar(names, rss, color="tab:orange")
+    anon = [(systems[n].get("peak_rss_anon_bytes") or 0) / 2**30 for n in names]
+    file = [(systems[n].get("peak_rss_file_bytes") or 0) / 2**30 for n in names]
+    ax2.bar(names, anon, color="tab:orange", label="peak anon (sampled)")
+    ax2.bar(names, file, bottom=anon, color="moccasin", label="+ peak file-backed (sampled)")
+    ax2.scatter(names, rss, color="black", marker="_", s=300, zorder=3,
+                label="peak RSS (VmHWM)")
     ax2.set_ylabel("peak RSS (GiB)")
+    ax2.legend(fontsize=7)
     for i, r in enumerate(rss):
         ax2.annotate(f"{r:.2f}", (i, r), ha="center", va="bottom", fontsize=8)
     for ax in (ax1, ax2):
@@ -44,7 +50,7 @@ def plot_store(result: dict[str, Any], path: Path) -> None:
         f"store benchmark: {w['num_ids']:,} ids, Zipf {w['alpha']}, batch {w['batch']}x"
         f"{w['features']}, dim {w['dim']}" + ("  (quick)" if result["quick"] else ""),
         "  ".join(
-            f"{t['numerator']}/{t['denominator']} {t['ratio']:.2f}x "
+            f"{t.get('numerator', '-')}/{t.get('denominator', '-')} {t['ratio']:.2f}x "
             f"{'met' if t['met'] else 'MISSED'}"
             for t in result["targets"]
         ),

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -84,6 +85,7 @@ class SlabTier:
         self.freq = np.zeros(0, dtype=np.float32)
         self.epoch = np.zeros(0, dtype=np.int32)
         self.releases = 0
+        self.release_seconds = 0.0  # time spent in madvise (the faults that follow are not)
         self._void = np.dtype((np.void, layout.row_bytes))
         self._raw: npt.NDArray[np.void] = np.empty(0, dtype=self._void)
         self._mm: mmap.mmap | None = None
@@ -244,7 +246,9 @@ class SlabTier:
     def release(self) -> None:
         """Unmap every page of the file from the process (``MADV_DONTNEED``); contents stay."""
         if self._mm is not None:
+            t0 = time.perf_counter()
             self._mm.madvise(mmap.MADV_DONTNEED)
+            self.release_seconds += time.perf_counter() - t0
             self.releases += 1
         self._touched_pages = 0
 

@@ -64,7 +64,8 @@ def test_bench_store_cli_tiny(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     systems = result["systems"]
     assert set(systems) == {
-        "freshet_tiered", "freshet_dram", "freshet_3tier", "torch_embeddingbag", "naive_rocksdb",
+        "freshet_tiered", "freshet_dram", "freshet_3tier", "freshet_3tier_wide",
+        "torch_embeddingbag", "naive_rocksdb",
         "dense_only",
     }
     for s in systems.values():
@@ -78,7 +79,7 @@ def test_bench_store_cli_tiny(tmp_path: Path) -> None:
     assert tiered["info"]["hot_budget_rows"] == 2000
     assert systems["freshet_dram"]["hit_ratio"] == pytest.approx(1.0)
     assert systems["freshet_dram"]["counters"]["cold_reads"] == 0
-    assert [t["bound"] for t in result["targets"]] == [1.0, 5.0, 0.30, 0.95, 1.0, 0.30]
+    assert [t["bound"] for t in result["targets"]] == [1.0, 5.0, 0.30, 0.95, 1.0, 0.30, 0.30, 0.98]
     three = systems["freshet_3tier"]  # the slab holds what DRAM does not, and served reads
     assert three["counters"]["slab_rows"] > 0 and three["counters"]["cold_reads"] > 0
     ratio = systems["freshet_tiered"]["samples_per_s"] / systems["naive_rocksdb"]["samples_per_s"]
