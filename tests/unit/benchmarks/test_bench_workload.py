@@ -94,3 +94,22 @@ def test_bench_store_cli_tiny(tmp_path: Path) -> None:
     assert systems["dense_only"]["counters"] == {}
     assert result["workload"]["num_ids"] == 20000 and result["quick"] is True
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+@pytest.mark.integration
+def test_bench_sweep_cli_tiny_has_the_slab_axis(tmp_path: Path) -> None:
+    out = tmp_path / "sweep.json"
+    args = ["sweep", "--quick", "--ids", "20000", "--batch", "128", "--warmup", "1",
+            "--windows", "5", "--steps", "1", "--budgets", "0.1", "1.0", "--alphas", "1.05",
+            "--out", str(out)]
+    assert cli.main(args) == 0
+    result = json.loads(out.read_text())
+    points = {(p["hot_fraction"], p["slab"]): p for p in result["points"]}
+    # DRAM 10% with and without the slab; all-DRAM has no ids left for a slab
+    assert set(points) == {(0.1, False), (0.1, True), (1.0, False)}
+    assert points[(0.1, True)]["slab_fraction"] == pytest.approx(0.9)
+    assert points[(0.1, False)]["slab_fraction"] == 0.0
+    for p in points.values():
+        assert p["samples_per_s"] > 0
+        assert 0 < p["peak_rss_anon_bytes"] <= p["peak_rss_bytes"]
+    assert out.with_suffix(".png").stat().st_size > 10_000
