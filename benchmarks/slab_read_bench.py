@@ -32,7 +32,6 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from itertools import repeat
 from pathlib import Path
 from typing import Any, Protocol
@@ -121,6 +120,7 @@ class PositionalSlab:
         self.fd = os.open(slab.path, os.O_RDWR)
         self.row_bytes = slab.layout.row_bytes
         self.syscalls = 0
+        self.rows_read = 0
 
     def _plan(self, ids: IdArray) -> tuple[SlotArray, SlotArray, SlotArray]:
         slots = self.slab.find(ids)
@@ -138,6 +138,7 @@ class PositionalSlab:
                                              ends.tolist(), strict=True)]
         list(map(os.preadv, repeat(self.fd), parts, (first * self.row_bytes).tolist()))
         self.syscalls += len(first)
+        self.rows_read += len(ids)
         out = self.slab.layout.empty(len(ids))
         out[order] = np.frombuffer(buf, dtype=self.slab.layout.dtype)
         return np.ones(len(ids), dtype=np.bool_), out
@@ -208,7 +209,7 @@ def _price_pio(d: Path, rows: int, batch: int, batches: int) -> dict[str, Any]:
     pio = PositionalSlab(slab)
     try:
         res = price(pio, rows, batch, batches)
-        res["syscalls_per_pair"] = pio.syscalls / (res["pairs"] * (batches + 5) / batches)
+        res["syscalls_per_pair"] = pio.syscalls / pio.rows_read  # warm-up included
         res["rss_after"] = _rss()
     finally:
         pio.close()
@@ -217,43 +218,14 @@ def _price_pio(d: Path, rows: int, batch: int, batches: int) -> dict[str, Any]:
 
 
 def _price_pageout(d: Path, rows: int, batch: int, batches: int, every: int) -> dict[str, Any]:
-    slab = SlabTier(str(d / "pageout.slab"), LAYOUT, rows).open()
+    slab = SlabTier(str(d / "pageout.slab"), LAYOUT, rows, every, MADV_PAGEOUT).open()
     fill(slab, rows)
-    mm = slab._mm
-    assert mm is not None
-    touched = [0]
-
-    def pageout() -> None:
-        mm.madvise(MADV_PAGEOUT)
-        touched[0] = 0
-
-    pageout()
-    wrapped = _Counting(slab, every // LAYOUT.row_bytes, pageout)
-    res = price(wrapped, rows, batch, batches)
-    res["rss_after"] = _rss()
+    slab.release()
+    res = price(slab, rows, batch, batches)
+    res.update(releases=slab.releases, release_cpu_seconds_upper=slab.release_seconds,
+               rss_after=_rss())
     slab.close()
     return res
-
-
-class _Counting:
-    """A tier wrapper calling ``every_cb`` once ``every`` rows were touched."""
-
-    def __init__(self, tier: PairTier, every: int, every_cb: Callable[[], None]) -> None:
-        self.tier, self.every, self.cb, self.n = tier, every, every_cb, 0
-
-    def _count(self, n: int) -> None:
-        self.n += n
-        if self.n >= self.every:
-            self.cb()
-            self.n = 0
-
-    def get(self, ids: IdArray) -> tuple[BoolArray, RowBlock]:
-        self._count(len(ids))
-        return self.tier.get(ids)
-
-    def put(self, ids: IdArray, rows: RowBlock) -> None:
-        self._count(len(ids))
-        self.tier.put(ids, rows)
 
 
 def main(argv: list[str] | None = None) -> int:

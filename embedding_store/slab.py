@@ -74,11 +74,15 @@ class SlabTier:
         layout: RowLayout,
         capacity: int,
         resident_bytes: int | None = None,
+        release_advice: int = mmap.MADV_DONTNEED,
     ) -> None:
         self.path = path
         self.layout = layout
         self.capacity = max(int(capacity), 1)
         self.resident_bytes = resident_bytes
+        # how release() hands pages back: MADV_DONTNEED unmaps them (they stay in the page
+        # cache); MADV_PAGEOUT (21, Linux 5.4+) also evicts them from it (benchmarks only)
+        self.release_advice = release_advice
         self.ids = np.empty(0, dtype=np.int64)
         self.live = np.zeros(0, dtype=np.bool_)
         self.dirty = np.zeros(0, dtype=np.bool_)
@@ -244,10 +248,10 @@ class SlabTier:
             self.release()
 
     def release(self) -> None:
-        """Unmap every page of the file from the process (``MADV_DONTNEED``); contents stay."""
+        """Unmap every page of the file from the process (``release_advice``); contents stay."""
         if self._mm is not None:
             t0 = time.perf_counter()
-            self._mm.madvise(mmap.MADV_DONTNEED)
+            self._mm.madvise(self.release_advice)
             self.release_seconds += time.perf_counter() - t0
             self.releases += 1
         self._touched_pages = 0
