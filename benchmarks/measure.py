@@ -1,7 +1,8 @@
 """Measuring inside a worker process: resident memory and timed windows.
 
-``peak_rss_bytes`` is the process's high-water mark since it started (``getrusage``);
-``reset_peak_rss`` clears Linux's VmHWM so that ``peak_rss_since_reset`` covers one phase.
+``peak_rss_bytes`` is the process's high-water mark (``getrusage``); ``reset_peak_rss`` clears
+Linux's VmHWM so that ``peak_rss_since_reset`` covers one phase, and on Linux it resets
+``getrusage``'s mark too (the same counter), so after a reset both cover only that phase.
 
 RSS is three kinds of page (``/proc/self/status``)::
 
@@ -108,6 +109,7 @@ class RssSampler:
         self.period = period
         self.samples = 0
         self._peak = {"anon": 0, "file": 0, "total": 0}
+        self._since_mark: dict[str, int] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -134,6 +136,15 @@ class RssSampler:
             self._peak["anon"] = max(self._peak["anon"], anon)
             self._peak["file"] = max(self._peak["file"], parts.get("RssFile", 0))
             self._peak["total"] = max(self._peak["total"], parts.get("VmRSS", 0))
+            if self._since_mark is not None:
+                self._since_mark["anon"] = max(self._since_mark["anon"], anon)
+                self._since_mark["file"] = max(self._since_mark["file"], parts.get("RssFile", 0))
+
+    def mark(self) -> None:
+        """Start a second pair of peaks from now (a phase: ``train_peak_rss_*_bytes``)."""
+        with self._lock:
+            self._since_mark = {"anon": 0, "file": 0}
+        self.sample()
 
     def peaks(self) -> dict[str, int | None]:
         """The peaks so far (None where nothing could be read)."""
@@ -141,11 +152,15 @@ class RssSampler:
             if not self.samples:
                 return dict.fromkeys(
                     ("peak_rss_anon_bytes", "peak_rss_file_bytes", "peak_rss_sampled_bytes"))
-            return {
+            out: dict[str, int | None] = {
                 "peak_rss_anon_bytes": self._peak["anon"],
                 "peak_rss_file_bytes": self._peak["file"],
                 "peak_rss_sampled_bytes": self._peak["total"],
             }
+            if self._since_mark is not None:
+                out["train_peak_rss_anon_bytes"] = self._since_mark["anon"]
+                out["train_peak_rss_file_bytes"] = self._since_mark["file"]
+            return out
 
     def stop(self) -> dict[str, int | None]:
         """Stop the thread (after a last sample); returns :meth:`peaks`."""

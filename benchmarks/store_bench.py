@@ -116,6 +116,8 @@ INFO_RATIOS = (
     ("3-tier vs Freshet all-DRAM, peak RSS file pages", THREE, DRAM, "peak_rss_file_bytes"),
     ("3-tier (wide DRAM) vs Freshet all-DRAM, samples/s", THREE_WIDE, DRAM, "samples_per_s"),
     ("3-tier (wide DRAM) vs Freshet all-DRAM, peak RSS anon", THREE_WIDE, DRAM, ANON),
+    ("3-tier vs Freshet all-DRAM, peak RSS anon of the training phase", THREE, DRAM,
+     "train_peak_rss_anon_bytes"),
 )
 
 
@@ -288,10 +290,13 @@ NOTES = [
     "every system holds a row for every id before timing (not timed): the Freshet stores "
     "open a hard-linked copy of one directory built by import_rows, then load their hot set "
     "(the most popular ids, where LFU settles; every id for all-DRAM) by lookups",
-    "peak_rss_bytes: getrusage high-water mark of the whole worker process, hot-set load "
-    "included; train_peak_rss_bytes: VmHWM reset after the pre-warm",
+    "peak_rss_bytes: getrusage's high-water mark; train_peak_rss_bytes: VmHWM. Linux's "
+    "clear_refs 5, written after the pre-warm, resets both (checked 2026-12-03), so both are "
+    "the training phase's peak, not the hot-set load's",
     "peak_rss_anon_bytes / peak_rss_file_bytes: peaks of RssAnon + RssShmem and of RssFile, "
-    "sampled every 50 ms and at each window's end from the worker's start: anon is memory "
+    "sampled every 50 ms and at each window's end from the worker's start (pre-warm "
+    "included; train_peak_rss_anon_bytes / train_peak_rss_file_bytes from the end of the "
+    "pre-warm): anon is memory "
     "the process cannot give back (no swap), file is mapped files (libraries, the slab's "
     "memory map: page cache the kernel may reclaim). The 3-tier RSS target counts anon; "
     "the VmHWM target (the metric before) stays beside it",

@@ -102,6 +102,7 @@ class Worker:
         self.system.prepare()
         prepare_s = time.perf_counter() - t0
         self.reset_ok = measure.reset_peak_rss()
+        self.rss.mark()  # the training phase's own anon / file peaks, as train_peak_rss_bytes
         if self.spec.profile_path:
             from benchmarks.profile import Profiler
 
