@@ -21,6 +21,10 @@ modes, the same file is priced with the other ways of keeping its pages out of t
                     page cache, so the next touch reads the device (what memory pressure does)
 
 Each mode reports ``rss_after`` (RssAnon / RssFile of the process when it ends, bytes).
+
+``--bookkeeping-rows N`` instead measures what a slab costs in DRAM (anon) for N rows split
+over ``--shards`` slab tiers, as the store holds them: RssAnon before and after inserting N
+random ids of a 10N-id space, beside ``SlabTier.nbytes()`` and the index's share.
 """
 
 from __future__ import annotations
@@ -228,6 +232,40 @@ def _price_pageout(d: Path, rows: int, batch: int, batches: int, every: int) -> 
     return res
 
 
+def bookkeeping(rows: int, shards: int) -> dict[str, Any]:
+    """DRAM (anon) bytes of ``shards`` slab tiers holding ``rows`` rows in all."""
+    import gc
+
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(10 * rows)[:rows].astype(np.int64)
+    with tempfile.TemporaryDirectory(prefix="freshet-slab-bk-") as d:
+        before = rss_parts().get("RssAnon", 0)
+        tiers = []
+        for s in range(shards):
+            part = ids[s::shards]
+            tier = SlabTier(str(Path(d) / f"s{s}.slab"), LAYOUT, len(part)).open()
+            tiers.append(tier)
+            for start in range(0, len(part), CHUNK):
+                chunk = part[start : start + CHUNK]
+                block = LAYOUT.empty(len(chunk))
+                block["freq"], block["epoch"] = 1.0, 0
+                tier.insert(chunk, block)
+            tier.release()  # the file's pages leave the process: only DRAM bookkeeping stays
+        gc.collect()
+        after = rss_parts().get("RssAnon", 0)
+        out = {
+            "rows": rows,
+            "shards": shards,
+            "anon_delta_bytes": after - before,
+            "anon_bytes_per_row": (after - before) / rows,
+            "nbytes": sum(t.nbytes() for t in tiers),
+            "index_nbytes": sum(t._index.nbytes() for t in tiers),
+        }
+        for tier in tiers:
+            tier.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run and print the JSON (``--out`` also writes it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -236,8 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=200, help="timed batches")
     parser.add_argument("--resident-mb", type=int, default=None, help="also hand pages back")
     parser.add_argument("--out", help="write the JSON here too")
+    parser.add_argument("--bookkeeping-rows", type=int, help="only measure DRAM per slab row")
+    parser.add_argument("--shards", type=int, default=4, help="slab tiers (with the above)")
     args = parser.parse_args(argv)
-    result = run_bench(args.rows, args.batch, args.batches, args.resident_mb)
+    if args.bookkeeping_rows:
+        result = bookkeeping(args.bookkeeping_rows, args.shards)
+    else:
+        result = run_bench(args.rows, args.batch, args.batches, args.resident_mb)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
