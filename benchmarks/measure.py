@@ -1,7 +1,20 @@
 """Measuring inside a worker process: resident memory and timed windows.
 
-``peak_rss_bytes`` is the process's high-water mark since it started (``getrusage``);
-``reset_peak_rss`` clears Linux's VmHWM so that ``peak_rss_since_reset`` covers one phase.
+``peak_rss_bytes`` is the process's high-water mark (``getrusage``); ``reset_peak_rss`` clears
+Linux's VmHWM so that ``peak_rss_since_reset`` covers one phase, and on Linux it resets
+``getrusage``'s mark too (the same counter), so after a reset both cover only that phase.
+
+RSS is three kinds of page (``/proc/self/status``)::
+
+    VmRSS = RssAnon    heap, numpy arrays, torch tensors: only swap can take them (none here)
+          + RssFile    mapped files: libraries, the slab's memory map; clean pages are page
+                       cache the kernel may drop at any time, dirty ones it writes back first
+          + RssShmem   shared memory
+
+The kernel keeps a peak of the sum only, so :class:`RssSampler` samples the parts on a thread
+(every ``period`` seconds) and keeps the peak of each: ``peak_rss_anon_bytes`` (anon + shmem,
+the memory the process cannot give back) and ``peak_rss_file_bytes``. A peak shorter than the
+period can be missed.
 
 >>> summarise_windows([1.0, 2.0, 4.0], samples_per_window=8)["samples_per_s"]
 4.0
@@ -19,6 +32,7 @@ import re
 import resource
 import statistics
 import sys
+import threading
 import time
 from typing import Any
 
@@ -61,6 +75,100 @@ def peak_rss_since_reset() -> int | None:
     except OSError:
         return None
     return None
+
+
+def rss_parts() -> dict[str, int]:
+    """``RssAnon``, ``RssFile``, ``RssShmem`` and ``VmRSS`` now, in bytes (empty if unreadable).
+
+    >>> parts = rss_parts()
+    >>> not parts or parts["VmRSS"] >= parts["RssAnon"] > 0
+    True
+    """
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                if key in ("RssAnon", "RssFile", "RssShmem", "VmRSS"):
+                    out[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        return {}
+    return out
+
+
+class RssSampler:
+    """Peaks of anon (+ shmem) and file-backed RSS, sampled on a daemon thread.
+
+    >>> s = RssSampler(period=0.01).start()
+    >>> peaks = s.stop()
+    >>> sorted(peaks), (not s.samples) or peaks["peak_rss_anon_bytes"] > 0
+    (['peak_rss_anon_bytes', 'peak_rss_file_bytes', 'peak_rss_sampled_bytes'], True)
+    """
+
+    def __init__(self, period: float = 0.05) -> None:
+        self.period = period
+        self.samples = 0
+        self._peak = {"anon": 0, "file": 0, "total": 0}
+        self._since_mark: dict[str, int] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> RssSampler:
+        """Take a sample now and start the thread."""
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.sample()
+
+    def sample(self) -> None:
+        """Read the parts now and raise the peaks (callers may sample at chosen points too)."""
+        parts = rss_parts()
+        if not parts:
+            return
+        anon = parts.get("RssAnon", 0) + parts.get("RssShmem", 0)
+        with self._lock:
+            self.samples += 1
+            self._peak["anon"] = max(self._peak["anon"], anon)
+            self._peak["file"] = max(self._peak["file"], parts.get("RssFile", 0))
+            self._peak["total"] = max(self._peak["total"], parts.get("VmRSS", 0))
+            if self._since_mark is not None:
+                self._since_mark["anon"] = max(self._since_mark["anon"], anon)
+                self._since_mark["file"] = max(self._since_mark["file"], parts.get("RssFile", 0))
+
+    def mark(self) -> None:
+        """Start a second pair of peaks from now (a phase: ``train_peak_rss_*_bytes``)."""
+        with self._lock:
+            self._since_mark = {"anon": 0, "file": 0}
+        self.sample()
+
+    def peaks(self) -> dict[str, int | None]:
+        """The peaks so far (None where nothing could be read)."""
+        with self._lock:
+            if not self.samples:
+                return dict.fromkeys(
+                    ("peak_rss_anon_bytes", "peak_rss_file_bytes", "peak_rss_sampled_bytes"))
+            out: dict[str, int | None] = {
+                "peak_rss_anon_bytes": self._peak["anon"],
+                "peak_rss_file_bytes": self._peak["file"],
+                "peak_rss_sampled_bytes": self._peak["total"],
+            }
+            if self._since_mark is not None:
+                out["train_peak_rss_anon_bytes"] = self._since_mark["anon"]
+                out["train_peak_rss_file_bytes"] = self._since_mark["file"]
+            return out
+
+    def stop(self) -> dict[str, int | None]:
+        """Stop the thread (after a last sample); returns :meth:`peaks`."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sample()
+        return self.peaks()
 
 
 def cpu_by_thread() -> dict[str, float]:

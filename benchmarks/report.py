@@ -33,7 +33,8 @@ def format_targets(targets: list[dict[str, Any]]) -> list[str]:
     for t in targets:
         paired = t.get("median_of_paired_window_ratios")
         extra = f"; median of paired windows {paired:.2f}x" if paired is not None else ""
-        lines.append(f"  {t['name']}: {t['ratio']:.2f}x (target {t['op']} {t['bound']}x) "
+        who = f" [{t['system']}]" if t.get("system") else ""
+        lines.append(f"  {t['name']}{who}: {t['ratio']:.2f}x (target {t['op']} {t['bound']}x) "
                      f"{'MET' if t['met'] else 'MISSED'}{extra}")
         if "needs_samples_per_s" in t:
             lines.append(
@@ -50,12 +51,14 @@ def format_store(result: dict[str, Any]) -> str:
     """The store benchmark as a table, then its ratios and targets."""
     lines = [
         f"{'system':<20} {'samples/s':>10} {'per CPU-s':>10} {'peak RSS':>12} {'train peak':>12} "
-        f"{'hit':>6} {'step hit':>8} {'stall ms/step':>13} {'off-clock CPU s':>15}"
+        f"{'peak anon':>12} {'peak file':>12} {'hit':>6} {'step hit':>8} {'stall ms/step':>13} "
+        f"{'off-clock CPU s':>15}"
     ]
     for name, s in result["systems"].items():
         lines.append(
             f"{name:<20} {s['samples_per_s']:>10.0f} {s['samples_per_cpu_s']:>10.0f} "
             f"{mib(s['peak_rss_bytes']):>12} {mib(s.get('train_peak_rss_bytes')):>12} "
+            f"{mib(s.get('peak_rss_anon_bytes')):>12} {mib(s.get('peak_rss_file_bytes')):>12} "
             f"{_fmt(s.get('hit_ratio'), '.3f'):>6} {_fmt(s.get('step_hit_ratio'), '.3f'):>8} "
             f"{_fmt(s.get('prefetch_stall_ms_per_step'), '.1f'):>13} "
             f"{s['off_clock_cpu_seconds']:>15.1f}"

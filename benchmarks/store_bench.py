@@ -12,6 +12,13 @@ Targets (issue 2, same run): tiered >= 1.0x torch EmbeddingBag and >= 5x naive o
 in samples/s; tiered peak RSS <= 30% of Freshet all-DRAM. A fifth process trains the dense
 MLP alone (``dense_only``): no system can beat it, so each samples/s target also reports the
 samples/s it asks of the tiered store against that ceiling.
+
+Issue 18's targets (same run): the 3-tier store (DRAM 10% -> slab -> RocksDB) >= 0.95x
+all-DRAM and >= 1.0x torch in samples/s, at peak RSS <= 0.30x all-DRAM's. That RSS is anon
+(RssAnon + RssShmem, sampled): the slab's mapped file pages are page cache, reported apart,
+and the VmHWM ratio that counts them stays beside it. Ant's headline: the fastest tiered
+store within 0.5x all-DRAM's anon peak reaches >= 0.98x all-DRAM (``freshet_3tier_wide``
+adds a DRAM 25% point).
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ log = logging.getLogger(__name__)
 TIERED, DRAM, TORCH, NAIVE = "freshet_tiered", "freshet_dram", "torch_embeddingbag", "naive_rocksdb"
 DENSE = "dense_only"
 THREE = "freshet_3tier"
+THREE_WIDE = "freshet_3tier_wide"  # the same chain with a wider DRAM budget (Ant's headline)
 SEGMENT = "main"
+ANON = "peak_rss_anon_bytes"
 
 
 @dataclass(frozen=True)
@@ -88,8 +97,16 @@ TARGETS = (
     # issue 18: DRAM -> slab -> RocksDB, the slab holding the rows DRAM does not
     Target("3-tier vs Freshet all-DRAM, samples/s", THREE, DRAM, "samples_per_s", ">=", 0.95),
     Target("3-tier vs torch EmbeddingBag, samples/s", THREE, TORCH, "samples_per_s", ">=", 1.0),
-    Target("3-tier vs Freshet all-DRAM, peak RSS", THREE, DRAM, "peak_rss_bytes", "<=", 0.30),
+    # the slab's memory map puts its pages in RssFile (page cache the kernel may take back;
+    # RocksDB's SST files sit in the page cache too, unmapped, and never counted): the target
+    # counts the memory the process cannot give back (anon + shmem, sampled peak)
+    Target("3-tier vs Freshet all-DRAM, peak RSS anon (memory the process cannot give back)",
+           THREE, DRAM, ANON, "<=", 0.30),
+    # the metric before, file pages of the slab's memory map included (VmHWM)
+    Target("3-tier vs Freshet all-DRAM, peak RSS incl. mapped slab pages (VmHWM)", THREE, DRAM,
+           "peak_rss_bytes", "<=", 0.30),
 )
+HEADLINE_RSS, HEADLINE_SPEED = 0.5, 0.98
 INFO_RATIOS = (
     ("tiered vs Freshet all-DRAM, samples/s", TIERED, DRAM, "samples_per_s"),
     ("tiered vs Freshet all-DRAM, peak RSS of the training phase", TIERED, DRAM,
@@ -102,7 +119,50 @@ INFO_RATIOS = (
     ("3-tier vs tiered (DRAM over RocksDB), samples/s", THREE, TIERED, "samples_per_s"),
     ("3-tier vs Freshet all-DRAM, peak RSS of the training phase", THREE, DRAM,
      "train_peak_rss_bytes"),
+    ("tiered vs Freshet all-DRAM, peak RSS anon", TIERED, DRAM, ANON),
+    ("3-tier vs Freshet all-DRAM, peak RSS file pages", THREE, DRAM, "peak_rss_file_bytes"),
+    ("3-tier (wide DRAM) vs Freshet all-DRAM, samples/s", THREE_WIDE, DRAM, "samples_per_s"),
+    ("3-tier (wide DRAM) vs Freshet all-DRAM, peak RSS anon", THREE_WIDE, DRAM, ANON),
+    ("3-tier vs Freshet all-DRAM, peak RSS anon of the training phase", THREE, DRAM,
+     "train_peak_rss_anon_bytes"),
 )
+
+
+def headline(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Ant's headline: of the tiered stores whose peak RSS (anon) is <= 0.5x all-DRAM's,
+    the fastest must reach >= 0.98x all-DRAM's samples/s.
+
+    >>> s = {DRAM: {"samples_per_s": 100.0, ANON: 10.0, "window_samples_per_s": [100.0]},
+    ...      THREE: {"samples_per_s": 97.0, ANON: 3.0, "window_samples_per_s": [97.0]},
+    ...      THREE_WIDE: {"samples_per_s": 99.0, ANON: 6.0, "window_samples_per_s": [99.0]}}
+    >>> h = headline(s); h["system"], h["met"]
+    ('freshet_3tier', False)
+    """
+    dram = systems[DRAM]
+    out: dict[str, Any] = {
+        "name": f"at the DRAM budget whose peak RSS anon <= {HEADLINE_RSS}x all-DRAM, "
+                f"samples/s >= {HEADLINE_SPEED}x all-DRAM",
+        "op": ">=", "bound": HEADLINE_SPEED, "rss_bound": HEADLINE_RSS, "metric": "samples_per_s",
+        "candidates": {},
+    }
+    best: tuple[float, str] | None = None
+    for label in (TIERED, THREE, THREE_WIDE):
+        s = systems.get(label)
+        if s is None or s.get(ANON) is None or not dram.get(ANON):
+            continue
+        rss, speed = s[ANON] / dram[ANON], s["samples_per_s"] / dram["samples_per_s"]
+        out["candidates"][label] = {"rss_ratio": rss, "samples_ratio": speed,
+                                    "hot_fraction": s.get("options", {}).get("hot_fraction")}
+        if rss <= HEADLINE_RSS and (best is None or speed > best[0]):
+            best = (speed, label)
+    if best is None:
+        return {**out, "system": None, "ratio": float("nan"), "met": False}
+    label = best[1]
+    paired = [x / y for x, y in zip(systems[label]["window_samples_per_s"],
+                                    dram["window_samples_per_s"], strict=True)]
+    return {**out, "system": label, "numerator": label, "denominator": DRAM, "ratio": best[0],
+            "met": best[0] >= HEADLINE_SPEED,
+            "median_of_paired_window_ratios": statistics.median(paired)}
 
 
 def default_setup(quick: bool) -> tuple[Workload, Timing]:
@@ -116,24 +176,30 @@ def default_setup(quick: bool) -> tuple[Workload, Timing]:
 
 def system_specs(
     workload: Workload, timing: Timing, data: dict[str, str], root: Path, hot_fraction: float,
-    lookahead: int, shards: int = 4,
+    lookahead: int, shards: int = 4, wide_fraction: float | None = 0.25,
 ) -> list[RunSpec]:
-    """The four systems of the comparison, and the dense MLP alone as their ceiling."""
+    """The systems of the comparison, and the dense MLP alone as their ceiling.
+
+    ``wide_fraction`` adds a second 3-tier store with that DRAM budget (Ant's headline asks
+    for the fastest budget within half the all-DRAM memory); None leaves it out.
+    """
     options: dict[str, dict[str, Any]] = {
         TIERED: {"hot_fraction": hot_fraction, "lookahead": lookahead},
         DRAM: {"hot_fraction": None},
         THREE: {"hot_fraction": hot_fraction, "lookahead": lookahead,
                 "slab_fraction": 1.0 - hot_fraction},
-        TORCH: {},
-        NAIVE: {},
-        DENSE: {},
     }
-    for label in (TIERED, DRAM, THREE):
-        options[label].update(
-            prewarm="hot", store_path=str(root / label / "store"), num_shards=shards
-        )
-    kinds = {TIERED: "freshet", DRAM: "freshet", THREE: "freshet", TORCH: TORCH, NAIVE: NAIVE,
-             DENSE: DENSE}
+    if wide_fraction is not None:
+        options[THREE_WIDE] = {"hot_fraction": wide_fraction, "lookahead": lookahead,
+                               "slab_fraction": 1.0 - wide_fraction}
+    options.update({TORCH: {}, NAIVE: {}, DENSE: {}})
+    for label in (TIERED, DRAM, THREE, THREE_WIDE):
+        if label in options:
+            options[label].update(
+                prewarm="hot", store_path=str(root / label / "store"), num_shards=shards
+            )
+    kinds = {TIERED: "freshet", DRAM: "freshet", THREE: "freshet", THREE_WIDE: "freshet",
+             TORCH: TORCH, NAIVE: NAIVE, DENSE: DENSE}
     batch_paths = {"ids": data["ids"], "labels": data["labels"]}
     return [
         RunSpec(label, kinds[label], workload, batch_paths, data["ranked"], str(root / label),
@@ -163,7 +229,7 @@ def prepare_data(
 def run_store_bench(
     out: Path, quick: bool = False, workload: Workload | None = None, timing: Timing | None = None,
     hot_fraction: float = 0.1, lookahead: int = 2, scratch: Path | None = None,
-    profile: tuple[str, ...] = (), shards: int = 4,
+    profile: tuple[str, ...] = (), shards: int = 4, wide_fraction: float | None = 0.25,
 ) -> dict[str, Any]:
     """Run the four systems and the ceiling, write ``out`` (JSON) and its PNG; returns it."""
     from benchmarks.plot import plot_store
@@ -183,7 +249,8 @@ def run_store_bench(
         specs = [
             replace(s, profile_path=str(out.with_suffix(f".{s.label}.pyspy.txt")))
             if s.label in profile else s
-            for s in system_specs(workload, timing, data, root, hot_fraction, lookahead, shards)
+            for s in system_specs(workload, timing, data, root, hot_fraction, lookahead, shards,
+                                   wide_fraction)
         ]
         for spec in specs:
             if spec.kind == "freshet":
@@ -200,10 +267,11 @@ def run_store_bench(
         lookahead=lookahead,
         shards=shards,
         systems=systems,
-        targets=[t.check(systems) for t in TARGETS],
+        targets=[t.check(systems) for t in TARGETS] + [headline(systems)],
         ratios={
             name: _ratio(systems[a].get(metric), systems[b].get(metric))
             for name, a, b, metric in INFO_RATIOS
+            if a in systems and b in systems
         },
         notes=NOTES + ([f"{', '.join(profile)} ran under py-spy (100 Hz, --nonblocking)"]
                        if profile else []),
@@ -229,8 +297,18 @@ NOTES = [
     "every system holds a row for every id before timing (not timed): the Freshet stores "
     "open a hard-linked copy of one directory built by import_rows, then load their hot set "
     "(the most popular ids, where LFU settles; every id for all-DRAM) by lookups",
-    "peak_rss_bytes: getrusage high-water mark of the whole worker process, hot-set load "
-    "included; train_peak_rss_bytes: VmHWM reset after the pre-warm",
+    "peak_rss_bytes: getrusage's high-water mark; train_peak_rss_bytes: VmHWM. Linux's "
+    "clear_refs 5, written after the pre-warm, resets both (checked 2026-12-03), so both are "
+    "the training phase's peak, not the hot-set load's",
+    "peak_rss_anon_bytes / peak_rss_file_bytes: peaks of RssAnon + RssShmem and of RssFile, "
+    "sampled every 50 ms and at each window's end from the worker's start (pre-warm "
+    "included; train_peak_rss_anon_bytes / train_peak_rss_file_bytes from the end of the "
+    "pre-warm): anon is memory "
+    "the process cannot give back (no swap), file is mapped files (libraries, the slab's "
+    "memory map: page cache the kernel may reclaim). The 3-tier RSS target counts anon; "
+    "the VmHWM target (the metric before) stays beside it",
+    "freshet_3tier_wide: the 3-tier chain with a wider DRAM budget; the last target (Ant's "
+    "headline) takes the fastest Freshet tiered store within 0.5x all-DRAM's peak RSS anon",
     "hit_ratio: share of looked-up ids served without reading RocksDB (prefetch reads "
     "count as misses), as TableStats.hit_ratio; step_hit_ratio: share in DRAM at lookup",
     "a window ends once the tiered store's issued prefetches have landed; "
@@ -255,8 +333,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hot-fraction", type=float, default=0.1, help="tiered DRAM budget")
     parser.add_argument("--lookahead", type=int, default=2, help="batches prefetched ahead")
     parser.add_argument("--shards", type=int, default=4, help="shards of both Freshet stores")
+    parser.add_argument("--wide-fraction", type=float, default=0.25,
+                        help="DRAM budget of the second 3-tier store (0: leave it out)")
     parser.add_argument(
-        "--profile", nargs="+", default=[], choices=[TIERED, DRAM, TORCH, NAIVE, DENSE],
+        "--profile", nargs="+", default=[],
+        choices=[TIERED, DRAM, THREE, THREE_WIDE, TORCH, NAIVE, DENSE],
         help="sample these systems' training phase with py-spy (FILE.<system>.pyspy.txt)",
     )
 
@@ -300,6 +381,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_store_bench(
         out, args.quick, workload, timing, args.hot_fraction, args.lookahead,
         Path(args.scratch) if args.scratch else None, tuple(args.profile), args.shards,
+        args.wide_fraction or None,
     )
     print(format_store(result))
     for label in args.profile:

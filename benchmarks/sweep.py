@@ -1,14 +1,17 @@
-"""``freshet bench sweep``: samples/s and hit ratio of the tiered store over DRAM budgets
-(1%, 5%, 10%, 25%, 100% of the ids) and Zipf exponents (0.8, 1.05, 1.2).
+"""``freshet bench sweep``: samples/s, hit ratio and peak RSS of the tiered store over DRAM
+budgets (1%, 5%, 10%, 25%, 100% of the ids), with and without a slab (SSD) tier holding the
+ids DRAM does not, and Zipf exponents (0.8, 1.05, 1.2).
 
 ::
 
     parent: generate every exponent's batches (one stream, exponent after exponent)
             import a row for every id into one store directory (untimed)
-      └─ one worker per budget, on a hard-linked copy of that directory, loads the budget's
-         most popular ids, then for each exponent: warm-up, >= 5 timed windows (in turn
-         with the other budgets' windows, see benchmarks.runner)
-    ─► FILE.json (one point per exponent x budget) + FILE.png
+      └─ one worker per (DRAM budget, slab) point, on a hard-linked copy of that directory:
+         DRAM budget b, and with the slab: a slab of 1 - b of the ids between DRAM and RocksDB
+         (none at 100%); loads the most popular ids (DRAM, then slab), then for each
+         exponent: warm-up, >= 5 timed windows (in turn with the other points' windows, see
+         benchmarks.runner)
+    ─► FILE.json (one point per exponent x budget x slab) + FILE.png
 
 ``hit_ratio`` is the share of looked-up ids served without reading RocksDB (a prefetch
 read counts as a miss), as ``TableStats.hit_ratio``; ``step_hit_ratio`` is near 1 because
@@ -38,6 +41,16 @@ log = logging.getLogger(__name__)
 
 BUDGETS = (0.01, 0.05, 0.10, 0.25, 1.0)
 ALPHAS = (0.8, 1.05, 1.2)
+SLAB_AXIS = {"both": (False, True), "off": (False,), "on": (True,)}
+
+
+def sweep_points(budgets: tuple[float, ...], slab: str) -> list[tuple[float, bool]]:
+    """The (DRAM budget, slab) points: a slab only where DRAM leaves ids to it.
+
+    >>> sweep_points((0.1, 1.0), "both")
+    [(0.1, False), (0.1, True), (1.0, False)]
+    """
+    return [(b, s) for b in budgets for s in SLAB_AXIS[slab] if not (s and b >= 1.0)]
 
 
 def default_setup(quick: bool) -> tuple[Workload, Timing]:
@@ -80,9 +93,9 @@ def prepare_batches(
 def run_sweep(
     out: Path, quick: bool, workload: Workload, timing: Timing,
     budgets: tuple[float, ...] = BUDGETS, alphas: tuple[float, ...] = ALPHAS,
-    lookahead: int = 2, scratch: Path | None = None,
+    lookahead: int = 2, scratch: Path | None = None, slab: str = "both",
 ) -> dict[str, Any]:
-    """Run every (alpha, budget) point; write ``out`` and its PNG; returns the result."""
+    """Run every (alpha, budget, slab) point; write ``out`` and its PNG; returns the result."""
     from benchmarks.plot import plot_sweep
     from benchmarks.report import write_json
 
@@ -94,31 +107,41 @@ def run_sweep(
         build_store(root / "base", workload)
         stream = replace(workload, steps=timing.steps * len(alphas))
         specs = []
-        for budget in budgets:
-            label = f"budget{budget:g}"
+        grid = sweep_points(budgets, slab)
+        for budget, with_slab in grid:
+            label = f"budget{budget:g}" + ("-slab" if with_slab else "")
             store_path = root / label / "store"
             clone_store(root / "base", store_path)
+            options: dict[str, Any] = {
+                "hot_fraction": budget, "lookahead": lookahead, "prewarm": "hot",
+                "store_path": str(store_path),
+            }
+            if with_slab:
+                options["slab_fraction"] = 1.0 - budget
             specs.append(RunSpec(
                 label, "freshet", stream, data, ranked, str(root / label), timing.steps_per_window,
-                {"hot_fraction": budget, "lookahead": lookahead, "prewarm": "hot",
-                 "store_path": str(store_path)},
+                options,
             ))
         segments = [Segment(f"zipf{a}", timing.warmup, timing.windows) for a in alphas]
         raw = run_interleaved(specs, segments)
     points = []
-    for budget, spec in zip(budgets, specs, strict=True):
+    for (budget, with_slab), spec in zip(grid, specs, strict=True):
         r = raw[spec.label]
         for alpha, seg in zip(alphas, segments, strict=True):
             p = r["segments"][seg.name]
             points.append({
                 "alpha": alpha,
                 "hot_fraction": budget,
+                "slab": with_slab,
+                "slab_fraction": spec.options.get("slab_fraction", 0.0),
                 "hot_rows": r["info"]["hot_budget_rows"],
                 "hot_rows_at_end": r["info"]["hot_rows"],
                 "zipf_mass_of_budget": info[alpha]["sampler"].mass_of_top(
                     int(workload.num_ids * budget)),
                 "unique_ids_per_batch": info[alpha]["unique_ids_per_batch"],
                 "peak_rss_bytes": r["peak_rss_bytes"],
+                "peak_rss_anon_bytes": r.get("peak_rss_anon_bytes"),
+                "peak_rss_file_bytes": r.get("peak_rss_file_bytes"),
                 "prepare_seconds": r["prepare_seconds"],
                 **{k: p.get(k) for k in (
                     "samples_per_s", "samples_per_s_min", "samples_per_s_max",
@@ -130,6 +153,7 @@ def run_sweep(
         workload={**workload.to_json(), "alpha": list(alphas)},
         timing=asdict(timing),
         budgets=list(budgets),
+        slab_axis=slab,
         lookahead=lookahead,
         points=points,
         notes=[
@@ -140,6 +164,12 @@ def run_sweep(
             "trains the exponents one after another: per exponent, warm-up then timed windows",
             "hit_ratio: share of looked-up ids served without reading RocksDB (prefetch reads "
             "count as misses), as TableStats.hit_ratio; step_hit_ratio: share in DRAM at lookup",
+            "slab: a slab tier of 1 - hot_fraction of the ids (memory-mapped file) between DRAM "
+            "and RocksDB, its pre-warm loading the next most popular ids; none at 100%",
+            "peak_rss_bytes: VmHWM of the worker (file pages of the slab's mapping included); "
+            "peak_rss_anon_bytes / peak_rss_file_bytes: sampled peaks of RssAnon + RssShmem "
+            "and of RssFile (see benchmarks.measure); the worker is one process per point, so "
+            "its peak covers every exponent",
             "rows of the batch in training and of the prefetched batches are pinned, so DRAM "
             "never holds fewer than about (1 + lookahead) batches of unique ids; a smaller "
             "budget is exceeded (see hot_rows_at_end) and its hit ratio is set by the overlap "
@@ -158,6 +188,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", type=float, nargs="+", help="DRAM budgets, fractions of ids")
     parser.add_argument("--alphas", type=float, nargs="+", help="Zipf exponents")
     parser.add_argument("--lookahead", type=int, default=2, help="batches prefetched ahead")
+    parser.add_argument("--slab", choices=sorted(SLAB_AXIS), default="both",
+                        help="points with a slab tier for the ids DRAM does not hold, without, "
+                             "or both")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -167,12 +200,17 @@ def run(args: argparse.Namespace) -> int:
     result = run_sweep(
         out, args.quick, workload, timing, tuple(args.budgets or BUDGETS),
         tuple(args.alphas or ALPHAS), args.lookahead, Path(args.scratch) if args.scratch else None,
+        args.slab,
     )
-    print(f"{'zipf':>5} {'budget':>7} {'samples/s':>10} {'hit':>6} {'step hit':>8} "
-          f"{'stall ms/step':>14} {'hot rows at end':>16}")
+    print(f"{'zipf':>5} {'budget':>7} {'slab':>5} {'samples/s':>10} {'hit':>6} {'step hit':>8} "
+          f"{'stall ms/step':>14} {'hot rows at end':>16} {'peak RSS MiB':>12} "
+          f"{'peak anon MiB':>13}")
     for p in result["points"]:
-        print(f"{p['alpha']:>5} {p['hot_fraction']:>7.0%} {p['samples_per_s']:>10.0f} "
-              f"{p['hit_ratio']:>6.3f} {p['step_hit_ratio']:>8.3f} "
-              f"{p['prefetch_stall_ms_per_step']:>14.1f} {p['hot_rows_at_end']:>16,}")
+        anon = p["peak_rss_anon_bytes"]
+        print(f"{p['alpha']:>5} {p['hot_fraction']:>7.0%} {'yes' if p['slab'] else 'no':>5} "
+              f"{p['samples_per_s']:>10.0f} {p['hit_ratio']:>6.3f} {p['step_hit_ratio']:>8.3f} "
+              f"{p['prefetch_stall_ms_per_step']:>14.1f} {p['hot_rows_at_end']:>16,} "
+              f"{p['peak_rss_bytes'] / 2**20:>12.0f} "
+              f"{'-' if anon is None else f'{anon / 2**20:.0f}':>13}")
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

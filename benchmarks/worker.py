@@ -88,6 +88,7 @@ class Worker:
         self.last_cpu = cpu_seconds()
         self.thread_cpu0: dict[str, float] = {}
         self.loss = float("nan")
+        self.rss = measure.RssSampler().start()  # from the start: the pre-warm's peak counts
 
     def send(self, msg: dict[str, Any]) -> None:
         """One JSON line to the parent."""
@@ -101,6 +102,7 @@ class Worker:
         self.system.prepare()
         prepare_s = time.perf_counter() - t0
         self.reset_ok = measure.reset_peak_rss()
+        self.rss.mark()  # the training phase's own anon / file peaks, as train_peak_rss_bytes
         if self.spec.profile_path:
             from benchmarks.profile import Profiler
 
@@ -125,6 +127,7 @@ class Worker:
             self.step += 1
         self.system.quiesce()
         seconds = time.perf_counter() - t0
+        self.rss.sample()
         after = self.system.counters()
         self.last_cpu = cpu_seconds()
         return {
@@ -139,10 +142,14 @@ class Worker:
             self.profiler.stop()
         train_peak = measure.peak_rss_since_reset() if self.reset_ok else None
         rss_end = measure.current_rss_bytes()
+        rss_parts_end = measure.rss_parts()
+        rss_peaks = self.rss.stop()
         info = self.system.finish()
         result: dict[str, Any] = {
             "event": "result",
             "peak_rss_bytes": measure.peak_rss_bytes(),
+            **rss_peaks,
+            "rss_parts_end_bytes": rss_parts_end,
             "train_peak_rss_bytes": train_peak,
             "rss_end_bytes": rss_end,
             "process_seconds": time.time() - self.started,

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -73,17 +74,22 @@ class SlabTier:
         layout: RowLayout,
         capacity: int,
         resident_bytes: int | None = None,
+        release_advice: int = mmap.MADV_DONTNEED,
     ) -> None:
         self.path = path
         self.layout = layout
         self.capacity = max(int(capacity), 1)
         self.resident_bytes = resident_bytes
+        # how release() hands pages back: MADV_DONTNEED unmaps them (they stay in the page
+        # cache); MADV_PAGEOUT (21, Linux 5.4+) also evicts them from it (benchmarks only)
+        self.release_advice = release_advice
         self.ids = np.empty(0, dtype=np.int64)
         self.live = np.zeros(0, dtype=np.bool_)
         self.dirty = np.zeros(0, dtype=np.bool_)
         self.freq = np.zeros(0, dtype=np.float32)
         self.epoch = np.zeros(0, dtype=np.int32)
         self.releases = 0
+        self.release_seconds = 0.0  # time spent in madvise (the faults that follow are not)
         self._void = np.dtype((np.void, layout.row_bytes))
         self._raw: npt.NDArray[np.void] = np.empty(0, dtype=self._void)
         self._mm: mmap.mmap | None = None
@@ -242,9 +248,11 @@ class SlabTier:
             self.release()
 
     def release(self) -> None:
-        """Unmap every page of the file from the process (``MADV_DONTNEED``); contents stay."""
+        """Unmap every page of the file from the process (``release_advice``); contents stay."""
         if self._mm is not None:
-            self._mm.madvise(mmap.MADV_DONTNEED)
+            t0 = time.perf_counter()
+            self._mm.madvise(self.release_advice)
+            self.release_seconds += time.perf_counter() - t0
             self.releases += 1
         self._touched_pages = 0
 

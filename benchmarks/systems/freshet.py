@@ -169,7 +169,8 @@ class FreshetSystem:
         while self._tickets:
             self._tickets.popleft()[1].release()
         s = self.store.stats(TABLE)
-        return {"hot_rows": s.hot_rows, "hot_budget_rows": self.hot_rows, "shards": self.num_shards}
+        return {"hot_rows": s.hot_rows, "hot_budget_rows": self.hot_rows, "shards": self.num_shards,
+                "slab_rows": s.slab_rows, "slab_budget_rows": self.slab_rows}
 
 
 def table_config(dim: int, hot_rows: int | None) -> TableConfig:

@@ -64,7 +64,8 @@ def test_bench_store_cli_tiny(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     systems = result["systems"]
     assert set(systems) == {
-        "freshet_tiered", "freshet_dram", "freshet_3tier", "torch_embeddingbag", "naive_rocksdb",
+        "freshet_tiered", "freshet_dram", "freshet_3tier", "freshet_3tier_wide",
+        "torch_embeddingbag", "naive_rocksdb",
         "dense_only",
     }
     for s in systems.values():
@@ -78,9 +79,12 @@ def test_bench_store_cli_tiny(tmp_path: Path) -> None:
     assert tiered["info"]["hot_budget_rows"] == 2000
     assert systems["freshet_dram"]["hit_ratio"] == pytest.approx(1.0)
     assert systems["freshet_dram"]["counters"]["cold_reads"] == 0
-    assert [t["bound"] for t in result["targets"]] == [1.0, 5.0, 0.30, 0.95, 1.0, 0.30]
+    assert [t["bound"] for t in result["targets"]] == [1.0, 5.0, 0.30, 0.95, 1.0, 0.30, 0.30, 0.98]
     three = systems["freshet_3tier"]  # the slab holds what DRAM does not, and served reads
-    assert three["counters"]["slab_rows"] > 0 and three["counters"]["cold_reads"] > 0
+    # counters are deltas over the windows (slab_rows, a gauge, may shrink): the end state
+    # is in info
+    assert three["info"]["slab_rows"] > 0 and three["counters"]["cold_reads"] > 0
+    assert three["info"]["slab_budget_rows"] == 18000
     ratio = systems["freshet_tiered"]["samples_per_s"] / systems["naive_rocksdb"]["samples_per_s"]
     assert result["targets"][1]["ratio"] == pytest.approx(ratio)
     # each samples/s target states what it asks of the tiered store against the MLP alone
@@ -92,4 +96,23 @@ def test_bench_store_cli_tiny(tmp_path: Path) -> None:
     assert "needs_samples_per_s" not in result["targets"][2]  # RSS: no ceiling
     assert systems["dense_only"]["counters"] == {}
     assert result["workload"]["num_ids"] == 20000 and result["quick"] is True
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+@pytest.mark.integration
+def test_bench_sweep_cli_tiny_has_the_slab_axis(tmp_path: Path) -> None:
+    out = tmp_path / "sweep.json"
+    args = ["sweep", "--quick", "--ids", "20000", "--batch", "128", "--warmup", "1",
+            "--windows", "5", "--steps", "1", "--budgets", "0.1", "1.0", "--alphas", "1.05",
+            "--out", str(out)]
+    assert cli.main(args) == 0
+    result = json.loads(out.read_text())
+    points = {(p["hot_fraction"], p["slab"]): p for p in result["points"]}
+    # DRAM 10% with and without the slab; all-DRAM has no ids left for a slab
+    assert set(points) == {(0.1, False), (0.1, True), (1.0, False)}
+    assert points[(0.1, True)]["slab_fraction"] == pytest.approx(0.9)
+    assert points[(0.1, False)]["slab_fraction"] == 0.0
+    for p in points.values():
+        assert p["samples_per_s"] > 0
+        assert 0 < p["peak_rss_anon_bytes"] <= p["peak_rss_bytes"]
     assert out.with_suffix(".png").stat().st_size > 10_000
