@@ -195,7 +195,7 @@ class DistributedTrainJob:
         self.trainer = DistributedTrainer(
             self.model,
             self.store,
-            Featurizer(fspec),
+            Featurizer(fspec, cfg.features.state_budget()),
             dense_optimizer=dense_optimizer,
             metrics=PrequentialMetrics(window=cfg.training.auc_window),
         )

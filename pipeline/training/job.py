@@ -177,7 +177,7 @@ class TrainJob:
                 **cfg.store.rocks_options(),
             )
         ).open()
-        self.featurizer = Featurizer(fspec)
+        self.featurizer = Featurizer(fspec, cfg.features.state_budget())
         self.model = build_model(mspec, layout, self.store)
         self.trainer = OnlineTrainer(
             self.model,
