@@ -38,6 +38,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RETENTION = 3
+FEATURIZER_BUDGET_MB = 64
 SCHEDULES = (
     ("tier_migration", 2.0),
     ("incremental_checkpoint", 3.0),
@@ -146,6 +147,8 @@ def _config(tmp: Path, bootstrap: str, topic: str, deltas: str, metrics_port: in
     raw["source"].update(
         bootstrap_servers=[bootstrap], topic=topic, group_id="soak", max_events=1024
     )
+    # the window aggregates keep every customer without a budget (issue 21 #4, issue 17 #10)
+    raw["features"]["state"] = {"budget_mb": FEATURIZER_BUDGET_MB}
     raw["store"] = {
         "path": str(tmp / "store"),
         "num_shards": 4,

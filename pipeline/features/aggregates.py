@@ -55,6 +55,8 @@ from pandas._libs.hashtable import Int64HashTable
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 EMPTY: Final = np.int64(-(1 << 62))
+_INDEX_BYTES: Final = 48
+"""Hash index bytes per entity (khash: 16 B a slot, sized to a power of two over 0.77 load)."""
 
 
 @dataclass(frozen=True)
@@ -124,15 +126,15 @@ class WindowedAggregate:
         """Bytes one kept entity costs: ring slots, row bookkeeping and its index entry.
 
         >>> WindowedAggregate.bytes_per_entity(30)
-        1016
+        1032
         """
         ring = window + delay
-        return 8 * ring + 24 * ring + 3 * 8 + 32  # bucket, stats, key+newest+changed, index
+        return 8 * ring + 24 * ring + 3 * 8 + _INDEX_BYTES  # bucket, stats, 3 ints, index
 
     def nbytes(self) -> int:
         """Bytes held by the arrays (capacity, not only the kept entities)."""
         arrays = (self._keys, self._bucket, self._stats, self._newest, self._changed)
-        return sum(a.nbytes for a in arrays) + 32 * len(self._keys)
+        return sum(a.nbytes for a in arrays) + _INDEX_BYTES * len(self._keys)
 
     # -- rows ----------------------------------------------------------------
     def _rows(self, keys: I64) -> I64:

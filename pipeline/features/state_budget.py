@@ -13,8 +13,8 @@ bounds it, like the hot tier bounds embedding rows:
 
 ::
 
-    budget_bytes = 100 MB, aggregates a (1,016 B/entity) and b (280 B/entity):
-      every aggregate gets the same cap n = 100 MB / (1,016 + 280) = 77,160 entities
+    budget_bytes = 100 MB, aggregates a (1,032 B/entity) and b (296 B/entity):
+      every aggregate gets the same cap n = 100 MB / (1,032 + 296) = 75,301 entities
 
 Both rules depend on the events alone (buckets and update order), so a job restarted from a
 checkpoint drops what the uninterrupted job drops.
@@ -23,7 +23,7 @@ checkpoint drops what the uninterrupted job drops.
 >>> aggs = (AggregateSpec("a", ("c",), window=30), AggregateSpec("b", ("t",), window=7))
 >>> caps = StateBudget(budget_bytes=100_000_000).entity_caps(aggs)
 >>> caps
-{'a': 77160, 'b': 77160}
+{'a': 75301, 'b': 75301}
 >>> StateBudget(ttl_seconds=86400 * 3).ttl_buckets(aggs[0])
 3
 """
