@@ -22,13 +22,14 @@ aggregates respect label delay (a label becomes readable ``delay`` buckets later
 
 Budget and expiry (both decided by the data alone, so a restarted job evicts what the
 uninterrupted one did): after each :meth:`WindowedAggregate.update`, an entity whose newest
-bucket is more than ``ttl_buckets`` behind the newest bucket seen is dropped, and while more
-than ``max_entities`` are kept the least recently updated ones go (ties: the older update, then
-the smaller key), down to 90% of the budget so that the compaction (one pass over the rows)
-is paid once per tenth of the budget. ``ttl_buckets >= window + delay`` drops nothing an
-in-order event could still read. Every row carries the update that last changed it, so
-:meth:`WindowedAggregate.dirty_state_since` gives only what changed since a mark (and the keys
-dropped since), and :meth:`WindowedAggregate.load_state_delta` applies it.
+bucket is more than ``ttl_buckets`` behind the newest bucket seen is dropped, and when a
+batch's new entities would take the count past ``max_entities`` the least recently updated
+ones (not of this batch) make room. Kept rows above the new end fill the holes, the others do
+not move, and the key index is rebuilt only once it holds as many dropped keys as live ones.
+``ttl_buckets >= window + delay`` drops nothing an in-order event could still read. Every row
+carries the update that last changed it, so :meth:`WindowedAggregate.dirty_state_since` gives
+only what changed since a mark (and the keys dropped since), and
+:meth:`WindowedAggregate.load_state_delta` applies it.
 
 >>> agg = WindowedAggregate(window=2, delay=0)
 >>> keys = np.array([7, 7, 8, 7], dtype=np.int64)
@@ -118,6 +119,7 @@ class WindowedAggregate:
         self.generation = 0  # updates applied so far
         self.newest_bucket = int(EMPTY)
         self.evicted = 0  # entities dropped by budget or expiry, ever
+        self._tombstones = 0  # dropped keys still in the index (mapped to -1)
         self._drops: list[tuple[int, I64]] = []  # (generation, keys), kept once marked
         self._track_drops = False
 
@@ -287,36 +289,43 @@ class WindowedAggregate:
         fresh = len(np.unique(keys[rows < 0]))
         if n + fresh <= self.max_entities:
             return
-        target = max(0, min(int(self.max_entities * 0.9), self.max_entities - fresh))
-        if n <= target:
-            return
-        touched = np.zeros(n, dtype=np.bool_)
-        touched[rows[rows >= 0]] = True  # this batch's keys stay
-        # least recently updated first: (touched, newest bucket, last update, key)
-        order = np.lexsort((self._keys[:n], self._changed[:n], self._newest[:n], touched))
-        victims = order[: n - target]
-        victims = victims[~touched[victims]]
+        target = max(0, self.max_entities - fresh)
+        # least recently updated first; this batch's own keys stay (O(n): a partition, no sort)
+        priority = self._changed[:n].copy()
+        priority[rows[rows >= 0]] = np.iinfo(np.int64).max
+        victims = np.argpartition(priority, n - target - 1)[: n - target]
+        victims = victims[priority[victims] < np.iinfo(np.int64).max]
         keep = np.ones(n, dtype=np.bool_)
         keep[victims] = False
         self._drop(keep)
 
     def _drop(self, keep: npt.NDArray[np.bool_]) -> None:
-        """Keep only the rows where ``keep`` (over the first ``entities``), rebuild the index."""
+        """Keep only the rows where ``keep`` (over the first ``entities``)."""
         n = self.entities
         gone = self._keys[:n][~keep]
         if len(gone) == 0:
             return
         m = int(keep.sum())
+        # fill the holes below m with the kept rows above it: rows that stay keep their place,
+        # so a published patch of these arrays carries the changed and moved rows only
+        holes = np.flatnonzero(~keep[:m])
+        movers = m + np.flatnonzero(keep[m:])
         for arr in (self._keys, self._bucket, self._stats, self._newest, self._changed):
-            arr[:m] = arr[:n][keep]
+            arr[holes] = arr[movers]
         self._bucket[m:n] = EMPTY
         self._stats[m:n] = 0.0
         self._newest[m:n] = EMPTY
         self._changed[m:n] = 0
-        self._index = Int64HashTable(max(len(self._keys), 16))
-        if m:
-            self._index.map_keys_to_values(self._keys[:m], np.arange(m, dtype=np.int64))
         self.entities = m
+        # the index cannot delete: a dropped key maps to -1 (unknown) until the next rebuild
+        self._index.map_keys_to_values(gone, np.full(len(gone), -1, dtype=np.int64))
+        self._index.map_keys_to_values(self._keys[holes], holes.astype(np.int64))
+        self._tombstones += len(gone)
+        if self._tombstones > max(m, 1024):
+            self._index = Int64HashTable(max(len(self._keys), 16))
+            if m:
+                self._index.map_keys_to_values(self._keys[:m], np.arange(m, dtype=np.int64))
+            self._tombstones = 0
         self.evicted += len(gone)
         if self._track_drops:
             self._drops.append((self.generation, gone.copy()))

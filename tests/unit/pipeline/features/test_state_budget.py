@@ -124,3 +124,24 @@ def test_budget_rejects_nonsense() -> None:
         StateBudget(budget_bytes=0)
     with pytest.raises(ValueError, match="ttl_seconds"):
         StateBudget(ttl_seconds=-1.0)
+
+
+def test_published_patch_after_evictions_carries_the_changed_rows_only() -> None:
+    from pipeline.publishing.array_patch import ArrayPatch, diff
+
+    agg = WindowedAggregate(window=30, max_entities=10_000)
+    keys = np.arange(10_000, dtype=np.int64)
+    agg.update(keys, np.zeros(len(keys), dtype=np.int64), np.ones(len(keys)))
+    before = agg.state_dict()
+    new = np.arange(10_000, 10_100, dtype=np.int64)  # 100 new entities: 100 evictions
+    agg.update(new, np.ones(100, dtype=np.int64), np.ones(100))
+    after = agg.state_dict()
+    assert agg.entities == 10_000 and agg.evicted == 100
+    sent = 0
+    for name in ("keys", "bucket", "stats"):
+        patch = diff(before[name], after[name])
+        assert isinstance(patch, ArrayPatch), name  # a patch, not the whole array
+        sent += patch.nbytes
+    whole = sum(before[k].nbytes for k in ("keys", "bucket", "stats"))
+    assert sent <= 110 * (8 + 30 * 8 + 30 * 24 + 3 * 8)  # about the 100 replaced rows
+    assert sent * 50 < whole
