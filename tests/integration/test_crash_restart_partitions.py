@@ -24,7 +24,8 @@ from pipeline.events.generators import generate
 from pipeline.events.replay import keyed_by_field, replay
 from tests.integration.test_crash_restart import BATCH, EVENTS, final_state, train, write_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# about 12 trainer start-ups: minutes on a loaded machine, more than the default timeout
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 PARTITIONS = 4
 
 
