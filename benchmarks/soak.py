@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import statistics
@@ -31,6 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RETENTION = 3
+FEATURIZER_BUDGET_MB = 64
 SCHEDULES = (
     ("tier_migration", 2.0),
     ("incremental_checkpoint", 3.0),
@@ -53,6 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=1500.0, help="events/s replayed")
     parser.add_argument("--sample-s", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=0.25, help="warm-up fraction of the run")
+    parser.add_argument(
+        "--job", choices=("fraud", "ctr"), default="fraud", help="configs/<job>.yaml to train"
+    )
+    parser.add_argument(
+        "--new-ids",
+        type=float,
+        default=0.5,
+        help="share of events with an id never seen before (customers; CTR: c1..c26 values)",
+    )
 
 
 def _free_port() -> int:
@@ -141,11 +153,33 @@ def _scrape(url: str) -> dict[str, float]:
     return out
 
 
-def _config(tmp: Path, bootstrap: str, topic: str, deltas: str, metrics_port: int) -> Path:
-    raw: dict[str, Any] = yaml.safe_load((REPO / "configs" / "fraud.yaml").read_text())
+def _with_new_ids(
+    events: Iterator[dict[str, Any]], job: str, share: float, chunk: int
+) -> Iterator[dict[str, Any]]:
+    """Give ``share`` of the events an id no earlier event had (unique-id growth)."""
+    rng = random.Random(chunk)
+    for i, event in enumerate(events):
+        if rng.random() < share:
+            fresh = (chunk + 1) * 10_000_000 + i
+            if job == "fraud":
+                event["customer_id"] = fresh
+            else:
+                for k in range(1, 27, 3):  # 9 of the 26 categoricals
+                    if event.get(f"c{k}") is not None:
+                        event[f"c{k}"] = f"{fresh:x}{k}"
+        yield event
+
+
+def _config(
+    tmp: Path, bootstrap: str, topic: str, deltas: str, metrics_port: int, job: str = "fraud"
+) -> Path:
+    raw: dict[str, Any] = yaml.safe_load((REPO / "configs" / f"{job}.yaml").read_text())
     raw["source"].update(
         bootstrap_servers=[bootstrap], topic=topic, group_id="soak", max_events=1024
     )
+    if raw["features"].get("aggregates"):
+        # window aggregates keep every customer without a budget (issue 21 #4, issue 17 #10)
+        raw["features"]["state"] = {"budget_mb": FEATURIZER_BUDGET_MB}
     raw["store"] = {
         "path": str(tmp / "store"),
         "num_shards": 4,
@@ -278,6 +312,8 @@ def run(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {
         **run_header("soak", args.quick),
         "minutes": minutes,
+        "job": args.job,
+        "new_ids": args.new_ids,
         "rate": args.rate,
         "schedules_s": dict(SCHEDULES),
         "retention": RETENTION,
@@ -289,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
             bootstrap = broker.bootstrap
             ensure_topics(bootstrap, {"soak-events": 1, "soak-deltas": 1})
             metrics_port = _free_port()
-            cfg = _config(tmp, bootstrap, "soak-events", "soak-deltas", metrics_port)
+            cfg = _config(tmp, bootstrap, "soak-events", "soak-deltas", metrics_port, args.job)
             env = {**os.environ, "FRESHET_DELTA_KEY": "soak-signing-key"}
             stop = threading.Event()
             sent = [0]
@@ -298,10 +334,12 @@ def run(args: argparse.Namespace) -> int:
                 chunk = int(args.rate * 30)
                 seed = 0
                 while not stop.is_set():
+                    kind = "transaction" if args.job == "fraud" else "ctr"
+                    stream = generate(kind, chunk, 1000 + seed)
                     sent[0] += replay(
                         bootstrap,
                         "soak-events",
-                        generate("transaction", chunk, 1000 + seed),
+                        _with_new_ids(stream, args.job, args.new_ids, seed),
                         rate=args.rate,
                         progress=False,
                     )

@@ -54,6 +54,7 @@ from pipeline.features.spec import (
     SparseSpec,
     TimePartSpec,
 )
+from pipeline.features.state_budget import StateBudget
 from pipeline.training.models import DenseOptimizerSpec, ModelSpec
 
 Name = Annotated[
@@ -219,6 +220,28 @@ class DenseConfig(_Section):
         return self
 
 
+class FeatureStateConfig(_Section):
+    """``features.state``: how much per-entity aggregate state to keep, and for how long.
+
+    See :mod:`pipeline.features.state_budget`; without it, every entity is kept for ever.
+    """
+
+    budget_mb: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_048_576,
+        description="MiB all aggregates keep together; least recently updated entities go first",
+    )
+    ttl_seconds: float | None = Field(
+        default=None, gt=0, description="drop an entity not updated for this long (event time)"
+    )
+
+    def to_budget(self) -> StateBudget:
+        """The frozen budget the featurizer takes."""
+        budget = None if self.budget_mb is None else int(self.budget_mb * (1 << 20))
+        return StateBudget(budget_bytes=budget, ttl_seconds=self.ttl_seconds)
+
+
 class FeaturesConfig(_Section):
     """The ``features:`` section: how events become sparse ids, dense columns and a label."""
 
@@ -233,6 +256,13 @@ class FeaturesConfig(_Section):
     dense: list[DenseConfig] = Field(
         default_factory=list, max_length=4096, description="dense columns, in order"
     )
+    state: FeatureStateConfig | None = Field(
+        default=None, description="budget and expiry of aggregate state (default: unbounded)"
+    )
+
+    def state_budget(self) -> StateBudget:
+        """The featurizer's state budget (unbounded when ``state`` is not given)."""
+        return self.state.to_budget() if self.state is not None else StateBudget()
 
     @model_validator(mode="after")
     def _consistent(self) -> FeaturesConfig:

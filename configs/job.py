@@ -407,6 +407,7 @@ class JobConfig(BaseSettings):
                 client_config=client_config,
             ),
             features=self.features.to_spec(),
+            feature_state=self.features.state_budget(),
             model=self.model.to_spec(),
             store=StoreSpec(
                 path=st.path,

@@ -20,6 +20,17 @@ a ring of ``window + delay`` slots; a slot holds one bucket's count, sum and sum
 With ``delay >= 1`` an event reads nothing from its own bucket: that is how label
 aggregates respect label delay (a label becomes readable ``delay`` buckets later).
 
+Budget and expiry (both decided by the data alone, so a restarted job evicts what the
+uninterrupted one did): after each :meth:`WindowedAggregate.update`, an entity whose newest
+bucket is more than ``ttl_buckets`` behind the newest bucket seen is dropped, and when a
+batch's new entities would take the count past ``max_entities`` the least recently updated
+ones (not of this batch) make room. Kept rows above the new end fill the holes, the others do
+not move, and the key index is rebuilt only once it holds as many dropped keys as live ones.
+``ttl_buckets >= window + delay`` drops nothing an in-order event could still read. Every row
+carries the update that last changed it, so :meth:`WindowedAggregate.dirty_state_since` gives
+only what changed since a mark (and the keys dropped since), and
+:meth:`WindowedAggregate.load_state_delta` applies it.
+
 >>> agg = WindowedAggregate(window=2, delay=0)
 >>> keys = np.array([7, 7, 8, 7], dtype=np.int64)
 >>> buckets = np.array([0, 0, 1, 2], dtype=np.int64)
@@ -46,6 +57,8 @@ from embedding_store.hash_index import int64_map
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 EMPTY: Final = np.int64(-(1 << 62))
+_INDEX_BYTES: Final = 48
+"""Hash index bytes per entity (khash: 16 B a slot, sized to a power of two over 0.77 load)."""
 
 
 @dataclass(frozen=True)
@@ -74,17 +87,57 @@ class WindowStats:
 class WindowedAggregate:
     """Count, sum and sum of squares per entity over a sliding window of time buckets."""
 
-    def __init__(self, window: int, delay: int = 0, capacity: int = 1024) -> None:
+    def __init__(
+        self,
+        window: int,
+        delay: int = 0,
+        capacity: int = 1024,
+        *,
+        max_entities: int | None = None,
+        ttl_buckets: int | None = None,
+    ) -> None:
         if window < 1 or delay < 0:
             raise ValueError(f"window must be >= 1 and delay >= 0, got {window}, {delay}")
+        if max_entities is not None and max_entities < 1:
+            raise ValueError(f"max_entities must be >= 1, got {max_entities}")
+        if ttl_buckets is not None and ttl_buckets < 0:
+            raise ValueError(f"ttl_buckets must be >= 0, got {ttl_buckets}")
         self.window = window
         self.delay = delay
         self.ring = window + delay
+        self.max_entities = max_entities
+        self.ttl_buckets = ttl_buckets
+        if max_entities is not None:
+            capacity = min(capacity, max_entities)
+        capacity = max(capacity, 1)
         self._index = int64_map(max(capacity, 16))
         self._keys: I64 = np.empty(capacity, dtype=np.int64)
         self._bucket: I64 = np.full((capacity, self.ring), EMPTY, dtype=np.int64)
         self._stats: F64 = np.zeros((capacity, 3, self.ring), dtype=np.float64)
+        self._newest: I64 = np.full(capacity, EMPTY, dtype=np.int64)  # newest bucket per row
+        self._changed: I64 = np.zeros(capacity, dtype=np.int64)  # update that last changed it
         self.entities = 0
+        self.generation = 0  # updates applied so far
+        self.newest_bucket = int(EMPTY)
+        self.evicted = 0  # entities dropped by budget or expiry, ever
+        self._tombstones = 0  # dropped keys still in the index (mapped to -1)
+        self._drops: list[tuple[int, I64]] = []  # (generation, keys), kept once marked
+        self._track_drops = False
+
+    @staticmethod
+    def bytes_per_entity(window: int, delay: int = 0) -> int:
+        """Bytes one kept entity costs: ring slots, row bookkeeping and its index entry.
+
+        >>> WindowedAggregate.bytes_per_entity(30)
+        1032
+        """
+        ring = window + delay
+        return 8 * ring + 24 * ring + 3 * 8 + _INDEX_BYTES  # bucket, stats, 3 ints, index
+
+    def nbytes(self) -> int:
+        """Bytes held by the arrays (capacity, not only the kept entities)."""
+        arrays = (self._keys, self._bucket, self._stats, self._newest, self._changed)
+        return sum(a.nbytes for a in arrays) + _INDEX_BYTES * len(self._keys)
 
     # -- rows ----------------------------------------------------------------
     def _rows(self, keys: I64) -> I64:
@@ -113,13 +166,20 @@ class WindowedAggregate:
         if needed <= cap:
             return
         new_cap = max(needed, 2 * cap)
+        if self.max_entities is not None:  # never more than the budget (and this batch)
+            new_cap = max(needed, min(new_cap, self.max_entities))
         keys = np.empty(new_cap, dtype=np.int64)
         keys[:cap] = self._keys
         bucket = np.full((new_cap, self.ring), EMPTY, dtype=np.int64)
         bucket[:cap] = self._bucket
         stats = np.zeros((new_cap, 3, self.ring), dtype=np.float64)
         stats[:cap] = self._stats
+        newest = np.full(new_cap, EMPTY, dtype=np.int64)
+        newest[:cap] = self._newest
+        changed = np.zeros(new_cap, dtype=np.int64)
+        changed[:cap] = self._changed
         self._keys, self._bucket, self._stats = keys, bucket, stats
+        self._newest, self._changed = newest, changed
 
     # -- reading -------------------------------------------------------------
     def query(
@@ -189,7 +249,13 @@ class WindowedAggregate:
             keys, buckets, values = keys[valid], buckets[valid], values[valid]
         if len(keys) == 0:
             return
+        self.generation += 1
+        if self.max_entities is not None:
+            self._make_room(keys)
         rows = self._rows_create(keys)
+        np.maximum.at(self._newest, rows, buckets)
+        self._changed[rows] = self.generation
+        self.newest_bucket = max(self.newest_bucket, int(buckets.max()))
         slot = buckets % self.ring
         pair = rows * self.ring + slot
         upair, inv = np.unique(pair, return_inverse=True)
@@ -209,16 +275,128 @@ class WindowedAggregate:
             [np.bincount(k, minlength=m), np.bincount(k, v, m), np.bincount(k, v * v, m)]
         ).astype(np.float64)
         self._stats[ur[live], :, us[live]] += add[:, live].T
+        if self.ttl_buckets is not None:
+            n = self.entities
+            stale = self._newest[:n] < self.newest_bucket - self.ttl_buckets
+            if stale.any():
+                self._drop(~stale)
+
+    # -- budget and expiry ---------------------------------------------------
+    def _make_room(self, keys: I64) -> None:
+        """Drop least recently updated entities so this batch's new keys fit the budget."""
+        assert self.max_entities is not None
+        n = self.entities
+        rows = self._rows(keys)
+        fresh = len(np.unique(keys[rows < 0]))
+        if n + fresh <= self.max_entities:
+            return
+        target = max(0, self.max_entities - fresh)
+        # least recently updated first; this batch's own keys stay (O(n): a partition, no sort)
+        priority = self._changed[:n].copy()
+        priority[rows[rows >= 0]] = np.iinfo(np.int64).max
+        victims = np.argpartition(priority, n - target - 1)[: n - target]
+        victims = victims[priority[victims] < np.iinfo(np.int64).max]
+        keep = np.ones(n, dtype=np.bool_)
+        keep[victims] = False
+        self._drop(keep)
+
+    def _drop(self, keep: npt.NDArray[np.bool_]) -> None:
+        """Keep only the rows where ``keep`` (over the first ``entities``)."""
+        n = self.entities
+        gone = self._keys[:n][~keep]
+        if len(gone) == 0:
+            return
+        m = int(keep.sum())
+        # fill the holes below m with the kept rows above it: rows that stay keep their place,
+        # so a published patch of these arrays carries the changed and moved rows only
+        holes = np.flatnonzero(~keep[:m])
+        movers = m + np.flatnonzero(keep[m:])
+        for arr in (self._keys, self._bucket, self._stats, self._newest, self._changed):
+            arr[holes] = arr[movers]
+        self._bucket[m:n] = EMPTY
+        self._stats[m:n] = 0.0
+        self._newest[m:n] = EMPTY
+        self._changed[m:n] = 0
+        self.entities = m
+        # the index cannot delete: a dropped key maps to -1 (unknown) until the next rebuild
+        self._index.map_keys_to_values(gone, np.full(len(gone), -1, dtype=np.int64))
+        self._index.map_keys_to_values(self._keys[holes], holes.astype(np.int64))
+        self._tombstones += len(gone)
+        if self._tombstones > max(m, 1024):
+            self._index = int64_map(max(len(self._keys), 16))
+            if m:
+                self._index.map_keys_to_values(self._keys[:m], np.arange(m, dtype=np.int64))
+            self._tombstones = 0
+        self.evicted += len(gone)
+        if self._track_drops:
+            self._drops.append((self.generation, gone.copy()))
+
+    # -- incremental state ---------------------------------------------------
+    def mark(self) -> int:
+        """A point to take :meth:`dirty_state_since` from (and start remembering drops)."""
+        self._track_drops = True
+        return self.generation
+
+    def forget_before(self, mark: int) -> None:
+        """Release the dropped keys recorded at or before ``mark`` (no delta needs them)."""
+        self._drops = [(g, k) for g, k in self._drops if g > mark]
+
+    def dirty_state_since(self, mark: int) -> dict[str, npt.NDArray[np.generic]]:
+        """The entities changed after ``mark`` (whole rows) and the keys dropped since.
+
+        Its size is proportional to what changed, not to what is kept; apply it to a state at
+        ``mark`` with :meth:`load_state_delta`.
+        """
+        n = self.entities
+        rows = np.flatnonzero(self._changed[:n] > mark)
+        dropped = [k for g, k in self._drops if g > mark]
+        return {
+            "keys": self._keys[rows].copy(),
+            "bucket": self._bucket[rows].copy(),
+            "stats": self._stats[rows].copy(),
+            "newest": self._newest[rows].copy(),
+            "changed": self._changed[rows].copy(),
+            "dropped": np.concatenate(dropped) if dropped else np.empty(0, dtype=np.int64),
+            "clock": np.array([self.generation, self.newest_bucket, self.evicted], np.int64),
+        }
+
+    def load_state_delta(self, delta: dict[str, npt.NDArray[np.generic]]) -> None:
+        """Apply :meth:`dirty_state_since`'s output: drop its dropped keys, upsert its rows."""
+        dropped = np.asarray(delta["dropped"], dtype=np.int64)
+        if len(dropped) and self.entities:
+            rows = self._rows(dropped)
+            keep = np.ones(self.entities, dtype=np.bool_)
+            keep[rows[rows >= 0]] = False
+            track, self._track_drops = self._track_drops, False
+            evicted = self.evicted
+            self._drop(keep)
+            self._track_drops, self.evicted = track, evicted
+        keys = np.asarray(delta["keys"], dtype=np.int64)
+        if len(keys):
+            if self.max_entities is not None:  # a delta never holds more than the budget
+                self._grow(self.entities + len(keys))
+            rows = self._rows_create(keys)
+            self._bucket[rows] = np.asarray(delta["bucket"], dtype=np.int64)
+            self._stats[rows] = np.asarray(delta["stats"], dtype=np.float64)
+            self._newest[rows] = np.asarray(delta["newest"], dtype=np.int64)
+            self._changed[rows] = np.asarray(delta["changed"], dtype=np.int64)
+        clock = np.asarray(delta["clock"], dtype=np.int64)
+        self.generation, self.newest_bucket, self.evicted = (int(c) for c in clock)
 
     # -- checkpoints ---------------------------------------------------------
     def state_dict(self) -> dict[str, npt.NDArray[np.generic]]:
         """Plain arrays (keys, buckets, stats) for a checkpoint."""
         n = self.entities
-        return {
+        out: dict[str, npt.NDArray[np.generic]] = {
             "keys": self._keys[:n].copy(),
             "bucket": self._bucket[:n].copy(),
             "stats": self._stats[:n].copy(),
         }
+        if self.max_entities is not None or self.ttl_buckets is not None:
+            out["newest"] = self._newest[:n].copy()
+            out["changed"] = self._changed[:n].copy()
+            out["clock"] = np.array([self.generation, self.newest_bucket, self.evicted], np.int64)
+        return out
 
     def load_state_dict(self, state: dict[str, npt.NDArray[np.generic]]) -> None:
         """Restore what :meth:`state_dict` returned (the window shape must match)."""
@@ -227,9 +405,23 @@ class WindowedAggregate:
         if bucket.shape[1:] != (self.ring,):
             raise ValueError(f"state has {bucket.shape[1:]} slots per entity, expected {self.ring}")
         n = len(keys)
-        self.__init__(self.window, self.delay, max(n, 16))  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            self.window,
+            self.delay,
+            max(n, 16),
+            max_entities=self.max_entities,
+            ttl_buckets=self.ttl_buckets,
+        )
+        self._grow(n)
         self._index.map_keys_to_values(keys, np.arange(n, dtype=np.int64))
         self._keys[:n] = keys
         self._bucket[:n] = bucket
         self._stats[:n] = np.asarray(state["stats"], dtype=np.float64)
+        if "newest" in state:
+            self._newest[:n] = np.asarray(state["newest"], dtype=np.int64)
+            self._changed[:n] = np.asarray(state["changed"], dtype=np.int64)
+            clock = np.asarray(state["clock"], dtype=np.int64)
+            self.generation, self.newest_bucket, self.evicted = (int(c) for c in clock)
+        else:  # written without budget or expiry: rebuild what the rows tell
+            self._newest[:n] = bucket.max(axis=1, initial=int(EMPTY))
         self.entities = n

@@ -61,6 +61,7 @@ from pipeline.features.spec import (
     SparseSpec,
     TimePartSpec,
 )
+from pipeline.features.state_budget import StateBudget
 
 __all__ = [
     "AggregateSpec",
@@ -275,10 +276,18 @@ def bucket_of(x: F64, spec: BucketizeSpec) -> I64:
 class Featurizer:
     """Stateful feature computation for one :class:`FeatureSpec` (see the module docstring)."""
 
-    def __init__(self, spec: FeatureSpec) -> None:
+    def __init__(self, spec: FeatureSpec, budget: StateBudget | None = None) -> None:
         self.spec = spec
+        self.budget = budget or StateBudget()
+        caps = self.budget.entity_caps(spec.aggregates)
         self._aggs: dict[str, WindowedAggregate] = {
-            a.name: WindowedAggregate(a.window, a.delay) for a in spec.aggregates
+            a.name: WindowedAggregate(
+                a.window,
+                a.delay,
+                max_entities=caps[a.name],
+                ttl_buckets=self.budget.ttl_buckets(a),
+            )
+            for a in spec.aggregates
         }
         self._std_cols = np.array([d.standardize for d in spec.dense], dtype=np.bool_)
         self.moments = RunningMoments(int(self._std_cols.sum()))
@@ -500,5 +509,51 @@ class Featurizer:
             {k: np.asarray(state[f"moments.{k}"], np.float64) for k in ("count", "mean", "m2")}
         )
         for name, agg in self._aggs.items():
-            agg.load_state_dict({k: state[f"agg.{name}.{k}"] for k in ("keys", "bucket", "stats")})
+            prefix = f"agg.{name}."
+            agg.load_state_dict(
+                {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            )
         self.events_seen = int(state["events_seen"][0])
+
+    # -- incremental state ---------------------------------------------------
+    def state_mark(self) -> dict[str, int]:
+        """A point to take :meth:`dirty_state_since` from: each aggregate's update count."""
+        return {name: agg.mark() for name, agg in self._aggs.items()}
+
+    def forget_before(self, mark: Mapping[str, int]) -> None:
+        """Release what only deltas from before ``mark`` needed (the keys dropped since)."""
+        for name, agg in self._aggs.items():
+            agg.forget_before(mark[name])
+
+    def dirty_state_since(self, mark: Mapping[str, int]) -> dict[str, npt.NDArray[np.generic]]:
+        """The state changed after ``mark``: entities updated (whole rows) and keys dropped.
+
+        Named arrays like :meth:`state_dict`'s (``agg.<name>.keys``, ...), plus the moments and
+        ``events_seen`` (small, whole). Its bytes grow with the entities changed since
+        ``mark``, not with the entities kept. :meth:`load_state_delta` applies it to the state
+        at ``mark``.
+        """
+        out: dict[str, npt.NDArray[np.generic]] = {
+            f"moments.{k}": v for k, v in self.moments.state_dict().items()
+        }
+        for name, agg in self._aggs.items():
+            delta = agg.dirty_state_since(mark[name])
+            out.update({f"agg.{name}.{k}": v for k, v in delta.items()})
+        out["events_seen"] = np.array([self.events_seen], dtype=np.int64)
+        return out
+
+    def load_state_delta(self, delta: Mapping[str, npt.NDArray[np.generic]]) -> None:
+        """Apply what :meth:`dirty_state_since` returned to the state at its mark."""
+        self.moments.load_state_dict(
+            {k: np.asarray(delta[f"moments.{k}"], np.float64) for k in ("count", "mean", "m2")}
+        )
+        for name, agg in self._aggs.items():
+            prefix = f"agg.{name}."
+            agg.load_state_delta(
+                {k.removeprefix(prefix): v for k, v in delta.items() if k.startswith(prefix)}
+            )
+        self.events_seen = int(delta["events_seen"][0])
+
+    def state_nbytes(self) -> int:
+        """Bytes the aggregates' arrays hold (what the budget bounds)."""
+        return sum(agg.nbytes() for agg in self._aggs.values())

@@ -80,6 +80,7 @@ from pipeline.events.kinds import EVENT_KINDS, Event
 from pipeline.source import dead_letters
 from pipeline.source import records as kafka_records
 from pipeline.source.batch_buffer import BatchBuffer
+from pipeline.source.merge import PartitionMerge
 from pipeline.source.reachability import wait_for_broker
 
 if TYPE_CHECKING:
@@ -293,6 +294,8 @@ class _BatchBuilder:
 
 _IDLE_POLL_MS: Final = 100
 """Longest single poll, so commands and ``close()`` are served promptly."""
+_MERGE_POLL_MS: Final = 5
+"""Longest poll while records wait in the lanes for a partition still being fetched."""
 
 
 class KafkaSource:
@@ -322,6 +325,10 @@ class KafkaSource:
         self._trained: Offsets = {}
         self._fetched: Offsets = {}
         self._unsettled: set[PartitionKey] = set()
+        self._reassigned: set[PartitionKey] = set()
+        self._merge: PartitionMerge[tuple[Event | None, Any]] = PartitionMerge(
+            stall_ms=config.max_wait_ms
+        )
         self._lock = threading.Lock()
         self._batches: BatchBuffer[SourceBatch] = BatchBuffer(self._lock)
         self._ready = self._batches.ready
@@ -589,21 +596,24 @@ class KafkaSource:
                     else:
                         self._poll_while_full()
                         continue
-                if self._consumer.paused():
-                    self._consumer.resume(*self._consumer.paused())
+                self._pace_fetching()
                 if builder.events:
                     waited_ms = (time.monotonic() - builder.opened_at) * 1000
                     timeout_ms = int(max(0.0, min(_IDLE_POLL_MS, cfg.max_wait_ms - waited_ms)))
                 else:
                     timeout_ms = _IDLE_POLL_MS
-                records = self._consumer.poll(
-                    timeout_ms=timeout_ms, max_records=cfg.max_events - len(builder.events)
-                )
+                if len(self._merge):  # merge what is here before waiting for more
+                    timeout_ms = min(timeout_ms, _MERGE_POLL_MS)
+                records = self._consumer.poll(timeout_ms=timeout_ms, max_records=cfg.max_events)
+                now = time.monotonic()
+                self._apply_assignment(now)
                 for partition_records in records.values():
                     for record in partition_records:
-                        self._ingest(builder, record)
+                        self._ingest(record, now)
                 if self._unsettled:
                     self._settle_start_positions()
+                self._note_highwaters()
+                self._fill(builder)
                 expired = builder.events and (
                     (time.monotonic() - builder.opened_at) * 1000 >= cfg.max_wait_ms
                 )
@@ -632,27 +642,73 @@ class KafkaSource:
             position = self._consumer.position(TopicPartition(*key))
             with self._lock:
                 self._trained.setdefault(key, position)
+            self._merge.start_at(key, position)
         self._unsettled.clear()
 
-    def _ingest(self, builder: _BatchBuilder, record: Any) -> None:
+    def _ingest(self, record: Any, now: float) -> None:
+        """Decode a fetched record into its partition's lane (bad ones: dead letter now)."""
         key = (record.topic, record.partition)
         if key in self._unsettled:  # its first record: the partition started here
             with self._lock:
                 self._trained.setdefault(key, record.offset)
             self._unsettled.discard(key)
-        self._fetched[key] = record.offset + 1
-        builder.offsets[key] = record.offset + 1
         try:
-            event = self._decoder(record.value or b"")
+            event: Event | None = self._decoder(record.value or b"")
         except ValueError as err:  # DecodeError, or whatever a custom decoder raises
             if record.offset > self._dead_lettered.get(key, -1):
                 self._dead_letter(record, err)
             else:  # read again after a restart: its dead letter is on the topic already
                 self._dead_letters_skipped += 1
-            builder.dead_letters += 1
-            return
-        position = (record.topic, record.partition, record.offset)
-        builder.add(event, record.key, position, record.timestamp)
+            event = None
+        self._merge.push(key, record.offset, record.timestamp, (event, record), now)
+
+    def _fill(self, builder: _BatchBuilder) -> None:
+        """Move records from the lanes into the open batch, in the merge's order."""
+        now = time.monotonic()
+        while len(builder.events) < self.config.max_events:
+            nxt = self._merge.pop(now)
+            if nxt is None:
+                return
+            (event, record), key, offset = nxt
+            self._fetched[key] = offset + 1
+            builder.offsets[key] = offset + 1
+            if event is None:
+                builder.dead_letters += 1
+            else:
+                builder.add(event, record.key, (key[0], key[1], offset), record.timestamp)
+
+    def _apply_assignment(self, now: float) -> None:
+        """Follow the consumer's assignment; lanes of re-sought partitions start over."""
+        assigned = self._consumer.assignment()
+        if len(assigned) != len(self._merge.partitions) or self._reassigned:
+            self._merge.assign([(tp.topic, tp.partition) for tp in assigned], now)
+        while self._reassigned:
+            key = self._reassigned.pop()
+            self._merge.reset(key, self._fetched.get(key, self._seek.get(key)), now)
+
+    def _note_highwaters(self) -> None:
+        for topic, partition in self._merge.partitions:
+            if not self._merge.buffered((topic, partition)):
+                tp = TopicPartition(topic, partition)
+                self._merge.note_highwater((topic, partition), self._consumer.highwater(tp))
+
+    def _pace_fetching(self) -> None:
+        """Fetch only partitions with room in their lane (at most ``max_events`` each)."""
+        full, room = [], []
+        for topic, partition in self._merge.partitions:
+            tp = TopicPartition(topic, partition)
+            if self._merge.buffered((topic, partition)) >= self.config.max_events:
+                full.append(tp)
+            else:
+                room.append(tp)
+        paused = self._consumer.paused()
+        resume = [tp for tp in paused if tp not in full]
+        if resume:
+            self._consumer.resume(*resume)
+        pause = [tp for tp in full if tp not in paused]
+        if pause:
+            self._consumer.pause(*pause)
+        _unpark(self._consumer)
 
     def _dead_letter(self, record: Any, err: ValueError) -> None:
         code = err.failure.value if isinstance(err, DecodeError) else "invalid_value"
@@ -787,10 +843,24 @@ class KafkaSource:
             if offset is not None:
                 self._consumer.seek(tp, offset)
             self._unsettled.add(key)
+            self._reassigned.add(key)  # what its lane holds was read before this seek
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
     def __repr__(self) -> str:
         return f"KafkaSource({','.join(self.config.topics)}, {self._state.value})"
+
+
+def _unpark(consumer: Any) -> None:
+    """Let kafka-python hand back the records it parked for partitions resumed just now.
+
+    Its fetcher (3.0) restores parked records only while its in-line slot is ``None``, but an
+    exhausted record set stays in that slot, so a partition paused with records half read
+    would be neither fetched again nor returned: the source would wait on it for ever.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    slot = getattr(fetcher, "_next_partition_records", None)
+    if slot is not None and not slot:  # exhausted: free the slot, as a fresh fetcher has it
+        fetcher._next_partition_records = None  # type: ignore[union-attr]
 
 
 def _offset_and_metadata(offset: int) -> Any:

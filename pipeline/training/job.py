@@ -289,7 +289,7 @@ class TrainJob:
             self.store = self.shared_store = EmbeddingStore(store_cfg).open()
             self.model = build_model(spec.model, layout, self.store)
             dense_sync = None
-        self.featurizer = Featurizer(spec.features)
+        self.featurizer = Featurizer(spec.features, spec.feature_state)
         self.trainer = OnlineTrainer(
             self.model,
             cast(EmbeddingStore, self.shared_store),

@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 from operators.scheduler import OperatorSchedule
 from pipeline.features.spec import FeatureSpec
+from pipeline.features.state_budget import StateBudget
 from pipeline.publishing.chunks import Signer
 from pipeline.publishing.publisher import PublisherSettings
 from pipeline.training.models import ModelSpec
@@ -162,6 +163,8 @@ class JobSpec:
     model: ModelSpec
     store: StoreSpec
     training: TrainingSpec = field(default_factory=TrainingSpec)
+    feature_state: StateBudget = field(default_factory=StateBudget)
+    """The featurizer state's budget and expiry (unbounded by default)."""
     checkpoint: CheckpointSpec | None = None
     operators: OperatorsSpec = field(default_factory=OperatorsSpec)
     publish: PublishSpec | None = None

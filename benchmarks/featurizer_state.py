@@ -1,0 +1,133 @@
+"""Featurizer state under a stream of ever new entities (issue 21 #4): budget and delta bytes.
+
+``python -m benchmarks.featurizer_state --entities 1000000 --budget-mb 64`` runs the fraud
+job's feature spec (``configs/fraud.yaml``: 9 window aggregates, 4 of them per customer) over
+synthetic transactions whose customer ids are all new (terminals from a fixed set of 10,000),
+in batches of ``--batch`` events, in this process. It records:
+
+- RSS (``/proc/self/status`` VmRSS) before the stream, after 20 batches, at its peak and at
+  the end, and the featurizer's own array bytes (``Featurizer.state_nbytes``). Target: RSS
+  growth from the start <= 1.1 x the configured budget (without a budget every customer
+  costs ~1.7 KB in its 4 aggregates, for ever).
+- Every ``--checkpoint-every`` batches, the bytes of ``dirty_state_since(mark)`` (what an
+  incremental checkpoint of the featurizer writes) against the entities changed since the
+  mark, and the bytes of the whole ``state_dict`` (what it wrote before).
+
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from configs.job import JobConfig
+from pipeline.features.featurizer import Featurizer
+from pipeline.features.state_budget import StateBudget
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def events(start: int, n: int, rng: np.random.Generator, t0: float) -> list[dict[str, object]]:
+    customers = np.arange(start, start + n)
+    terminals = rng.integers(0, 10_000, n)
+    amounts = rng.lognormal(3.0, 1.0, n)
+    times = t0 + (customers - start) * 0.5
+    return [
+        {
+            "customer_id": int(c),
+            "terminal_id": int(t),
+            "amount": float(a),
+            "label": int(a > 200),
+            "timestamp": float(s),
+        }
+        for c, t, a, s in zip(customers, terminals, amounts, times, strict=True)
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--entities", type=int, default=1_000_000)
+    ap.add_argument("--budget-mb", type=float, default=64.0)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--checkpoint-every", type=int, default=10)
+    args = ap.parse_args(argv)
+    spec = JobConfig.from_yaml(REPO / "configs" / "fraud.yaml").features.to_spec()
+    spec_t = spec
+    budget = StateBudget(budget_bytes=int(args.budget_mb * (1 << 20)))
+    feat = Featurizer(spec_t, budget)
+    rng = np.random.default_rng(0)
+    t0 = 1.5e9
+    done, batches, warm_rss, warm_state = 0, 0, 0, 0
+    deltas: list[dict[str, int]] = []
+    checkpoints = args.checkpoint_every <= args.entities // args.batch
+    mark = feat.state_mark() if checkpoints else {}  # a mark keeps the dropped keys for a delta
+    warm = Featurizer(spec_t, budget)  # imports, allocator pools: not the state measured
+    warm.transform(events(-args.batch, args.batch, rng, t0 - args.batch))
+    del warm
+    start_rss, peak_rss = rss_bytes(), 0
+    started = time.perf_counter()
+    while done < args.entities:
+        n = min(args.batch, args.entities - done)
+        batch = events(done, n, rng, t0 + done * 0.5)
+        feat.transform(batch)
+        done += n
+        batches += 1
+        peak_rss = max(peak_rss, rss_bytes())
+        if batches == 20:
+            warm_rss, warm_state = rss_bytes(), feat.state_nbytes()
+        if checkpoints and batches % args.checkpoint_every == 0:
+            delta = feat.dirty_state_since(mark)
+            changed = len(delta["agg.cust_30d.keys"])
+            deltas.append(
+                {
+                    "events": done,
+                    "changed_customers": changed,
+                    "delta_bytes": int(sum(v.nbytes for v in delta.values())),
+                    "state_bytes": feat.state_nbytes(),
+                }
+            )
+            del delta  # written and gone, as after a checkpoint
+            feat.forget_before(mark)
+            mark = feat.state_mark()
+    end_rss = rss_bytes()
+    out = {
+        "entities": args.entities,
+        "budget_bytes": budget.budget_bytes,
+        "seconds": round(time.perf_counter() - started, 1),
+        "rss_start": start_rss,
+        "rss_after_warmup": warm_rss,
+        "rss_end": end_rss,
+        "rss_peak": peak_rss,
+        "rss_growth": end_rss - start_rss,
+        "rss_growth_over_budget": round((end_rss - start_rss) / (budget.budget_bytes or 1), 3),
+        "rss_peak_growth_over_budget": round(
+            (peak_rss - start_rss) / (budget.budget_bytes or 1), 3
+        ),
+        "state_bytes_warmup": warm_state,
+        "state_bytes_end": feat.state_nbytes(),
+        "customers_kept": len(feat.state_dict()["agg.cust_30d.keys"]),
+        "deltas": deltas[-3:],
+        "delta_bytes_per_changed_customer": round(
+            float(np.median([d["delta_bytes"] / max(1, d["changed_customers"]) for d in deltas]))
+            if deltas
+            else 0.0,
+            1,
+        ),
+    }
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
