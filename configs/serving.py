@@ -195,6 +195,13 @@ class ServeConfig(_DeltaTopic):
     workers: int = Field(
         default=4, ge=1, le=256, description="threads that parse and score requests"
     )
+    gil_switch_interval_ms: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="the replica process's interpreter switch interval (Python's default: 5): "
+        "the event loop waits at most this long for the lock a delta being applied holds",
+    )
     security: SecurityConfig = Field(
         default_factory=SecurityConfig,
         description="TLS / SASL of the delta consumer (the same keys as source.security)",

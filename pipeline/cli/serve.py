@@ -109,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"freshet serve: configuration error: {err}", file=sys.stderr)
         return 2
     signer = replica.signer
+    # the HTTP event loop, its workers and the delta thread share one interpreter lock; a
+    # shorter switch interval bounds how long a request waits behind a delta being applied
+    sys.setswitchinterval(serve.gil_switch_interval_ms / 1000)
     server = ReplicaHttpServer(replica, kind, serve.http_settings())
     stop = threading.Event()
 

@@ -9,7 +9,8 @@
         base == served                prepare (no lock) ─► commit under the write lock
         base != served / bad checksum rejected; resync from the next snapshot newer than the
                                       version served (keeps serving meanwhile, keeps retrying)
-    predict():  read lock ─► featurizer (update=False) ─► model ─► sigmoid; names its version
+    predict():  read lock ─► featurizer (each event alone, state untouched) ─► model ─► sigmoid;
+                names its version
 
 The delta partition is read by manual assignment, not a consumer group, so every replica sees
 every delta and a replica restarts from its snapshot's offset, not from a committed position.
