@@ -10,8 +10,12 @@ Three measurements, on one machine (trainer, broker, replica and load generator 
    the end of the training step that produced it to the moment it serves (p50/p99/max).
 3. Delta bytes against rows changed for two table sizes: bytes follow the rows, not the table.
 
+``--servers uvicorn,stdlib`` (the default) runs measurement 1 once per HTTP server, in the same
+run: the replica's server (Starlette on uvicorn, :mod:`pipeline.serving.http`) and, as the
+baseline, the standard-library threading server it replaced (:mod:`benchmarks.stdlib_http`).
+
 ``python -m benchmarks.serve_bench --quick --out serve.json`` runs it without the ``freshet``
-command line (the quick mode takes about a minute).
+command line (the quick mode takes a few minutes).
 """
 
 from __future__ import annotations
@@ -128,15 +132,23 @@ def _load_process(conn: Connection, port: int, body: bytes, clients: int) -> Non
         c.join(timeout=30)
 
 
+SERVERS = ("uvicorn", "stdlib")
+
+
 def _replica_process(
-    conn: Connection, bootstrap: str, topic: str, tmp: str, embedding_dim: int
+    conn: Connection, bootstrap: str, topic: str, tmp: str, embedding_dim: int, server_kind: str
 ) -> None:
     """The replica and its HTTP server, in their own process; reports freshness at ``exit``."""
+    from benchmarks.stdlib_http import StdlibReplicaHttpServer
     from pipeline.serving.http import ReplicaHttpServer
     from pipeline.serving.model import Blueprint
     from pipeline.serving.replica import Replica, ReplicaSettings
     from pipeline.testing.replicas import transaction_specs
 
+    if server_kind == "uvicorn":  # as freshet serve does (serve.gil_switch_interval_ms)
+        from configs.serving import ServeConfig
+
+        sys.setswitchinterval(ServeConfig().gil_switch_interval_ms / 1000)
     fspec, mspec = transaction_specs(embedding_dim=embedding_dim)
     replica = Replica(
         Blueprint(fspec, mspec, num_shards=2),
@@ -144,7 +156,11 @@ def _replica_process(
         bootstrap,
         name="bench",
     ).start()
-    server = ReplicaHttpServer(replica, "transaction").start()
+    server: Any = (
+        ReplicaHttpServer(replica, "transaction")
+        if server_kind == "uvicorn"
+        else StdlibReplicaHttpServer(replica, "transaction")
+    ).start()
     try:
         conn.send(("ready" if replica.wait_ready(60) else "not ready", server.port))
         while conn.recv() != "exit":
@@ -185,7 +201,9 @@ class Trainer(threading.Thread):
             self.error = err
 
 
-def serving_and_freshness(sizes: Sizes, bootstrap: str, tmp: Path, clients: int) -> dict[str, Any]:
+def serving_and_freshness(
+    sizes: Sizes, bootstrap: str, tmp: Path, clients: int, server_kind: str = "uvicorn"
+) -> dict[str, Any]:
     """Trainer here, replica and load generator in processes of their own (no shared GIL)."""
     import multiprocessing as mp
 
@@ -199,6 +217,7 @@ def serving_and_freshness(sizes: Sizes, bootstrap: str, tmp: Path, clients: int)
         transaction_specs,
     )
 
+    tmp.mkdir(parents=True, exist_ok=True)
     fspec, mspec = transaction_specs(embedding_dim=sizes.embedding_dim)
     topic = f"bench-deltas-{int(time.time() * 1000)}"
     ensure_topics(bootstrap, {topic: 1})
@@ -226,7 +245,7 @@ def serving_and_freshness(sizes: Sizes, bootstrap: str, tmp: Path, clients: int)
     rep_conn, rep_child = ctx.Pipe()
     replica = ctx.Process(
         target=_replica_process,
-        args=(rep_child, bootstrap, topic, str(tmp), sizes.embedding_dim),
+        args=(rep_child, bootstrap, topic, str(tmp), sizes.embedding_dim, server_kind),
         daemon=True,
     )
     replica.start()
@@ -307,6 +326,7 @@ def serving_and_freshness(sizes: Sizes, bootstrap: str, tmp: Path, clients: int)
         publisher.close()
         harness.close()
     return {
+        "server": server_kind,
         "clients": clients,
         "batch": BATCH,
         "processes": "trainer+publisher | replica+HTTP | load generator",
@@ -379,22 +399,23 @@ def marginal(points: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def format_result(result: dict[str, Any]) -> str:
-    s = result["serving"]
     lines = [f"serve bench ({'quick' if result['quick'] else 'full'}), batch {BATCH}:"]
-    for name, p in s["phases"].items():
-        lat = p["latency_s"]
+    for s in result["servers"]:
+        lines.append(f"  HTTP server: {s['server']}")
+        for name, p in s["phases"].items():
+            lat = p["latency_s"]
+            lines.append(
+                f"    {name:<11} {p['samples_per_s']:>9.0f} samples/s  "
+                f"p50 {1e3 * (lat['p50'] or 0):6.1f} ms  p99 {1e3 * (lat['p99'] or 0):6.1f} ms  "
+                f"versions {p['versions_served']}  trainer {p['trainer_steps_per_s']:.1f} steps/s"
+            )
+        f = s["freshness_s"]
         lines.append(
-            f"  {name:<11} {p['samples_per_s']:>9.0f} samples/s  "
-            f"p50 {1e3 * (lat['p50'] or 0):6.1f} ms  p99 {1e3 * (lat['p99'] or 0):6.1f} ms  "
-            f"versions {p['versions_served']}  trainer {p['trainer_steps_per_s']:.1f} steps/s"
+            f"    freshness over {f['n']} deltas: p50 {f['p50'] or 0:.3f} s  "
+            f"p99 {f['p99'] or 0:.3f} s  max {f['max'] or 0:.3f} s (target p99 <= 2 s); "
+            f"rows/delta p50 {f['rows_per_delta']['p50'] or 0:.0f}, "
+            f"bytes/delta p50 {f['bytes_per_delta']['p50'] or 0:.0f}"
         )
-    f = s["freshness_s"]
-    lines.append(
-        f"  freshness over {f['n']} deltas: p50 {f['p50'] or 0:.3f} s  p99 {f['p99'] or 0:.3f} s"
-        f"  max {f['max'] or 0:.3f} s (target p99 <= 2 s); "
-        f"rows/delta p50 {f['rows_per_delta']['p50'] or 0:.0f}, "
-        f"bytes/delta p50 {f['bytes_per_delta']['p50'] or 0:.0f}"
-    )
     lines.append("  delta bytes: table rows, rows changed -> bytes")
     for d in result["delta_bytes"]:
         lines.append(
@@ -414,6 +435,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=2, help="concurrent HTTP clients")
     parser.add_argument("--phase-s", type=float, default=None, help="seconds per serving phase")
     parser.add_argument("--scratch", default=None, help="directory for stores and snapshots")
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help="HTTP servers to measure, in this order (uvicorn: the replica's; stdlib: the "
+        "threading server it replaced, as a baseline)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -430,13 +457,25 @@ def run(args: argparse.Namespace) -> int:
         tmp = Path(d)
         result["delta_bytes"] = delta_bytes(sizes, tmp)
         result["delta_bytes_per_row_marginal"] = marginal(result["delta_bytes"])
+        servers = [k for k in args.servers.split(",") if k]
+        unknown = sorted(set(servers) - set(SERVERS))
+        if unknown:
+            print(f"serve bench: unknown --servers {unknown}; choose from {SERVERS}")
+            return 2
         if args.bootstrap:
-            result["serving"] = serving_and_freshness(sizes, args.bootstrap, tmp, args.clients)
+            result["servers"] = [
+                serving_and_freshness(sizes, args.bootstrap, tmp / f"{i}-{k}", args.clients, k)
+                for i, k in enumerate(servers)
+            ]
         else:
             with EmbeddedBroker() as broker:
-                result["serving"] = serving_and_freshness(
-                    sizes, broker.bootstrap, tmp, args.clients
-                )
+                result["servers"] = [
+                    serving_and_freshness(
+                        sizes, broker.bootstrap, tmp / f"{i}-{k}", args.clients, k
+                    )
+                    for i, k in enumerate(servers)
+                ]
+        result["serving"] = result["servers"][0]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -25,6 +25,12 @@ FILE (a job file may hold other sections; they are not read here)::
       port: 8080
       dram_budget_mb: 256
       signing: {key_env: FRESHET_DELTA_KEY}
+      security: {security_protocol: SASL_SSL, ...}   # as source.security (configs.security)
+
+Environment variables override the file as for the job file: ``FRESHET_SERVE__PORT=8081``
+sets ``serve.port``, ``FRESHET_SERVE__SECURITY__SASL_PASSWORD_ENV=KAFKA_PASSWORD`` the
+replica's password source (``__`` separates levels; lists are JSON). Command-line flags of
+``freshet serve`` override both.
 
 >>> cfg = ServeConfig.model_validate({"topic": "d", "port": 0})
 >>> cfg.http_settings().max_body_bytes, cfg.replica_settings().topic
@@ -43,8 +49,10 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from configs.features import FeaturesConfig, ModelConfig
+from configs.security import SecurityConfig
 from pipeline.publishing.chunks import Signer
 from pipeline.publishing.errors import ServingError
 from pipeline.publishing.publisher import PublisherSettings
@@ -168,6 +176,36 @@ class ServeConfig(_DeltaTopic):
     resync_poll_s: float = Field(
         default=0.5, gt=0, le=600, description="how often to look for a snapshot while behind"
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="a request's headers must arrive within this (else 408, closed); an idle "
+        "connection is closed after it too",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="a request's body must arrive within this (408)"
+    )
+    keep_alive_s: float = Field(
+        default=30.0, gt=0, le=3600, description="close a keep-alive connection idle this long"
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, le=1_000_000, description="open connections; more get 503"
+    )
+    workers: int = Field(
+        default=4, ge=1, le=256, description="threads that parse and score requests"
+    )
+    gil_switch_interval_ms: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="the replica process's interpreter switch interval (Python's default: 5): "
+        "the event loop waits at most this long for the lock a delta being applied holds",
+    )
+    security: SecurityConfig = Field(
+        default_factory=SecurityConfig,
+        description="TLS / SASL of the delta consumer (the same keys as source.security)",
+    )
 
     @property
     def dram_budget_bytes(self) -> int | None:
@@ -192,15 +230,28 @@ class ServeConfig(_DeltaTopic):
             port=self.port,
             max_body_bytes=self.max_body_bytes,
             max_events=self.max_events,
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            keep_alive_s=self.keep_alive_s,
+            max_connections=self.max_connections,
+            workers=self.workers,
         )
 
+    def client_config(self) -> dict[str, Any]:
+        """kafka-python keyword arguments of the delta consumer (reads the password now)."""
+        return self.security.client_config()
 
-class ServeFile(_Section):
+
+class ServeFile(BaseSettings):
     """A file ``freshet serve`` reads: the model's definition and the ``serve`` section.
 
     The training job's other sections may sit in the same file; they are accepted as they are
-    and not read here.
+    and not read here. ``FRESHET_*`` environment variables override the file's values.
     """
+
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, env_prefix="FRESHET_", env_nested_delimiter="__"
+    )
 
     kind: Literal["transaction", "ctr"] = Field(description="event kind /predict accepts")
     features: FeaturesConfig = Field(description="feature spec (as the trainer's)")
@@ -216,11 +267,27 @@ class ServeFile(_Section):
     metrics_addr: str | None = Field(default=None, description="job setting, not read")
 
     @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Order the sources: environment first, then the YAML file (the init arguments)."""
+        return env_settings, init_settings
+
+    @classmethod
     def from_yaml(cls, path: str | Path) -> ServeFile:
-        """Read and validate ``path``."""
+        """Read and validate ``path``; ``FRESHET_*`` environment variables override it."""
         try:
             with open(path, encoding="utf-8") as fh:
                 raw = yaml.safe_load(fh)
         except OSError as err:
             raise ServingError(f"cannot read {path}: {err.strerror}") from err
-        return cls.model_validate(raw)
+        except yaml.YAMLError as err:
+            raise ServingError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from err
+        if not isinstance(raw, dict):
+            raise ServingError(f"{path}: the top level must be a mapping of sections")
+        return cls(**raw)

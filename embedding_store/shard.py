@@ -514,6 +514,32 @@ class ShardTable:
                 found[rest[cfound]] = True
             return found, rows
 
+    def fetch_stored(self, ids: IdArray, step: int, now: float) -> FloatArray:
+        """Embeddings of unique ``ids`` for a reader that never writes (a serving replica).
+
+        Stored rows are read as :meth:`fetch` reads them (RocksDB rows cached in DRAM,
+        unpinned); an id with no row gets the value an unadmitted id gets, and no row, nor
+        any sighting, is created for it.
+        """
+        with self.lock:
+            slots = self.hot.find(ids)
+            miss = np.flatnonzero(slots < 0)
+            self.counters.hits += len(ids) - len(miss)
+            self.counters.misses += len(miss)
+            if len(miss):
+                found, rows = self.cold.get(ids[miss])
+                self.counters.cold_reads += len(miss)
+                if found.any():
+                    slots[miss[found]] = self.hot.insert(ids[miss[found]], rows[found], dirty=False)
+            stored = slots >= 0
+            out = np.empty((len(ids), self.table.dim), dtype=np.float32)
+            s = slots[stored]
+            self._touch(s, step, now)
+            out[stored] = self.hot.rows["emb"][s]
+            if not stored.all():
+                out[~stored] = self._unadmitted_values(ids[~stored])
+            return out
+
     def remove_rows(self, ids: IdArray) -> None:
         """Delete ``ids`` from both tiers."""
         with self.lock:

@@ -687,6 +687,21 @@ class EmbeddingStore:
         for name, tombs in self._tombstones.items():
             self._tombstones[name] = [(v, ids) for v, ids in tombs if v >= version]
 
+    def lookup_stored(self, table: str, ids: object) -> torch.Tensor:
+        """Embeddings of ``ids`` for a reader that never writes (a serving replica).
+
+        Like ``lookup(pin=False)`` for stored rows, but an id without a row reads as an
+        unadmitted id does and is not stored (nor counted towards admission).
+        """
+        arr = self._ids(table, ids)
+        uniq, inverse = unique_inverse(arr)
+        sts = self._shard_tables(table)
+        out = np.empty((len(uniq), sts[0].table.dim), dtype=np.float32)
+        step, now = self._version + 1, self.clock()
+        for i, pos in enumerate(self._split(uniq)):
+            out[pos] = sts[i].fetch_stored(uniq[pos], step, now)
+        return torch.from_numpy(out[inverse])
+
 
 def _merge(parts: list[tuple[IdArray, RowBlock]], layout: RowLayout) -> tuple[IdArray, RowBlock]:
     ids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)

@@ -1,10 +1,12 @@
 """``freshet serve``: run one inference replica until Ctrl-C or SIGTERM.
 
 Reads ``kind``, ``features``, ``model`` and ``serve`` from the config file
-(:mod:`configs.serving`), bootstraps from the newest snapshot in ``serve.snapshot_dir``,
-follows the delta topic and answers HTTP on ``serve.host:serve.port``. Prints the base URL on
-stdout (one line) once listening; logs go to stderr. Exit codes: 0 after Ctrl-C or SIGTERM,
-1 on a runtime failure (port taken, ...), 2 on a configuration error.
+(:mod:`configs.serving`; ``FRESHET_*`` environment variables override it, the flags below
+override both), connects to Kafka with ``serve.security`` (TLS / SASL), bootstraps from the
+newest snapshot in ``serve.snapshot_dir`` that loads, follows the delta topic and answers
+HTTP on ``serve.host:serve.port``. Prints the base URL on stdout (one line) once listening;
+logs go to stderr. Exit codes: 0 after Ctrl-C or SIGTERM, 1 on a runtime failure (port
+taken, ...), 2 on a configuration error (one line).
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from configs.serving import ServeConfig
+    from pipeline.serving.replica import Replica
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +51,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    """Start the replica and its HTTP server; wait for Ctrl-C or SIGTERM."""
+class ServeConfigError(Exception):
+    """The serve configuration is unusable; the message is one line naming the problem."""
+
+
+def build(args: argparse.Namespace) -> tuple[Replica, ServeConfig, str]:
+    """The replica (not started), its resolved config and event kind; or ``ServeConfigError``.
+
+    Reads the secrets the config names (signing key, Kafka password) now.
+    """
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from configs.serving import ServeConfig, ServeFile
     from pipeline.publishing.errors import ServingError
-    from pipeline.serving.http import ReplicaHttpServer
+    from pipeline.runtime.secrets import SecretError
     from pipeline.serving.model import Blueprint
     from pipeline.serving.replica import Replica
 
@@ -58,19 +73,46 @@ def run(args: argparse.Namespace) -> int:
         cfg = ServeFile.from_yaml(args.config)
         serve = ServeConfig.model_validate({**cfg.serve.model_dump(), **_overrides(args)})
         signer = serve.signing.signer()
+        client_config = serve.client_config()
         blueprint = Blueprint(
             cfg.features.to_spec(),
             cfg.model.to_spec(),
             num_shards=serve.num_shards,
             dram_budget_bytes=serve.dram_budget_bytes,
         )
-    except (ValidationError, ServingError, ValueError) as err:
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
+            for e in err.errors(include_url=False)
+        )
+        raise ServeConfigError(problems) from err
+    except (SettingsError, SecretError, ServingError, ValueError) as err:
+        raise ServeConfigError(str(err).replace("\n", " ")) from err
+    replica = Replica(
+        blueprint,
+        serve.replica_settings(),
+        serve.bootstrap,
+        name=serve.name,
+        signer=signer,
+        client_config=client_config,
+    )
+    return replica, serve, cfg.kind
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the replica and its HTTP server; wait for Ctrl-C or SIGTERM."""
+    from pipeline.serving.http import ReplicaHttpServer
+
+    try:
+        replica, serve, kind = build(args)
+    except ServeConfigError as err:
         print(f"freshet serve: configuration error: {err}", file=sys.stderr)
         return 2
-    replica = Replica(
-        blueprint, serve.replica_settings(), serve.bootstrap, name=serve.name, signer=signer
-    )
-    server = ReplicaHttpServer(replica, cfg.kind, serve.http_settings())
+    signer = replica.signer
+    # the HTTP event loop, its workers and the delta thread share one interpreter lock; a
+    # shorter switch interval bounds how long a request waits behind a delta being applied
+    sys.setswitchinterval(serve.gil_switch_interval_ms / 1000)
+    server = ReplicaHttpServer(replica, kind, serve.http_settings())
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:

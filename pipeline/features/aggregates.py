@@ -183,11 +183,19 @@ class WindowedAggregate:
 
     # -- reading -------------------------------------------------------------
     def query(
-        self, keys: I64, buckets: I64, values: F64, valid: npt.NDArray[np.bool_] | None = None
+        self,
+        keys: I64,
+        buckets: I64,
+        values: F64,
+        valid: npt.NDArray[np.bool_] | None = None,
+        *,
+        within_batch: bool = True,
     ) -> WindowStats:
         """Window statistics for each event, from earlier batches and earlier events of this one.
 
-        ``valid`` marks the events whose value counts as a record (default: all).
+        ``valid`` marks the events whose value counts as a record (default: all). With
+        ``within_batch=False`` each event reads the stored rings only, as if it came alone
+        (serving: a score must not depend on the other events of a request).
         """
         n = len(keys)
         ok = np.ones(n, dtype=np.bool_) if valid is None else valid
@@ -202,7 +210,7 @@ class WindowedAggregate:
             stored = self._bucket[r]
             inside = (stored >= lo_b[known, None]) & (stored <= hi_b[known, None])
             out[:, known] = np.einsum("mkr,mr->km", self._stats[r], inside.astype(np.float64))
-        if n > 1:
+        if n > 1 and within_batch:
             out += self._within_batch(keys, buckets, lo_b=lo_b, hi_b=hi_b, vals=vals, ok=ok)
         return WindowStats(out[0], out[1], out[2])
 

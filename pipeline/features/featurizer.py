@@ -401,6 +401,7 @@ class Featurizer:
         *,
         update: bool,
         memo: dict[str, I64],
+        alone: bool = False,
     ) -> tuple[WindowStats, F64]:
         key = self._entity_keys(agg, col, memo)
         buckets = np.floor(times / agg.bucket_seconds).astype(np.int64)
@@ -414,7 +415,7 @@ class Featurizer:
                 values = numeric(col(agg.value), agg.value)
             valid = np.isfinite(values)
         state = self._aggs[agg.name]
-        stats = state.query(key, buckets, values, valid)
+        stats = state.query(key, buckets, values, valid, within_batch=not alone)
         if update:
             state.update(key, buckets, values, valid)
         return stats, values
@@ -440,13 +441,17 @@ class Featurizer:
             z: F64 = np.where(stats.count >= 2, (x - mean) / scale, np.nan)
             return z
 
-    def _dense(self, col: Column, times: F64 | None, labels: F32, update: bool) -> F32:
+    def _dense(
+        self, col: Column, times: F64 | None, labels: F32, update: bool, alone: bool = False
+    ) -> F32:
         n = len(labels)
         results: dict[str, tuple[WindowStats, F64]] = {}
         memo: dict[str, I64] = {}
         for agg in self.spec.aggregates:
             assert times is not None
-            results[agg.name] = self._aggregate(agg, col, times, labels, update=update, memo=memo)
+            results[agg.name] = self._aggregate(
+                agg, col, times, labels, update=update, memo=memo, alone=alone
+            )
         cols = np.empty((n, len(self.spec.dense)), dtype=np.float64)
         for j, d in enumerate(self.spec.dense):
             if d.aggregate is None:
@@ -470,17 +475,23 @@ class Featurizer:
         return cols.astype(np.float32)
 
     # -- the batch -----------------------------------------------------------
-    def transform(self, events: Sequence[Any], update: bool = True) -> Batch:
+    def transform(
+        self, events: Sequence[Any], update: bool = True, *, alone: bool = False
+    ) -> Batch:
         """Featurise ``events`` (in time order); with ``update`` also advance the state.
 
         Every aggregate reads only events before each event (and labels ``delay`` buckets
         old); running standardisation uses the moments of everything seen including this
-        batch's inputs (never labels).
+        batch's inputs (never labels). ``alone`` (only without ``update``) featurises each
+        event against the state alone, as if it were the only event: aggregates do not read
+        the earlier events of the same call (serving scores one event independently).
         """
+        if alone and update:
+            raise ValueError("alone=True reads the state only; it needs update=False")
         col = event_columns(events)
         labels = numeric(col(self.spec.label), self.spec.label).astype(np.float32)
         sparse, times = self._sparse_and_times(events, col)
-        dense = self._dense(col, times, labels, update)
+        dense = self._dense(col, times, labels, update, alone)
         if update:
             self.events_seen += len(labels)
         return Batch(

@@ -12,7 +12,9 @@ the featurizer state and the store are all at the same step)::
                snapshot v ─► <snapshot_dir>/v...  (manifest names the offset after delta v)
 
 Version numbers are the publisher's own, strictly increasing across restarts: ``start()``
-reads the newest snapshot and the tail of the topic and continues after the larger. The first
+reads the newest snapshot and the tail of the topic and continues after the larger, believing
+only records that verify (HMAC when a key is set, sha256, a delta bundle that names the same
+version; :mod:`pipeline.publishing.discovery`): a forged record cannot take the numbering. The first
 publish of a run writes a snapshot and sends a *reset* marker (``base=None``): replicas that
 served the previous run resync from that snapshot. A version number is never reused, even
 when sending failed; the next publish then writes a snapshot.
@@ -41,8 +43,9 @@ import torch
 from embedding_store import EmbeddingStore
 from pipeline.broker.embedded import ensure_topics
 from pipeline.publishing.array_patch import AnyArray, ArrayUpdate, diff
-from pipeline.publishing.chunks import Signer, encode_chunks, highest_version
+from pipeline.publishing.chunks import Signer, encode_chunks
 from pipeline.publishing.delta import ModelDelta, TableDelta, state_arrays
+from pipeline.publishing.discovery import VersionDiscovery, discover_last_version
 from pipeline.publishing.errors import PublishError
 from pipeline.publishing.snapshot import SnapshotStore, SnapshotWriter
 
@@ -114,6 +117,7 @@ class KafkaDeltaSink:
         max_message_bytes: int = 900_000,
         client_config: Mapping[str, Any] | None = None,
         timeout_s: float = 30.0,
+        signer: Signer | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -121,6 +125,8 @@ class KafkaDeltaSink:
         self.max_message_bytes = max_message_bytes
         self.client_config = dict(client_config or {})
         self.timeout_s = timeout_s
+        self.signer = signer
+        self.discovery: VersionDiscovery | None = None
         self._producer: Any = None
 
     def start(self) -> KafkaDeltaSink:
@@ -166,10 +172,11 @@ class KafkaDeltaSink:
         return max(offsets) if offsets else None
 
     def last_version(self) -> int | None:
-        """The highest version among the last messages of the partition."""
-        return last_published_version(
-            self.bootstrap, self.topic, self.partition, self.client_config
+        """The highest verified version at the end of the partition (see :attr:`discovery`)."""
+        self.discovery = last_published_version(
+            self.bootstrap, self.topic, self.partition, self.client_config, signer=self.signer
         )
+        return self.discovery.version
 
     def close(self) -> None:
         """Flush and close the producer (idempotent)."""
@@ -184,8 +191,17 @@ def last_published_version(
     partition: int = 0,
     client_config: Mapping[str, Any] | None = None,
     window: int = 256,
-) -> int | None:
-    """The highest version among the last ``window`` messages of the delta partition."""
+    *,
+    signer: Signer | None = None,
+    max_window: int = 1 << 16,
+) -> VersionDiscovery:
+    """The highest verified version among the last messages of the delta partition.
+
+    Starts with the last ``window`` messages and looks four times further back while that
+    could change the answer (nothing believed yet, or a higher version seen only in part),
+    up to ``max_window`` messages. Records that do not verify are skipped, logged with their
+    offset and counted (:mod:`pipeline.publishing.discovery`).
+    """
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
@@ -200,23 +216,37 @@ def last_published_version(
         )
     except (KafkaError, OSError) as err:
         raise PublishError(f"cannot read the tail of {topic}: {err!r}") from err
+    where = f"{topic}[{partition}]"
     try:
         if partition not in (consumer.partitions_for_topic(topic) or set()):
-            return None
+            return VersionDiscovery(None)
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])
         end = consumer.end_offsets([tp])[tp]
-        consumer.seek(tp, max(0, end - window))
-        values: list[bytes] = []
-        empty = 0
-        while empty < 2:
-            batch = consumer.poll(timeout_ms=200)
-            records = [r for recs in batch.values() for r in recs]
-            empty = 0 if records else empty + 1
-            values += [r.value or b"" for r in records]
-        return highest_version(values)
+        while True:
+            start = max(0, end - window)
+            found = discover_last_version(_read_range(consumer, tp, start), signer, where=where)
+            if start == 0 or window >= max_window or not found.look_further():
+                return found
+            window *= 4
     finally:
         consumer.close()
+
+
+def _read_range(consumer: Any, tp: Any, start: int) -> list[tuple[int, bytes]]:
+    """``(offset, value)`` of the records from ``start`` on, until two polls come back empty.
+
+    Not cut at the end offset read before: a broker may report it behind the last batch.
+    """
+    consumer.seek(tp, start)
+    out: list[tuple[int, bytes]] = []
+    empty = 0
+    while empty < 2:
+        batch = consumer.poll(timeout_ms=200)
+        records = [r for recs in batch.values() for r in recs]
+        empty = 0 if records else empty + 1
+        out += [(r.offset, r.value or b"") for r in records]
+    return out
 
 
 class Publisher:
@@ -258,6 +288,7 @@ class Publisher:
         self._last_snapshot_at = 0.0
         self._last_publish_at: float | None = None
         self._snapshot_next = True
+        self.discovery: VersionDiscovery | None = None
 
     # -- life cycle ----------------------------------------------------------
     def start(self) -> Publisher:
@@ -272,11 +303,19 @@ class Publisher:
                 max_message_bytes=self.settings.max_message_bytes,
                 client_config=self.client_config,
                 timeout_s=self.settings.send_timeout_s,
+                signer=self.signer,
             ).start()
         last = max(self.snapshots.max_version() or 0, self._sink.last_version() or 0)
+        self.discovery = getattr(self._sink, "discovery", None)
         self._next_version = last + 1
         self._started = True
-        log.info("publisher on %s continues after version %d", self.topic, last)
+        skipped = self.discovery.skipped if self.discovery is not None else {}
+        log.info(
+            "publisher on %s continues after version %d%s",
+            self.topic,
+            last,
+            f" (records skipped as unverified: {skipped})" if skipped else "",
+        )
         return self
 
     def close(self) -> None:
@@ -298,6 +337,11 @@ class Publisher:
         self.close()
 
     # -- state ---------------------------------------------------------------
+    @property
+    def skipped_records(self) -> dict[str, int]:
+        """Delta-topic records :meth:`start` did not believe, by reason (see discovery)."""
+        return dict(self.discovery.skipped) if self.discovery is not None else {}
+
     @property
     def version(self) -> int | None:
         """The last version sent (``None`` before the first publish)."""

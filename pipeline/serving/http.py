@@ -1,37 +1,40 @@
-"""The replica's HTTP API on the standard library's threading server.
+"""The replica's HTTP server: the Starlette app (:mod:`pipeline.serving.app`) on uvicorn.
 
-=====================  ===================================================================
-``POST /predict``      ``{"events": [...]}`` -> ``{"version": v, "scores": [...]}``; 4xx with
-                       ``{"error": "..."}`` naming the problem, 503 before the first snapshot
-``GET /healthz``       200 while the process serves HTTP
-``GET /readyz``        200 once a model version is loaded, 503 before (with the reason,
-                       e.g. a missing snapshot directory, and the retries so far)
-``GET /version``       version served, its trainer step time, lag, state
-``GET /metrics``       Prometheus text (the replica's own registry)
-=====================  ===================================================================
+::
 
-A body larger than ``max_body_bytes`` is refused with 413 from its ``Content-Length`` before
-any of it is read (the connection is then closed); a body without a length gets 411.
+    socket (bound in start(), so a taken port fails there)
+      └─ uvicorn event loop, one thread ──► guard (pipeline.serving.guard): connection cap,
+             │                               header deadline, JSON protocol errors
+             ▼
+         ReplicaApp (ASGI): routes, body deadline, the request metric
+             │ parse + score + encode
+             ▼
+         pool of ``workers`` threads ──► Replica.predict (read lock)
 
->>> HttpSettings().host, HttpSettings().max_body_bytes
-('127.0.0.1', 1048576)
+Idle connections cost a socket and a little memory on the event loop, not a thread each:
+``max_connections`` bounds them, ``keep_alive_s`` closes an idle keep-alive connection, and
+``header_timeout_s`` closes a connection whose next request's headers do not arrive in time
+(a slow-header client gets 408). ``body_timeout_s`` bounds the time to receive a body.
+
+>>> s = HttpSettings()
+>>> s.host, s.max_body_bytes, s.header_timeout_s, s.max_connections
+('127.0.0.1', 1048576, 10.0, 1024)
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
+import uvicorn
 
-from pipeline.errors import PipelineError
-from pipeline.publishing.errors import ReplicaStateError, RequestError
-from pipeline.serving.predict_request import parse_predict_body
+from pipeline.publishing.errors import ReplicaStateError
+from pipeline.serving.app import AppLimits, ReplicaApp
+from pipeline.serving.guard import HttpLimits, guarded_protocol
 from pipeline.serving.replica import Replica
 
 log = logging.getLogger(__name__)
@@ -39,124 +42,24 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HttpSettings:
-    """Where the API listens and what it accepts."""
+    """Where the API listens, what it accepts and how long it waits."""
 
     host: str = "127.0.0.1"
     port: int = 0
     max_body_bytes: int = 1 << 20
     max_events: int = 4096
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 30.0
+    max_connections: int = 1024
+    workers: int = 4
+    backlog: int = 2048
 
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    replica: Replica
-    event_kind: str
-    settings: HttpSettings
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    # headers and body are two writes: without TCP_NODELAY, Nagle and the client's delayed
-    # ACK hold the body back ~40 ms on a keep-alive connection
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, status: int, obj: object) -> None:
-        self._send(status, json.dumps(obj).encode())
-
-    def do_GET(self) -> None:
-        replica = self.server.replica
-        path = self.path.split("?", 1)[0]
-        if path == "/healthz":
-            self._json(200, {"status": "ok"})
-        elif path == "/readyz":
-            if replica.ready:
-                self._json(200, {"ready": True, "version": replica.version})
-            else:
-                self._json(
-                    503,
-                    {
-                        "ready": False,
-                        "state": replica.state.value,
-                        "reason": replica.waiting_for,
-                        "retries": replica.bootstrap_retries,
-                    },
-                )
-        elif path == "/version":
-            self._json(200, replica.status())
-        elif path == "/metrics":
-            self._send(200, replica.metrics.render(), CONTENT_TYPE_LATEST)
-        elif path == "/predict":
-            self._json(405, {"error": "use POST for /predict"})
-        else:
-            self._json(404, {"error": f"no such endpoint {path!r}"})
-
-    def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path != "/predict":
-            self.close_connection = True
-            self._json(
-                404 if path not in ("/healthz", "/readyz", "/version", "/metrics") else 405,
-                {"error": f"POST {path} is not supported"},
-            )
-            return
-        t0 = time.perf_counter()
-        status, obj = self._predict()
-        self._json(status, obj)
-        metrics = self.server.replica.metrics
-        metrics.latency.observe(time.perf_counter() - t0)
-        metrics.request(status)
-
-    def _body(self) -> bytes:
-        limit = self.server.settings.max_body_bytes
-        if self.headers.get("Transfer-Encoding", "").lower() not in ("", "identity"):
-            self.close_connection = True
-            raise RequestError(411, "chunked bodies are not accepted; send a Content-Length")
-        text = self.headers.get("Content-Length")
-        if text is None:
-            self.close_connection = True
-            raise RequestError(411, "a Content-Length header is required")
-        try:
-            length = int(text)
-        except ValueError:
-            self.close_connection = True
-            raise RequestError(400, f"bad Content-Length {text[:40]!r}") from None
-        if length < 0:
-            self.close_connection = True
-            raise RequestError(400, f"bad Content-Length {length}")
-        if length > limit:
-            self.close_connection = True  # the body stays unread
-            raise RequestError(413, f"body of {length} bytes exceeds the limit of {limit} bytes")
-        return self.rfile.read(length)
-
-    def _predict(self) -> tuple[int, dict[str, Any]]:
-        server = self.server
-        try:
-            body = self._body()
-            events = parse_predict_body(body, server.event_kind, server.settings.max_events)
-            prediction = server.replica.predict(events)
-        except RequestError as err:
-            return err.status, {"error": err.detail}
-        except ReplicaStateError as err:
-            return 503, {"error": f"not ready: {err}"}
-        except PipelineError as err:
-            return 422, {"error": str(err)}
-        except Exception:
-            log.exception("/predict failed")
-            return 500, {"error": "internal error (see the replica's log)"}
-        return 200, {"version": prediction.version, "scores": prediction.scores.tolist()}
+    def __post_init__(self) -> None:
+        if min(self.header_timeout_s, self.body_timeout_s, self.keep_alive_s) <= 0:
+            raise ValueError("header_timeout_s, body_timeout_s and keep_alive_s must be > 0")
+        if self.max_connections < 1 or self.workers < 1:
+            raise ValueError("max_connections and workers must be >= 1")
 
 
 class ReplicaHttpServer:
@@ -166,44 +69,90 @@ class ReplicaHttpServer:
         self.replica = replica
         self.event_kind = event_kind
         self.settings = settings if settings is not None else HttpSettings()
-        self._server: _Server | None = None
+        self._socket: socket.socket | None = None
+        self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
-    def start(self) -> ReplicaHttpServer:
-        """Bind and serve in a background thread."""
-        server = _Server((self.settings.host, self.settings.port), _Handler)
-        server.replica = self.replica
-        server.event_kind = self.event_kind
-        server.settings = self.settings
+    def start(self, timeout_s: float = 30.0) -> ReplicaHttpServer:
+        """Bind (raises ``OSError`` if the port is taken), then serve on a background thread."""
+        s = self.settings
+        family = socket.getaddrinfo(s.host, s.port, type=socket.SOCK_STREAM)[0][0]
+        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP;
+        # without it a response's header and body writes wait ~40 ms for the delayed ACK
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((s.host, s.port))
+            sock.listen(s.backlog)
+        except OSError:
+            sock.close()
+            raise
+        self._socket = sock
+        self._executor = ThreadPoolExecutor(s.workers, thread_name_prefix="replica-predict")
+        app = ReplicaApp(
+            self.replica,
+            self.event_kind,
+            AppLimits(s.max_body_bytes, s.max_events, s.body_timeout_s),
+            self._executor,
+        ).build()
+        protocol = guarded_protocol(
+            HttpLimits(s.header_timeout_s, s.max_connections), self.replica.metrics.request
+        )
+        config = uvicorn.Config(
+            app,
+            http=protocol,
+            loop="asyncio",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_keep_alive=s.keep_alive_s,  # type: ignore[arg-type]
+            timeout_graceful_shutdown=5,
+            backlog=s.backlog,
+        )
+        server = uvicorn.Server(config)
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="replica-http",
-            daemon=True,
+            target=server.run, kwargs={"sockets": [sock]}, name="replica-http", daemon=True
         )
         self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.close()
+                raise OSError(f"the HTTP server on {s.host}:{s.port} did not start")
+            time.sleep(0.005)
         log.info("replica %s listening on %s", self.replica.name, self.url)
         return self
 
     @property
     def port(self) -> int:
         """The bound port."""
-        if self._server is None:
+        if self._socket is None:
             raise ReplicaStateError("port", "not listening")
-        return int(self._server.server_address[1])
+        return int(self._socket.getsockname()[1])
 
     @property
     def url(self) -> str:
         """``http://host:port``."""
-        return f"http://{self.settings.host}:{self.port}"
+        host = self.settings.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def close(self) -> None:
         """Stop serving and release the port (idempotent)."""
         server, self._server = self._server, None
         if server is not None:
-            server.shutdown()
-            server.server_close()
+            server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+            if self._thread.is_alive() and server is not None:
+                server.force_exit = True
+                self._thread.join(timeout=5)
             self._thread = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

@@ -6,7 +6,7 @@
     freshet_replica_freshness_lag_seconds       gauge      now - trainer step time of that version
     freshet_replica_freshness_seconds           histogram  step time -> serving, per applied version
     freshet_replica_request_seconds             histogram  /predict latency
-    freshet_replica_requests_total{code}        counter    /predict answers by HTTP status
+    freshet_replica_requests_total{code}        counter    HTTP answers by status (not probes)
     freshet_replica_deltas_applied_total        counter
     freshet_replica_deltas_rejected_total{reason} counter  duplicate, gap, checksum, signature, ...
     freshet_replica_resyncs_total               counter    snapshots loaded
@@ -65,7 +65,8 @@ class ReplicaMetrics:
         ).labels(**labels)
         self._requests = Counter(
             "freshet_replica_requests",
-            "/predict answers by status",
+            "HTTP answers by status: /predict, errors of any path, refused connections "
+            "(not the probes /healthz, /readyz, /version, /metrics, /openapi.json)",
             ["replica", "code"],
             registry=r,
         )
@@ -103,7 +104,7 @@ class ReplicaMetrics:
         return int(self._rejected.labels(replica=self.name, reason=reason)._value.get())
 
     def request(self, code: int) -> None:
-        """Count one /predict answer."""
+        """Count one HTTP answer."""
         self._requests.labels(replica=self.name, code=str(code)).inc()
 
     def set_lag_source(self, lag: Callable[[], float]) -> None:

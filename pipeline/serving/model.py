@@ -3,7 +3,29 @@
 A replica keeps rows in a read-only :class:`~embedding_store.EmbeddingStore` with a DRAM
 budget (rows beyond it live in RocksDB), so it can serve a model larger than its memory. Rows
 carry only embeddings (an SGD layout: no optimizer state); lookups never pin and nothing is
-trained. A delta is applied in two halves::
+trained. An id the model has no row for reads as the trainer's first lookup of it would
+(its deterministic initial value, or zeros for an unadmitted id where the trainer's table
+says so) and is not stored: requests never grow the replica's store
+(:meth:`embedding_store.EmbeddingStore.lookup_stored`).
+
+A score is a function of (model version, event) alone: each event of a request is
+featurised against the version's featurizer state as if it came alone, so batching by
+clients or proxies cannot move a score. Per kind of feature:
+
+=========================  ==================================================================
+feature                    what a served event reads
+=========================  ==================================================================
+categorical, multi-hot,    the event's own fields (hashed ids)
+cross, bucketized,
+time part
+numeric field              the event's field, standardised with the version's running moments
+                           (not updated by requests)
+window aggregate           the version's per-entity rings only; earlier events of the same
+                           request are *not* added (training adds them, since there they are
+                           the past; at serving they are other clients' requests)
+=========================  ==================================================================
+
+A delta is applied in two halves::
 
     prepare(delta)  no lock, nothing changes:  check tables and dims, build row blocks,
                     patch the dense and featurizer arrays into new ones, load them into a new
@@ -36,7 +58,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
+from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig, Unadmitted
 from embedding_store.rows import RowLayout
 from embedding_store.tier import RowBlock
 from pipeline.features.featurizer import Featurizer
@@ -73,6 +95,8 @@ class Blueprint:
                 hot_rows=None,
                 hot_bytes=share,
                 admit_after=1,
+                # an id without a row reads as the trainer's first lookup of it would
+                unadmitted=Unadmitted.INITIAL if t.admit_after <= 1 else t.unadmitted,
                 expire_after_steps=None,
                 expire_after_seconds=None,
             )
@@ -87,7 +111,7 @@ class _ServingLookups:
         self.store = store
 
     def _lookup_unique(self, table: str, uniq: I64, pin: bool = False) -> F32:
-        out: F32 = self.store.lookup(table, uniq, pin=False).numpy()
+        out: F32 = self.store.lookup_stored(table, uniq).numpy()
         return out
 
     def register(self, table: str, uniq_ids: I64, weight: torch.Tensor) -> None:
@@ -261,9 +285,12 @@ class ServingModel:
 
     # -- serving -------------------------------------------------------------
     def predict(self, events: Sequence[Any]) -> F32:
-        """Scores (sigmoid of the logits) of ``events``; the featurizer state is not updated."""
+        """Scores (sigmoid of the logits) of ``events``, each featurised alone (see module doc).
+
+        The featurizer state is not updated and no row is created.
+        """
         assert self._model is not None
-        batch = self._featurizer.transform(events, update=False)
+        batch = self._featurizer.transform(events, update=False, alone=True)
         with torch.no_grad():
             logits = self._model(batch)
         out: F32 = torch.sigmoid(logits).numpy().astype(np.float32)

@@ -9,7 +9,8 @@
         base == served                prepare (no lock) ─► commit under the write lock
         base != served / bad checksum rejected; resync from the next snapshot newer than the
                                       version served (keeps serving meanwhile, keeps retrying)
-    predict():  read lock ─► featurizer (update=False) ─► model ─► sigmoid; names its version
+    predict():  read lock ─► featurizer (each event alone, state untouched) ─► model ─► sigmoid;
+                names its version
 
 The delta partition is read by manual assignment, not a consumer group, so every replica sees
 every delta and a replica restarts from its snapshot's offset, not from a committed position.
@@ -233,6 +234,7 @@ class Replica:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._waiting_for: str | None = None  # why no first snapshot is loaded yet
+        self._unloadable: dict[str, str] = {}  # snapshot directory -> why it did not load
         self.bootstrap_retries = 0
         self._cold_counted_at = 0.0
         self.metrics.set_lag_source(self._lag)
@@ -392,23 +394,44 @@ class Replica:
         self._waiting_for = reason
 
     def _resync(self) -> bool:
-        """Load the newest snapshot newer than the served version; True if one was loaded."""
+        """Load the newest snapshot newer than the served version that loads; True if one did.
+
+        A snapshot that fails to load (a corrupt or missing file, a model that does not fit)
+        is remembered and skipped from then on (a snapshot directory never changes once
+        committed), and the next older one is tried: a damaged newest snapshot does not keep
+        a replica from ever becoming ready while an older valid one exists.
+        """
         served = self.version
-        info = self.snapshots.newest(above=served)
-        if info is None:
-            root = self.snapshots.root
+        root = self.snapshots.root
+        candidates = [
+            info
+            for info in self.snapshots.available()
+            if (served is None or info.version > served) and info.path.name not in self._unloadable
+        ]
+        loaded: tuple[SnapshotInfo, ServingModel] | None = None
+        for info in candidates:
+            try:
+                loaded = info, self._load(info)
+                break
+            except (SnapshotError, SignatureError, DeltaMismatchError) as err:
+                self._unloadable[info.path.name] = str(err)
+                log.warning(
+                    "%s: cannot load snapshot v%d, trying an older one: %s",
+                    self.name,
+                    info.version,
+                    err,
+                )
+        if loaded is None:
             if not root.is_dir():
                 what = "does not exist" if not root.exists() else "is not a directory"
                 self._wait_for(f"snapshot directory {str(root)!r} {what}")
+            elif served is None and self._unloadable:
+                bad = "; ".join(f"{n}: {e}" for n, e in sorted(self._unloadable.items()))
+                self._wait_for(f"no loadable snapshot in {str(root)!r} ({bad})")
             elif served is None:
                 self._wait_for(f"no valid snapshot in {str(root)!r} yet")
             return False
-        try:
-            model = self._load(info)
-        except (SnapshotError, SignatureError, DeltaMismatchError) as err:
-            log.warning("%s: cannot load snapshot v%d: %s", self.name, info.version, err)
-            self._wait_for(f"snapshot v{info.version} in {str(self.snapshots.root)!r}: {err}")
-            return False
+        info, model = loaded
         with self._lock.write():
             old, self._model = self._model, model
             self._behind_until = None

@@ -166,10 +166,14 @@ class TrainingHarness:
         return result
 
     def reference_scores(self, events: Sequence[Any]) -> F32:
-        """The trainer's scores of ``events`` now, disturbing nothing (no row touched)."""
+        """The trainer's scores of ``events`` now, disturbing nothing (no row touched).
+
+        Each event is featurised alone, as a replica serves it (a function of the version
+        and the event, not of the other events of a request).
+        """
         assert self._reference is not None
         self._reference.load_state_dict(self.model.state_dict())
-        batch = self.featurizer.transform(events, update=False)
+        batch = self.featurizer.transform(events, update=False, alone=True)
         with torch.no_grad():
             logits = self._reference(batch)
         out: F32 = torch.sigmoid(logits).numpy().astype(np.float32)

@@ -13,6 +13,7 @@
     freshet_store_rows{table,tier}           gauge      hot: DRAM rows; cold: RocksDB estimate
     freshet_store_version                    gauge      steps completed
     freshet_dead_letters_total               counter    malformed events sent to the DLQ
+    freshet_publisher_skipped_records_total{reason}  counter  delta-topic records not believed
     freshet_consumer_lag                     gauge      Σ end offset - trained position
     freshet_checkpoint_seconds               histogram  set by the checkpoint operator
     freshet_publish_seconds                  histogram  set by the publisher
@@ -167,6 +168,13 @@ class TrainerMetrics:
         self.dead_letters = Counter(
             "freshet_dead_letters", "malformed events sent to the dead-letter topic", registry=r
         )
+        self.publisher_skipped = Counter(
+            "freshet_publisher_skipped_records",
+            "delta-topic records the publisher did not believe when finding its last version",
+            ["reason"],
+            registry=r,
+        )
+        self._skips_counted = False
         self.consumer_lag = Gauge(
             "freshet_consumer_lag",
             "sum over partitions of end offset minus trained position (approximate on tansu)",
@@ -321,6 +329,11 @@ class TrainerMetrics:
                     self.observe_checkpoint(report.seconds)
             self._reports_seen = count
         publish = self.publisher
+        if publish is not None and not self._skips_counted:
+            self._skips_counted = True
+            skipped = getattr(getattr(publish, "publisher", None), "skipped_records", {})
+            for reason, n in skipped.items():
+                self.publisher_skipped.labels(reason=reason).inc(n)
         if publish is not None and publish.published != self._published_seen:
             self._published_seen = publish.published
             last = publish.last_report

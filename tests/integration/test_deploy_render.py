@@ -484,3 +484,32 @@ def test_dockerfile_builds_the_cli_image() -> None:
     assert set(exposed.group(1).split()) == {str(TRAINER_PORT), str(REPLICA_PORT)}
     ignored = (REPO / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
+
+
+def test_production_replicas_read_the_delta_topic_with_the_overlays_security(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The production overlay's FRESHET_* literals configure ``serve.security`` (issue 19.2)."""
+    overlay = K8S / "overlays" / "production"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    (env,) = [g for g in kustomization["configMapGenerator"] if g["name"] == "freshet-env"]
+    for literal in env["literals"]:
+        key, value = literal.split("=", 1)
+        if key.startswith("FRESHET_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("KAFKA_PASSWORD", "from-the-secret")
+    serve = ServeFile.from_yaml(REPO / "configs" / "fraud.yaml").serve
+    assert serve.client_config() == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "freshet",
+        "sasl_plain_password": "from-the-secret",
+        "ssl_cafile": "/etc/freshet-tls/ca.crt",
+    }
+    # the replica pods get the password variable and the CA mount the options name
+    credentials = [
+        p["target"]["name"]
+        for p in kustomization["patches"]
+        if p["path"] == "kafka-credentials.yaml"
+    ]
+    assert "freshet-replica" in credentials

@@ -197,3 +197,37 @@ def test_unsigned_snapshots_never_bootstrap_a_signed_replica(world: World) -> No
     world.step(world.publisher())
     time.sleep(0.3)
     assert not signed.ready and signed.version is None
+
+
+def test_a_corrupt_newest_snapshot_falls_back_to_the_newest_that_loads(world: World) -> None:
+    """Issue 17 item 6: the replica becomes ready from an older snapshot, then catches up."""
+    pub = world.publisher()
+    first = world.step(pub)  # v1: snapshot
+    world.step(pub)
+    newest = world.step(pub, snapshot=True)
+    last = world.step(pub)
+    snaps = sorted((world.tmp / "snaps").glob("v*"))
+    assert [int(p.name[1:]) for p in snaps] == [first, newest]
+    rows_file = sorted(snaps[-1].glob("rows-*"))[0]
+    data = bytearray(rows_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: its sha256 no longer matches the manifest
+    rows_file.write_bytes(bytes(data))
+
+    replica = world.replica()
+    assert replica.wait_ready(10)
+    served(replica, world.harness, last)  # from v1's snapshot, then every delta after it
+    assert replica.resyncs == 1
+    assert list(replica._unloadable) == [snaps[-1].name]
+    assert "differs from the manifest" in replica._unloadable[snaps[-1].name]
+
+
+def test_no_loadable_snapshot_names_every_one_that_failed(world: World) -> None:
+    pub = world.publisher()
+    world.step(pub)
+    for rows_file in (world.tmp / "snaps").glob("v*/rows-*"):
+        rows_file.write_bytes(b"garbage")
+    replica = world.replica()
+    assert until(lambda: replica.bootstrap_retries >= 3)
+    assert not replica.ready
+    reason = replica.waiting_for
+    assert reason is not None and "no loadable snapshot" in reason and "v0000" in reason, reason
