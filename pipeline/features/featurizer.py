@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -48,7 +48,13 @@ import pandas as pd
 from pipeline.events.columnar import ColumnarEvents
 from pipeline.features.aggregates import WindowedAggregate, WindowStats
 from pipeline.features.errors import FeatureValueError
-from pipeline.features.hashing import base_values, cross_ids, hash_bases, hash_column
+from pipeline.features.hashing import (
+    MISSING_BASE,
+    base_values,
+    cross_ids,
+    hash_bases,
+    hash_column,
+)
 from pipeline.features.moments import RunningMoments
 from pipeline.features.spec import (
     AggregateSpec,
@@ -79,6 +85,9 @@ __all__ = [
 
 AHEAD_KEPT = 8
 """Batches whose sparse ids ``Featurizer.sparse_ids`` keeps for their ``transform``."""
+
+DENSE_LIMIT = 1e30
+"""Dense inputs are clipped to +-this before any transform (float32 and squares stay finite)."""
 
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
@@ -199,31 +208,74 @@ def _hashed(events: Sequence[Any]) -> Hashed:
     return _no_hashes
 
 
-def epoch_seconds(values: Sequence[Any], name: str = "timestamp") -> F64:
+_UNIT_SECONDS: Final = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def epoch_seconds(
+    values: Sequence[Any],
+    name: str = "timestamp",
+    unit: str | None = None,
+    *,
+    missing: bool = False,
+) -> F64:
     """Seconds since the epoch (UTC) of ISO-8601 strings, aware datetimes or numbers.
+
+    ``unit``: numbers are epoch counts of this unit (s, ms, us, ns; default s). ``missing``:
+    ``None`` becomes NaN (else it is an error). Every aware time Python represents converts,
+    the ends of its range included (those pandas cannot hold are converted one by one).
 
     >>> epoch_seconds(["1970-01-01T00:01:00+00:00", "1970-01-01T02:00:00+01:00"]).tolist()
     [60.0, 3600.0]
+    >>> epoch_seconds([1500, None], unit="ms", missing=True).tolist()
+    [1.5, nan]
+    >>> epoch_seconds(["9999-12-31T23:59:59-14:00"]).tolist()
+    [253402351199.0]
     """
     if not len(values):
         return np.empty(0, dtype=np.float64)
-    if any(v is None for v in values):
+    absent = [i for i, v in enumerate(values) if v is None]
+    if absent and not missing:
         raise FeatureValueError(name, "timestamp", "missing timestamp")
-    first = values[0]
+    present = [v for v in values if v is not None] if absent else values
     try:
-        if isinstance(first, str):
-            parsed = pd.to_datetime(pd.Series(values), utc=True, format="ISO8601")
-            secs = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
-            return np.asarray(secs, dtype=np.float64)
-        if isinstance(first, datetime):
-            if any(v.tzinfo is None for v in values):
-                raise FeatureValueError(name, "timezone-aware datetime", "naive datetime")
-            return np.array([v.timestamp() for v in values], dtype=np.float64)
-        return np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as err:
+        secs = _present_seconds(present, name, unit)
+    except (TypeError, ValueError, OverflowError) as err:
         if isinstance(err, FeatureValueError):
             raise
         raise FeatureValueError(name, "timestamp", err) from err
+    if not absent:
+        return secs
+    out = np.full(len(values), np.nan)
+    mask = np.ones(len(values), dtype=np.bool_)
+    mask[absent] = False
+    out[mask] = secs
+    return out
+
+
+def _present_seconds(values: Sequence[Any], name: str, unit: str | None) -> F64:
+    if not len(values):
+        return np.empty(0, dtype=np.float64)
+    first = values[0]
+    if isinstance(first, str):
+        try:
+            parsed = pd.to_datetime(pd.Series(values), utc=True, format="ISO8601")
+            secs = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+            return np.asarray(secs, dtype=np.float64)
+        except (ValueError, OverflowError):  # out of pandas' range (years 1677..2262)
+            stamps = [datetime.fromisoformat(v) for v in values]
+            return _datetime_seconds(stamps, name)
+    if isinstance(first, datetime):
+        return _datetime_seconds(values, name)
+    out = np.asarray(values, dtype=np.float64)
+    if unit is not None and unit != "s":
+        out = out * _UNIT_SECONDS[unit]
+    return out
+
+
+def _datetime_seconds(values: Sequence[Any], name: str) -> F64:
+    if any(v.tzinfo is None for v in values):
+        raise FeatureValueError(name, "timezone-aware datetime", "naive datetime")
+    return np.array([v.timestamp() for v in values], dtype=np.float64)
 
 
 def numeric(values: Sequence[Any], name: str) -> F64:
@@ -308,13 +360,25 @@ class Featurizer:
             parts = [done[o] for o in spec.of]
             return cross_ids([p for p in parts if isinstance(p, np.ndarray)], salt)
         if isinstance(spec, TimePartSpec):
-            assert times is not None
-            return hash_bases(time_part(times, spec.part, spec.width).view(np.uint64), salt)
+            return self._time_part_ids(spec, col, times, salt)
         if isinstance(spec, BucketizeSpec):
             return hash_bases(
                 bucket_of(numeric(col(spec.field), spec.field), spec).view(np.uint64), salt
             )
         return self._multi_hot(spec, col)
+
+    def _time_part_ids(self, spec: TimePartSpec, col: Column, times: F64 | None, salt: str) -> I64:
+        name = spec.field or self.spec.time_field
+        assert name is not None
+        if name == self.spec.time_field and times is not None:
+            secs = times
+        else:
+            secs = epoch_seconds(col(name), name, self.spec.epoch_unit(name), missing=True)
+        nan = np.isnan(secs)
+        parts = time_part(np.where(nan, 0.0, secs), spec.part, spec.width).view(np.uint64)
+        if nan.any():
+            parts = np.where(nan, MISSING_BASE, parts)
+        return hash_bases(parts, salt)
 
     def _multi_hot(self, spec: MultiHotSpec, col: Column) -> JaggedIds:
         lists = [v if v is not None else () for v in col(spec.field)]
@@ -367,12 +431,17 @@ class Featurizer:
     # -- dense (stateful) ----------------------------------------------------
     def _needs_time(self) -> bool:
         return self.spec.time_field is not None and (
-            bool(self.spec.aggregates) or any(isinstance(s, TimePartSpec) for s in self.spec.sparse)
+            bool(self.spec.aggregates)
+            or any(
+                isinstance(s, TimePartSpec) and s.field in (None, self.spec.time_field)
+                for s in self.spec.sparse
+            )
         )
 
     def _times(self, col: Column) -> F64:
-        assert self.spec.time_field is not None
-        return epoch_seconds(col(self.spec.time_field), self.spec.time_field)
+        name = self.spec.time_field
+        assert name is not None
+        return epoch_seconds(col(name), name, self.spec.epoch_unit(name))
 
     def _entity_keys(self, agg: AggregateSpec, col: Column, memo: dict[str, I64]) -> I64:
         keys = []
@@ -402,7 +471,7 @@ class Featurizer:
             if agg.value == self.spec.label:
                 values = labels.astype(np.float64)
             else:
-                values = numeric(col(agg.value), agg.value)
+                values = np.clip(numeric(col(agg.value), agg.value), -DENSE_LIMIT, DENSE_LIMIT)
             valid = np.isfinite(values)
         state = self._aggs[agg.name]
         stats = state.query(key, buckets, values, valid)
@@ -446,7 +515,8 @@ class Featurizer:
             else:
                 stats, values = results[d.aggregate]
                 x = self._stat(d, stats, values)
-            x = np.where(np.isfinite(x), x, d.fill)
+            # beyond +-1e30 a value is clipped: float32 columns and running moments stay finite
+            x = np.clip(np.where(np.isfinite(x), x, d.fill), -DENSE_LIMIT, DENSE_LIMIT)
             if d.log1p:
                 x = np.log1p(np.maximum(x, 0.0))
             if d.clip is not None:

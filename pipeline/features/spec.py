@@ -78,13 +78,18 @@ class MultiHotSpec:
 
 @dataclass(frozen=True)
 class TimePartSpec:
-    """A calendar part of the spec's time field (UTC), divided by ``width`` (e.g. 4-hour blocks)."""
+    """A calendar part (UTC) of a timestamp field, divided by ``width`` (e.g. 4-hour blocks).
+
+    ``field``: the timestamp field (``None``: the spec's ``time_field``). A missing value
+    gets the feature's missing id.
+    """
 
     name: str
     table: str
     part: TimePart
     width: int = 1
     salt: str | None = None
+    field: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,8 @@ class AggregateSpec:
 class DenseSpec:
     """One dense column: a numeric ``field`` or ``aggregate``'s ``stat``, then transforms.
 
-    Order: missing -> ``fill``; ``log1p`` (of max(x, 0)); ``clip``; running ``standardize``.
+    Order: missing -> ``fill``; clip to +-1e30; ``log1p`` (of max(x, 0)); ``clip``; running
+    ``standardize``.
     """
 
     name: str
@@ -146,6 +152,8 @@ class FeatureSpec:
     sparse: tuple[SparseSpec, ...] = ()
     dense: tuple[DenseSpec, ...] = ()
     aggregates: tuple[AggregateSpec, ...] = ()
+    epoch_units: tuple[tuple[str, str], ...] = ()
+    """Timestamp fields that hold epoch numbers, with their unit (s, ms, us, ns)."""
 
     def __post_init__(self) -> None:
         self._check_names()
@@ -182,7 +190,7 @@ class FeatureSpec:
                         raise FeatureSpecError(
                             f"cross {spec.name!r}", f"{other!r} must be declared before the cross"
                         )
-            if isinstance(spec, TimePartSpec) and self.time_field is None:
+            if isinstance(spec, TimePartSpec) and spec.field is None and self.time_field is None:
                 raise FeatureSpecError(f"time {spec.name!r}", "the spec declares no time field")
         aggs = {a.name: a for a in self.aggregates}
         for agg in self.aggregates:
@@ -209,6 +217,10 @@ class FeatureSpec:
                     )
                 if dense.stat in ("zscore", "log_ratio") and agg_ref.value == self.label:
                     raise FeatureSpecError(where, f"stat {dense.stat!r} would read the label")
+
+    def epoch_unit(self, name: str) -> str | None:
+        """The epoch unit of timestamp field ``name`` (``None``: ISO text or datetimes)."""
+        return dict(self.epoch_units).get(name)
 
     @property
     def tables(self) -> tuple[str, ...]:

@@ -262,7 +262,8 @@ class DistributedTrainJob:
         return SourceConfig(
             bootstrap_servers=tuple(src.bootstrap_servers),
             topics=(src.topic,),
-            kind=self.config.kind,
+            kind=self.config.event_kind,
+            schema=self.config.schema_spec(),
             group_id=src.group_id,
             assignment=Assignment.MANUAL if manual else Assignment.GROUP,
             partitions=partitions,

@@ -206,7 +206,8 @@ class TrainJob:
         return SourceConfig(
             bootstrap_servers=tuple(src.bootstrap_servers),
             topics=(src.topic,),
-            kind=self.config.kind,
+            kind=self.config.event_kind,
+            schema=self.config.schema_spec(),
             group_id=src.group_id,
             assignment=Assignment.GROUP if src.assignment == "group" else Assignment.MANUAL,
             max_events=src.max_events,
