@@ -96,6 +96,9 @@ ValueTypeField = Annotated[
 ]
 
 
+Width = Annotated[int, Field(ge=1, le=65536, description="units in one MLP layer")]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -426,10 +429,10 @@ class ModelConfig(_Section):
 
     type: Literal["deepfm", "logistic"] = Field(description="model family")
     embedding_dim: int = Field(default=8, ge=1, le=1024, description="factor size k (deepfm)")
-    hidden: list[int] = Field(
+    hidden: list[Width] = Field(
         default_factory=lambda: [64, 32], max_length=8, description="top MLP widths (deepfm)"
     )
-    bottom: list[int] = Field(
+    bottom: list[Width] = Field(
         default_factory=lambda: [32], max_length=8, description="dense MLP widths (deepfm)"
     )
     init_scale: float = Field(default=0.05, ge=0, le=10, description="uniform init of sparse rows")

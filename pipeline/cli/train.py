@@ -35,9 +35,7 @@ def run(args: argparse.Namespace) -> int:
     ``store.on_disk_error: stop`` (the message names the directory, the OS error and the
     checkpoint a restart resumes from).
     """
-    from pydantic import ValidationError
-
-    from configs.job import JobConfig
+    from pipeline.cli.config import ConfigFileError, load_job
     from pipeline.errors import StoreDiskError
     from pipeline.training.job import Progress, TrainJob
 
@@ -51,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
             extra += ["--idle-timeout", str(args.idle_timeout)]
         return launch(args.config, args.nproc, extra)
     try:
-        config = JobConfig.from_yaml(args.config)
-    except (OSError, ValidationError, ValueError) as err:
-        print(f"freshet train: invalid config {args.config}: {err}")
+        config = load_job(args.config)  # one line per problem, never a traceback
+    except ConfigFileError as err:
+        print(f"freshet train: invalid config {err}", file=sys.stderr)
         return 2
 
     def show(p: Progress) -> None:
