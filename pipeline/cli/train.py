@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 
 DISK_FAILED: Final = 3
 """Exit code when RocksDB could not write and ``store.on_disk_error`` is ``stop``."""
+DEAD_LETTERS: Final = 4
+"""Exit code when a run read events but every one went to the dead-letter topic."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train until done; prints the summary as JSON.
 
-    Exit codes: 0 done, 2 a bad config, 3 the store's disk failed with
+    Exit codes: 0 done, 2 a bad config, 4 every event went to dead letters (the top
+    reasons on stderr), 3 the store's disk failed with
     ``store.on_disk_error: stop`` (the message names the directory, the OS error and the
     checkpoint a restart resumes from).
     """
@@ -81,4 +84,22 @@ def run(args: argparse.Namespace) -> int:
         return DISK_FAILED
     out = {k: v for k, v in asdict(summary).items() if k != "history"}
     print(json.dumps(out, indent=2))
+    if summary.events == 0 and summary.dead_letters > 0:
+        return _only_dead_letters(config, summary.dead_letters)
     return 0
+
+
+def _only_dead_letters(config: Any, count: int) -> int:
+    """Every event of the run was dead-lettered: say why (top reasons), exit ``DEAD_LETTERS``."""
+    from pipeline.cli.dead_letters import summarise, top_reasons
+    from pipeline.source.kafka import dead_letter_topic_for
+
+    src = config.source
+    topic = dead_letter_topic_for(src.topic, src.dead_letter_topic)
+    reasons = top_reasons(src.bootstrap_servers, topic, count, src.security.client_config())
+    print(
+        f"freshet train: all {count} events went to the dead-letter topic {topic} (does the "
+        f"stream match the schema?); top reasons: {summarise(reasons, count)}",
+        file=sys.stderr,
+    )
+    return DEAD_LETTERS

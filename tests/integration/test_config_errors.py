@@ -55,11 +55,14 @@ CASES: dict[str, tuple[str, dict[str, str], str]] = {
         "features.sparse[1].field: field 'amount' is a float; a time part needs a timestamp",
     ),
     "hex ids hashed as integers": (
-        GOOD.replace("kind: transaction\n", "schema:\n  name: s\n  fields:\n"
-                     "    label: {type: int, ge: 0, le: 1}\n"
-                     "    timestamp: {type: timestamp, format: iso}\n"
-                     "    customer_id: {type: string}\n"
-                     "    amount: {type: float}\n"),
+        GOOD.replace(
+            "kind: transaction\n",
+            "schema:\n  name: s\n  fields:\n"
+            "    label: {type: int, ge: 0, le: 1}\n"
+            "    timestamp: {type: timestamp, format: iso}\n"
+            "    customer_id: {type: string}\n"
+            "    amount: {type: float}\n",
+        ),
         {},
         "features.sparse[0].value_type: value_type int on string 'customer_id'; use str",
     ),
