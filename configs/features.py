@@ -51,6 +51,7 @@ from pipeline.features.spec import (
     CategoricalSpec,
     CrossSpec,
     DenseSpec,
+    EntityStateSpec,
     FeatureSpec,
     MultiHotSpec,
     SparseSpec,
@@ -186,8 +187,17 @@ SparseConfig = Annotated[
 
 
 class AggregateConfig(_Section):
-    """Windowed per-entity count / sum / sum of squares, from past events only."""
+    """Per-entity state from past events only, that dense columns read by name.
 
+    A window of count / sum / squares, the time since the previous event, or the number of
+    distinct values seen.
+    """
+
+    type: Literal["window", "since_previous", "distinct"] = Field(
+        default="window",
+        description="window: count/sum/squares over time buckets; since_previous: seconds "
+        "since the entity's previous event; distinct: distinct values of `value` so far",
+    )
     name: Name
     key: list[FieldName] = Field(min_length=1, max_length=4, description="entity fields")
     value: FieldName | None = Field(
@@ -205,6 +215,9 @@ class AggregateConfig(_Section):
         "(>= 1 for the label: labels arrive late)",
     )
     key_type: ValueTypeField = "int"
+    value_type: ValueTypeField = Field(
+        default="str", description="distinct: how the value is hashed (int or str)"
+    )
 
 
 class DenseConfig(_Section):
@@ -276,6 +289,12 @@ class FeaturesConfig(_Section):
                     a.name, tuple(a.key), a.value, a.window, a.bucket_seconds, a.delay, a.key_type
                 )
                 for a in self.aggregates
+                if a.type == "window"
+            ),
+            entity_states=tuple(
+                EntityStateSpec(a.name, a.type, tuple(a.key), a.value, a.key_type, a.value_type)
+                for a in self.aggregates
+                if a.type != "window"
             ),
         )
 
@@ -363,7 +382,11 @@ def schema_problems(features: FeaturesConfig, schema: EventSchema) -> list[Probl
             f = need(f"{at}.key.{j}", k, "string", "int", "bool")
             if f is not None and a.key_type == "int" and f.type not in ("int", "bool"):
                 out.append((f"{at}.key_type", f"key_type int on {_kind(f)} {k!r}; use str"))
-        if a.value is not None and a.value != features.label:
+        if a.type == "distinct" and a.value is not None:
+            f = need(f"{at}.value", a.value, "string", "int", "bool")
+            if f is not None and a.value_type == "int" and f.type not in ("int", "bool"):
+                out.append((f"{at}.value_type", f"value_type int on {_kind(f)} {a.value!r}"))
+        elif a.value is not None and a.value != features.label:
             need(f"{at}.value", a.value, "int", "float", "bool", "epoch", what="a value is")
     for i, d in enumerate(features.dense):
         if d.field is not None:

@@ -47,6 +47,7 @@ import pandas as pd
 
 from pipeline.events.columnar import ColumnarEvents
 from pipeline.features.aggregates import WindowedAggregate, WindowStats
+from pipeline.features.entity_state import DistinctCount, SincePrevious
 from pipeline.features.errors import FeatureValueError
 from pipeline.features.hashing import (
     MISSING_BASE,
@@ -62,6 +63,7 @@ from pipeline.features.spec import (
     CategoricalSpec,
     CrossSpec,
     DenseSpec,
+    EntityStateSpec,
     FeatureSpec,
     MultiHotSpec,
     SparseSpec,
@@ -332,6 +334,10 @@ class Featurizer:
         self._aggs: dict[str, WindowedAggregate] = {
             a.name: WindowedAggregate(a.window, a.delay) for a in spec.aggregates
         }
+        self._states: dict[str, SincePrevious | DistinctCount] = {
+            e.name: SincePrevious() if e.kind == "since_previous" else DistinctCount()
+            for e in spec.entity_states
+        }
         self._std_cols = np.array([d.standardize for d in spec.dense], dtype=np.bool_)
         self.moments = RunningMoments(int(self._std_cols.sum()))
         self.events_seen = 0
@@ -432,6 +438,7 @@ class Featurizer:
     def _needs_time(self) -> bool:
         return self.spec.time_field is not None and (
             bool(self.spec.aggregates)
+            or any(e.kind == "since_previous" for e in self.spec.entity_states)
             or any(
                 isinstance(s, TimePartSpec) and s.field in (None, self.spec.time_field)
                 for s in self.spec.sparse
@@ -443,7 +450,9 @@ class Featurizer:
         assert name is not None
         return epoch_seconds(col(name), name, self.spec.epoch_unit(name))
 
-    def _entity_keys(self, agg: AggregateSpec, col: Column, memo: dict[str, I64]) -> I64:
+    def _entity_keys(
+        self, agg: AggregateSpec | EntityStateSpec, col: Column, memo: dict[str, I64]
+    ) -> I64:
         keys = []
         for k in agg.key:
             name = f"{k}:{agg.key_type}"
@@ -451,6 +460,33 @@ class Featurizer:
                 memo[name] = hash_column(col(k), agg.key_type, "agg/" + k, self._strings)
             keys.append(memo[name])
         return keys[0] if len(keys) == 1 else cross_ids(keys, "agg/" + "/".join(agg.key))
+
+    def _entity_state(
+        self,
+        spec: EntityStateSpec,
+        col: Column,
+        times: F64 | None,
+        *,
+        update: bool,
+        memo: dict[str, I64],
+    ) -> F64:
+        keys = self._entity_keys(spec, col, memo)
+        state = self._states[spec.name]
+        if isinstance(state, SincePrevious):
+            assert times is not None
+            out = state.query(keys, times)
+            if update:
+                state.update(keys, times)
+            return out
+        assert spec.value is not None
+        raw = col(spec.value)
+        base, missing = base_values(raw, spec.value_type, spec.value, self._strings)
+        values = base.view(np.int64)
+        valid = ~missing
+        out = state.query(keys, values, valid)
+        if update:
+            state.update(keys, values, valid)
+        return out
 
     def _aggregate(
         self,
@@ -507,11 +543,17 @@ class Featurizer:
         for agg in self.spec.aggregates:
             assert times is not None
             results[agg.name] = self._aggregate(agg, col, times, labels, update=update, memo=memo)
+        states = {
+            e.name: self._entity_state(e, col, times, update=update, memo=memo)
+            for e in self.spec.entity_states
+        }
         cols = np.empty((n, len(self.spec.dense)), dtype=np.float64)
         for j, d in enumerate(self.spec.dense):
             if d.aggregate is None:
                 assert d.field is not None
                 x = numeric(col(d.field), d.field)
+            elif d.aggregate in states:
+                x = states[d.aggregate]
             else:
                 stats, values = results[d.aggregate]
                 x = self._stat(d, stats, values)
@@ -561,6 +603,8 @@ class Featurizer:
         }
         for name, agg in self._aggs.items():
             out.update({f"agg.{name}.{k}": v for k, v in agg.state_dict().items()})
+        for name, state in self._states.items():
+            out.update({f"entity.{name}.{k}": v for k, v in state.state_dict().items()})
         out["events_seen"] = np.array([self.events_seen], dtype=np.int64)
         return out
 
@@ -571,4 +615,9 @@ class Featurizer:
         )
         for name, agg in self._aggs.items():
             agg.load_state_dict({k: state[f"agg.{name}.{k}"] for k in ("keys", "bucket", "stats")})
+        for name, entity in self._states.items():
+            prefix = f"entity.{name}."
+            entity.load_state_dict(
+                {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            )
         self.events_seen = int(state["events_seen"][0])

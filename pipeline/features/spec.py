@@ -126,6 +126,22 @@ class AggregateSpec:
 
 
 @dataclass(frozen=True)
+class EntityStateSpec:
+    """Per-entity state read by a dense column (``aggregate=name``), past events only.
+
+    ``since_previous``: seconds since the entity's previous event (needs the time field).
+    ``distinct``: how many distinct values of ``value`` the entity had before the event.
+    """
+
+    name: str
+    kind: Literal["since_previous", "distinct"]
+    key: tuple[str, ...]
+    value: str | None = None
+    key_type: ValueType = "int"
+    value_type: ValueType = "str"
+
+
+@dataclass(frozen=True)
 class DenseSpec:
     """One dense column: a numeric ``field`` or ``aggregate``'s ``stat``, then transforms.
 
@@ -154,6 +170,7 @@ class FeatureSpec:
     aggregates: tuple[AggregateSpec, ...] = ()
     epoch_units: tuple[tuple[str, str], ...] = ()
     """Timestamp fields that hold epoch numbers, with their unit (s, ms, us, ns)."""
+    entity_states: tuple[EntityStateSpec, ...] = ()
 
     def __post_init__(self) -> None:
         self._check_names()
@@ -162,7 +179,7 @@ class FeatureSpec:
 
     def _check_names(self) -> None:
         names = [s.name for s in self.sparse] + [d.name for d in self.dense]
-        names += [a.name for a in self.aggregates]
+        names += [a.name for a in self.aggregates] + [e.name for e in self.entity_states]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise FeatureSpecError("names", f"duplicate feature or aggregate names {dup}")
@@ -201,10 +218,21 @@ class FeatureSpec:
                     f"aggregate {agg.name!r}",
                     "an aggregate of the label needs delay >= 1 bucket (labels arrive late)",
                 )
+        states = {e.name: e for e in self.entity_states}
+        for state in self.entity_states:
+            where = f"{state.kind} {state.name!r}"
+            if state.kind == "since_previous" and self.time_field is None:
+                raise FeatureSpecError(where, "the spec declares no time field")
+            if state.kind == "distinct" and state.value is None:
+                raise FeatureSpecError(where, "a distinct count needs a value field")
         for dense in self.dense:
             where = f"dense {dense.name!r}"
             if (dense.field is None) == (dense.aggregate is None):
                 raise FeatureSpecError(where, "give exactly one of field or aggregate")
+            if dense.aggregate in states:
+                if dense.stat is not None:
+                    raise FeatureSpecError(where, f"{dense.aggregate!r} takes no stat")
+                continue
             if dense.aggregate is not None:
                 agg_ref = aggs.get(dense.aggregate)
                 if agg_ref is None:

@@ -75,10 +75,14 @@ features:
     - {type: multi_hot, name: tags, table: tags, field: tags}
   aggregates:
     - {name: user_1d, key: [user_id], key_type: str, window: 1}
+    - {type: since_previous, name: user_gap, key: [user_id], key_type: str}
+    - {type: distinct, name: user_sites, key: [user_id], key_type: str, value: site}
   dense:
     - {name: log_bid, field: bid, log1p: true, standardize: true}
     - {name: prior, field: prior_clicks, fill: -1}
     - {name: user_count, aggregate: user_1d, stat: count, log1p: true}
+    - {name: gap, aggregate: user_gap, fill: -1, log1p: true}
+    - {name: n_sites, aggregate: user_sites}
 model: {type: deepfm, embedding_dim: 4, hidden: [16], bottom: [8]}
 """
 COLUMNS = [
