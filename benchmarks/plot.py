@@ -72,7 +72,9 @@ def plot_sweep(result: dict[str, Any], path: Path) -> None:
     w = result["workload"]
     fig.suptitle(
         f"budget sweep: {w['num_ids']:,} ids, batch {w['batch']}x{w['features']}, dim {w['dim']}"
-        + ("  (quick)" if result["quick"] else "") + "\n" + _title(result),
+        + ("  (quick)" if result["quick"] else "")
+        + "\n"
+        + _title(result),
         fontsize=9,
     )
     fig.tight_layout()
@@ -84,12 +86,16 @@ def plot_memory(result: dict[str, Any], path: Path) -> None:
     """Measured DRAM bytes per hot row against the row's raw bytes and the 1.5x limit."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     raw, limit = result["row_bytes"], result["row_bytes"] * result["target_ratio"]
-    ax.bar(["raw row", "1.5x limit", "measured"], [raw, limit, result["rss_bytes_per_row"]],
-           color=["tab:gray", "tab:red", "tab:blue"])
+    ax.bar(
+        ["raw row", "1.5x limit", "measured"],
+        [raw, limit, result["rss_bytes_per_row"]],
+        color=["tab:gray", "tab:red", "tab:blue"],
+    )
     ax.set_ylabel("bytes per hot row")
     ax.set_title(
         f"{result['rows']:,} hot rows: {result['ratio']:.2f}x raw "
-        f"({'met' if result['met'] else 'MISSED'})\n" + _title(result), fontsize=9,
+        f"({'met' if result['met'] else 'MISSED'})\n" + _title(result),
+        fontsize=9,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)

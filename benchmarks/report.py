@@ -33,15 +33,20 @@ def format_targets(targets: list[dict[str, Any]]) -> list[str]:
     for t in targets:
         paired = t.get("median_of_paired_window_ratios")
         extra = f"; median of paired windows {paired:.2f}x" if paired is not None else ""
-        lines.append(f"  {t['name']}: {t['ratio']:.2f}x (target {t['op']} {t['bound']}x) "
-                     f"{'MET' if t['met'] else 'MISSED'}{extra}")
+        lines.append(
+            f"  {t['name']}: {t['ratio']:.2f}x (target {t['op']} {t['bound']}x) "
+            f"{'MET' if t['met'] else 'MISSED'}{extra}"
+        )
         if "needs_samples_per_s" in t:
             lines.append(
                 f"    asks the tiered store for {t['needs_samples_per_s']:,.0f} samples/s = "
                 f"{t['needs_vs_dense_only']:.2f}x the dense MLP alone "
                 f"({t['dense_only_samples_per_s']:,.0f}/s)"
-                + (": above the ceiling, out of reach of any store on this machine"
-                   if t["above_ceiling"] else "")
+                + (
+                    ": above the ceiling, out of reach of any store on this machine"
+                    if t["above_ceiling"]
+                    else ""
+                )
             )
     return lines
 
@@ -70,8 +75,10 @@ def format_store(result: dict[str, Any]) -> str:
 def format_profile(label: str, profile: dict[str, Any], top: int = 25) -> str:
     """Where one system's training phase spent its samples (all threads)."""
     threads = ", ".join(f"{k} {v:.0%}" for k, v in profile["threads"].items())
-    lines = [f"profile of {label}: {profile['samples']} samples; threads: {threads}",
-             "  inclusive:"]
+    lines = [
+        f"profile of {label}: {profile['samples']} samples; threads: {threads}",
+        "  inclusive:",
+    ]
     lines += [f"    {share:6.1%}  {name}" for name, share in profile["inclusive"][:top]]
     lines.append("  self:")
     lines += [f"    {share:6.1%}  {name}" for name, share in profile["self"][:top]]

@@ -58,8 +58,10 @@ class Target:
         met = ratio >= self.bound if self.op == ">=" else ratio <= self.bound
         out = {**asdict(self), "ratio": ratio, "met": bool(met)}
         if self.metric == "samples_per_s":
-            paired = [x / y for x, y in zip(a["window_samples_per_s"], b["window_samples_per_s"],
-                                            strict=True)]
+            paired = [
+                x / y
+                for x, y in zip(a["window_samples_per_s"], b["window_samples_per_s"], strict=True)
+            ]
             out["median_of_paired_window_ratios"] = statistics.median(paired)
             if self.op == ">=" and DENSE in systems:
                 out.update(ceiling(self.bound * b[self.metric], systems[DENSE][self.metric]))
@@ -87,8 +89,12 @@ TARGETS = (
 )
 INFO_RATIOS = (
     ("tiered vs Freshet all-DRAM, samples/s", TIERED, DRAM, "samples_per_s"),
-    ("tiered vs Freshet all-DRAM, peak RSS of the training phase", TIERED, DRAM,
-     "train_peak_rss_bytes"),
+    (
+        "tiered vs Freshet all-DRAM, peak RSS of the training phase",
+        TIERED,
+        DRAM,
+        "train_peak_rss_bytes",
+    ),
     ("Freshet all-DRAM vs torch EmbeddingBag, samples/s", DRAM, TORCH, "samples_per_s"),
     ("tiered vs torch EmbeddingBag, samples per CPU-second", TIERED, TORCH, "samples_per_cpu_s"),
     ("tiered vs naive RocksDB, samples per CPU-second", TIERED, NAIVE, "samples_per_cpu_s"),
@@ -107,8 +113,13 @@ def default_setup(quick: bool) -> tuple[Workload, Timing]:
 
 
 def system_specs(
-    workload: Workload, timing: Timing, data: dict[str, str], root: Path, hot_fraction: float,
-    lookahead: int, shards: int = 4,
+    workload: Workload,
+    timing: Timing,
+    data: dict[str, str],
+    root: Path,
+    hot_fraction: float,
+    lookahead: int,
+    shards: int = 4,
 ) -> list[RunSpec]:
     """The four systems of the comparison, and the dense MLP alone as their ceiling."""
     options: dict[str, dict[str, Any]] = {
@@ -125,8 +136,16 @@ def system_specs(
     kinds = {TIERED: "freshet", DRAM: "freshet", TORCH: TORCH, NAIVE: NAIVE, DENSE: DENSE}
     batch_paths = {"ids": data["ids"], "labels": data["labels"]}
     return [
-        RunSpec(label, kinds[label], workload, batch_paths, data["ranked"], str(root / label),
-                timing.steps_per_window, opts)
+        RunSpec(
+            label,
+            kinds[label],
+            workload,
+            batch_paths,
+            data["ranked"],
+            str(root / label),
+            timing.steps_per_window,
+            opts,
+        )
         for label, opts in options.items()
     ]
 
@@ -150,9 +169,15 @@ def prepare_data(
 
 
 def run_store_bench(
-    out: Path, quick: bool = False, workload: Workload | None = None, timing: Timing | None = None,
-    hot_fraction: float = 0.1, lookahead: int = 2, scratch: Path | None = None,
-    profile: tuple[str, ...] = (), shards: int = 4,
+    out: Path,
+    quick: bool = False,
+    workload: Workload | None = None,
+    timing: Timing | None = None,
+    hot_fraction: float = 0.1,
+    lookahead: int = 2,
+    scratch: Path | None = None,
+    profile: tuple[str, ...] = (),
+    shards: int = 4,
 ) -> dict[str, Any]:
     """Run the four systems and the ceiling, write ``out`` (JSON) and its PNG; returns it."""
     from benchmarks.plot import plot_store
@@ -171,7 +196,8 @@ def run_store_bench(
         build_store(base, workload, num_shards=shards)
         specs = [
             replace(s, profile_path=str(out.with_suffix(f".{s.label}.pyspy.txt")))
-            if s.label in profile else s
+            if s.label in profile
+            else s
             for s in system_specs(workload, timing, data, root, hot_fraction, lookahead, shards)
         ]
         for spec in specs:
@@ -194,8 +220,8 @@ def run_store_bench(
             name: _ratio(systems[a].get(metric), systems[b].get(metric))
             for name, a, b, metric in INFO_RATIOS
         },
-        notes=NOTES + ([f"{', '.join(profile)} ran under py-spy (100 Hz, --nonblocking)"]
-                       if profile else []),
+        notes=NOTES
+        + ([f"{', '.join(profile)} ran under py-spy (100 Hz, --nonblocking)"] if profile else []),
     )
     result["load_average_end"] = list(os.getloadavg())
     write_json(result, out)
@@ -245,7 +271,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lookahead", type=int, default=2, help="batches prefetched ahead")
     parser.add_argument("--shards", type=int, default=4, help="shards of both Freshet stores")
     parser.add_argument(
-        "--profile", nargs="+", default=[], choices=[TIERED, DRAM, TORCH, NAIVE, DENSE],
+        "--profile",
+        nargs="+",
+        default=[],
+        choices=[TIERED, DRAM, TORCH, NAIVE, DENSE],
         help="sample these systems' training phase with py-spy (FILE.<system>.pyspy.txt)",
     )
 
@@ -270,7 +299,9 @@ def apply_overrides(
         args.steps if args.steps is not None else timing.steps_per_window,
     )
     workload = replace(
-        workload, num_ids=args.ids or workload.num_ids, batch=args.batch or workload.batch,
+        workload,
+        num_ids=args.ids or workload.num_ids,
+        batch=args.batch or workload.batch,
         steps=timing.steps,
     )
     return workload, timing
@@ -287,8 +318,15 @@ def run(args: argparse.Namespace) -> int:
     workload, timing = apply_overrides(*default_setup(args.quick), args)
     out = Path(args.out)
     result = run_store_bench(
-        out, args.quick, workload, timing, args.hot_fraction, args.lookahead,
-        Path(args.scratch) if args.scratch else None, tuple(args.profile), args.shards,
+        out,
+        args.quick,
+        workload,
+        timing,
+        args.hot_fraction,
+        args.lookahead,
+        Path(args.scratch) if args.scratch else None,
+        tuple(args.profile),
+        args.shards,
     )
     print(format_store(result))
     for label in args.profile:

@@ -69,8 +69,9 @@ def prepare_batches(
         parts.append(b)
         info[alpha] = {"sampler": sampler, "unique_ids_per_batch": unique_per_batch(b)}
         ranked = sampler.ids_by_rank() if ranked is None else ranked
-    stream = Batches(np.concatenate([b.ids for b in parts]),
-                     np.concatenate([b.labels for b in parts]))
+    stream = Batches(
+        np.concatenate([b.ids for b in parts]), np.concatenate([b.labels for b in parts])
+    )
     paths = stream.save(root / "data")
     ranked_path = str(root / "data" / "ranked.npy")
     np.save(ranked_path, ranked)
@@ -78,9 +79,14 @@ def prepare_batches(
 
 
 def run_sweep(
-    out: Path, quick: bool, workload: Workload, timing: Timing,
-    budgets: tuple[float, ...] = BUDGETS, alphas: tuple[float, ...] = ALPHAS,
-    lookahead: int = 2, scratch: Path | None = None,
+    out: Path,
+    quick: bool,
+    workload: Workload,
+    timing: Timing,
+    budgets: tuple[float, ...] = BUDGETS,
+    alphas: tuple[float, ...] = ALPHAS,
+    lookahead: int = 2,
+    scratch: Path | None = None,
 ) -> dict[str, Any]:
     """Run every (alpha, budget) point; write ``out`` and its PNG; returns the result."""
     from benchmarks.plot import plot_sweep
@@ -98,11 +104,23 @@ def run_sweep(
             label = f"budget{budget:g}"
             store_path = root / label / "store"
             clone_store(root / "base", store_path)
-            specs.append(RunSpec(
-                label, "freshet", stream, data, ranked, str(root / label), timing.steps_per_window,
-                {"hot_fraction": budget, "lookahead": lookahead, "prewarm": "hot",
-                 "store_path": str(store_path)},
-            ))
+            specs.append(
+                RunSpec(
+                    label,
+                    "freshet",
+                    stream,
+                    data,
+                    ranked,
+                    str(root / label),
+                    timing.steps_per_window,
+                    {
+                        "hot_fraction": budget,
+                        "lookahead": lookahead,
+                        "prewarm": "hot",
+                        "store_path": str(store_path),
+                    },
+                )
+            )
         segments = [Segment(f"zipf{a}", timing.warmup, timing.windows) for a in alphas]
         raw = run_interleaved(specs, segments)
     points = []
@@ -110,22 +128,34 @@ def run_sweep(
         r = raw[spec.label]
         for alpha, seg in zip(alphas, segments, strict=True):
             p = r["segments"][seg.name]
-            points.append({
-                "alpha": alpha,
-                "hot_fraction": budget,
-                "hot_rows": r["info"]["hot_budget_rows"],
-                "hot_rows_at_end": r["info"]["hot_rows"],
-                "zipf_mass_of_budget": info[alpha]["sampler"].mass_of_top(
-                    int(workload.num_ids * budget)),
-                "unique_ids_per_batch": info[alpha]["unique_ids_per_batch"],
-                "peak_rss_bytes": r["peak_rss_bytes"],
-                "prepare_seconds": r["prepare_seconds"],
-                **{k: p.get(k) for k in (
-                    "samples_per_s", "samples_per_s_min", "samples_per_s_max",
-                    "samples_per_cpu_s", "window_samples_per_s", "hit_ratio", "step_hit_ratio",
-                    "prefetch_stall_ms_per_step", "off_clock_cpu_seconds",
-                )},
-            })
+            points.append(
+                {
+                    "alpha": alpha,
+                    "hot_fraction": budget,
+                    "hot_rows": r["info"]["hot_budget_rows"],
+                    "hot_rows_at_end": r["info"]["hot_rows"],
+                    "zipf_mass_of_budget": info[alpha]["sampler"].mass_of_top(
+                        int(workload.num_ids * budget)
+                    ),
+                    "unique_ids_per_batch": info[alpha]["unique_ids_per_batch"],
+                    "peak_rss_bytes": r["peak_rss_bytes"],
+                    "prepare_seconds": r["prepare_seconds"],
+                    **{
+                        k: p.get(k)
+                        for k in (
+                            "samples_per_s",
+                            "samples_per_s_min",
+                            "samples_per_s_max",
+                            "samples_per_cpu_s",
+                            "window_samples_per_s",
+                            "hit_ratio",
+                            "step_hit_ratio",
+                            "prefetch_stall_ms_per_step",
+                            "off_clock_cpu_seconds",
+                        )
+                    },
+                }
+            )
     result.update(
         workload={**workload.to_json(), "alpha": list(alphas)},
         timing=asdict(timing),
@@ -165,14 +195,24 @@ def run(args: argparse.Namespace) -> int:
     workload, timing = apply_overrides(*default_setup(args.quick), args)
     out = Path(args.out)
     result = run_sweep(
-        out, args.quick, workload, timing, tuple(args.budgets or BUDGETS),
-        tuple(args.alphas or ALPHAS), args.lookahead, Path(args.scratch) if args.scratch else None,
+        out,
+        args.quick,
+        workload,
+        timing,
+        tuple(args.budgets or BUDGETS),
+        tuple(args.alphas or ALPHAS),
+        args.lookahead,
+        Path(args.scratch) if args.scratch else None,
     )
-    print(f"{'zipf':>5} {'budget':>7} {'samples/s':>10} {'hit':>6} {'step hit':>8} "
-          f"{'stall ms/step':>14} {'hot rows at end':>16}")
+    print(
+        f"{'zipf':>5} {'budget':>7} {'samples/s':>10} {'hit':>6} {'step hit':>8} "
+        f"{'stall ms/step':>14} {'hot rows at end':>16}"
+    )
     for p in result["points"]:
-        print(f"{p['alpha']:>5} {p['hot_fraction']:>7.0%} {p['samples_per_s']:>10.0f} "
-              f"{p['hit_ratio']:>6.3f} {p['step_hit_ratio']:>8.3f} "
-              f"{p['prefetch_stall_ms_per_step']:>14.1f} {p['hot_rows_at_end']:>16,}")
+        print(
+            f"{p['alpha']:>5} {p['hot_fraction']:>7.0%} {p['samples_per_s']:>10.0f} "
+            f"{p['hit_ratio']:>6.3f} {p['step_hit_ratio']:>8.3f} "
+            f"{p['prefetch_stall_ms_per_step']:>14.1f} {p['hot_rows_at_end']:>16,}"
+        )
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

@@ -1,4 +1,4 @@
-"""``freshet evaluate --config JOB.yaml --file DATA``: prequential quality of a job, no broker.
+r"""``freshet evaluate --config JOB.yaml --file DATA``: prequential quality of a job, no broker.
 
 Every record of the file is validated as the source would (the job's schema, the same
 :class:`~pipeline.events.fast_decode.FastDecoder`), cut into batches of ``source.max_events``
@@ -10,7 +10,7 @@ and the dead letters' top reasons; draws the windowed AUC along the stream as a 
 Examples::
 
     freshet evaluate --config configs/ctr.yaml --file ../shared/data/criteo/train.txt
-    freshet evaluate --config configs/fraud.yaml \\
+    freshet evaluate --config configs/fraud.yaml \
         --file ../shared/data/fraud/transactions.csv.gz --limit 300000 --out fraud.json
     freshet evaluate --config my-job.yaml --file clicks.csv.gz    # CSV/TSV/JSONL, gzip ok
 

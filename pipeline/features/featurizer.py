@@ -55,6 +55,9 @@ from pipeline.features.hashing import (
     cross_ids,
     hash_bases,
     hash_column,
+    salt64,
+    splitmix64,
+    text_bases,
 )
 from pipeline.features.moments import RunningMoments
 from pipeline.features.spec import (
@@ -339,41 +342,92 @@ class Featurizer:
             for e in spec.entity_states
         }
         self._std_cols = np.array([d.standardize for d in spec.dense], dtype=np.bool_)
+        self._transforms = (
+            np.array([d.fill for d in spec.dense], dtype=np.float64),
+            np.flatnonzero([d.log1p for d in spec.dense]),
+            np.array([d.clip[0] if d.clip else -np.inf for d in spec.dense], dtype=np.float64),
+            np.array([d.clip[1] if d.clip else np.inf for d in spec.dense], dtype=np.float64),
+        )
         self.moments = RunningMoments(int(self._std_cols.sum()))
         self.events_seen = 0
         self._strings: dict[str, int] = {}
+        self._salts: dict[str, np.uint64] = {}
         # sparse ids and times of batches seen by sparse_ids(), for their transform() later
         self._ahead: OrderedDict[int, tuple[Sequence[Any], dict[str, SparseIds], F64 | None]]
         self._ahead = OrderedDict()
 
     # -- sparse (stateless) --------------------------------------------------
-    def _feature_ids(
-        self,
-        spec: SparseSpec,
-        col: Column,
-        done: dict[str, SparseIds],
-        times: F64 | None,
-        hashed: Hashed,
-    ) -> SparseIds:
-        salt = spec.salt or spec.name
+    def _bases(
+        self, spec: SparseSpec, col: Column, times: F64 | None, hashed: Hashed
+    ) -> npt.NDArray[np.uint64] | None:
+        """Unsalted bases of a single-valued, non-cross feature (None: a str column to batch)."""
         if isinstance(spec, CategoricalSpec):
             if spec.value_type == "str":
-                bases = hashed(spec.field)  # computed by the source process
-                if bases is not None:
-                    return hash_bases(bases, salt)
-            return hash_column(col(spec.field), spec.value_type, salt, self._strings)
-        if isinstance(spec, CrossSpec):
-            parts = [done[o] for o in spec.of]
-            return cross_ids([p for p in parts if isinstance(p, np.ndarray)], salt)
+                return hashed(spec.field)  # computed by the source process, or None
+            return base_values(col(spec.field), "int", spec.field, self._strings)[0]
         if isinstance(spec, TimePartSpec):
-            return self._time_part_ids(spec, col, times, salt)
-        if isinstance(spec, BucketizeSpec):
-            return hash_bases(
-                bucket_of(numeric(col(spec.field), spec.field), spec).view(np.uint64), salt
-            )
-        return self._multi_hot(spec, col)
+            return self._time_part_bases(spec, col, times)
+        assert isinstance(spec, BucketizeSpec)
+        return bucket_of(numeric(col(spec.field), spec.field), spec).view(np.uint64)
 
-    def _time_part_ids(self, spec: TimePartSpec, col: Column, times: F64 | None, salt: str) -> I64:
+    def _sparse(self, col: Column, times: F64 | None, hashed: Hashed) -> dict[str, SparseIds]:
+        """Ids of every sparse feature, salted in one pass over a (features, events) matrix.
+
+        String categories of all features are factorised together (one pandas call, one
+        blake2b per distinct string of the batch), so a batch's fixed cost does not grow
+        with a hash call per feature.
+        """
+        simple = [s for s in self.spec.sparse if not isinstance(s, CrossSpec | MultiHotSpec)]
+        n = len(col(self.spec.label))
+        bases = np.empty((len(simple), n), dtype=np.uint64)
+        text_rows: list[int] = []
+        text_values: list[Any] = []
+        for i, spec in enumerate(simple):
+            got = self._bases(spec, col, times, hashed)
+            if got is None:
+                assert isinstance(spec, CategoricalSpec)
+                text_rows.append(i)
+                text_values.extend(col(spec.field))
+            else:
+                bases[i] = got
+        if text_rows:
+            flat = text_bases(text_values, self._strings)
+            if flat is not None:
+                bases[text_rows] = flat.reshape(len(text_rows), n)
+            else:  # some value is not a string: each column hashes its own str() of it
+                for k, i in enumerate(text_rows):
+                    part = text_values[k * n : (k + 1) * n]
+                    bases[i] = base_values(part, "str", "category", self._strings)[0]
+        salts = np.array([self._salt(s) for s in simple], dtype=np.uint64)
+        ids = splitmix64(bases ^ salts[:, None]).view(np.int64)
+        done: dict[str, SparseIds] = {s.name: ids[i] for i, s in enumerate(simple)}
+        for other in self.spec.sparse:
+            if isinstance(other, CrossSpec):
+                parts = [done[o] for o in other.of]
+                done[other.name] = cross_ids(
+                    [p for p in parts if isinstance(p, np.ndarray)], other.salt or other.name
+                )
+            elif isinstance(other, MultiHotSpec):
+                done[other.name] = self._multi_hot(other, col)
+        out: dict[str, SparseIds] = {}
+        for table in self.spec.tables:
+            names = self.spec.table_features(table)
+            if self.spec.is_jagged(table):
+                out[table] = done[names[0]]
+            else:
+                out[table] = np.stack([done[n] for n in names], axis=1)  # type: ignore[misc]
+        return out
+
+    def _salt(self, spec: SparseSpec) -> np.uint64:
+        salt = spec.salt or spec.name
+        value = self._salts.get(salt)
+        if value is None:
+            value = self._salts[salt] = salt64(salt)
+        return value
+
+    def _time_part_bases(
+        self, spec: TimePartSpec, col: Column, times: F64 | None
+    ) -> npt.NDArray[np.uint64]:
         name = spec.field or self.spec.time_field
         assert name is not None
         if name == self.spec.time_field and times is not None:
@@ -384,7 +438,7 @@ class Featurizer:
         parts = time_part(np.where(nan, 0.0, secs), spec.part, spec.width).view(np.uint64)
         if nan.any():
             parts = np.where(nan, MISSING_BASE, parts)
-        return hash_bases(parts, salt)
+        return parts
 
     def _multi_hot(self, spec: MultiHotSpec, col: Column) -> JaggedIds:
         lists = [v if v is not None else () for v in col(spec.field)]
@@ -394,19 +448,6 @@ class Featurizer:
         flat = [x for v in lists for x in v]
         base, _ = base_values(flat, spec.value_type, spec.field, self._strings)
         return JaggedIds.from_lengths(hash_bases(base, spec.salt or spec.name), lengths)
-
-    def _sparse(self, col: Column, times: F64 | None, hashed: Hashed) -> dict[str, SparseIds]:
-        done: dict[str, SparseIds] = {}
-        for spec in self.spec.sparse:
-            done[spec.name] = self._feature_ids(spec, col, done, times, hashed)
-        out: dict[str, SparseIds] = {}
-        for table in self.spec.tables:
-            names = self.spec.table_features(table)
-            if self.spec.is_jagged(table):
-                out[table] = done[names[0]]
-            else:
-                out[table] = np.stack([done[n] for n in names], axis=1)  # type: ignore[misc]
-        return out
 
     def sparse_ids(self, events: Sequence[Any]) -> dict[str, I64]:
         """Sorted unique ids per table of ``events``, without touching any state.
@@ -547,23 +588,25 @@ class Featurizer:
             e.name: self._entity_state(e, col, times, update=update, memo=memo)
             for e in self.spec.entity_states
         }
-        cols = np.empty((n, len(self.spec.dense)), dtype=np.float64)
+        raw = np.empty((len(self.spec.dense), n), dtype=np.float64)
         for j, d in enumerate(self.spec.dense):
             if d.aggregate is None:
                 assert d.field is not None
-                x = numeric(col(d.field), d.field)
+                raw[j] = numeric(col(d.field), d.field)
             elif d.aggregate in states:
-                x = states[d.aggregate]
+                raw[j] = states[d.aggregate]
             else:
                 stats, values = results[d.aggregate]
-                x = self._stat(d, stats, values)
-            # beyond +-1e30 a value is clipped: float32 columns and running moments stay finite
-            x = np.clip(np.where(np.isfinite(x), x, d.fill), -DENSE_LIMIT, DENSE_LIMIT)
-            if d.log1p:
-                x = np.log1p(np.maximum(x, 0.0))
-            if d.clip is not None:
-                x = np.clip(x, d.clip[0], d.clip[1])
-            cols[:, j] = x
+                raw[j] = self._stat(d, stats, values)
+        # every column's transforms at once: missing -> fill; beyond +-1e30 clipped (float32
+        # columns and running moments stay finite); log1p; clip
+        fill, log_rows, low, high = self._transforms
+        x = np.where(np.isfinite(raw), raw, fill[:, None])
+        np.clip(x, -DENSE_LIMIT, DENSE_LIMIT, out=x)
+        if log_rows.size:
+            x[log_rows] = np.log1p(np.maximum(x[log_rows], 0.0))
+        np.clip(x, low[:, None], high[:, None], out=x)
+        cols = np.ascontiguousarray(x.T)
         if self._std_cols.any():
             part = cols[:, self._std_cols]
             if update:
