@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--streams", default=",".join(STREAMS), help="comma-separated subset")
     parser.add_argument("--river-lr", type=float, default=0.1, help="River Adagrad step size")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="events per batch (default: the config's)"
+    )
 
 
 def _events(config: Any, path: Path, limit: int | None) -> tuple[list[Any], int]:
@@ -175,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
             limit = min(limit, QUICK_EVENTS)
         config = JobConfig.from_yaml(REPO / cfg_path)
         events, dead = _events(config, args.data / rel, limit)
-        size = config.source.max_events
+        size = args.batch_size or config.source.max_events
         freshet, batches = _freshet(config, events, size)
         river = _river(batches, args.river_lr)
         res = {
