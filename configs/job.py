@@ -33,7 +33,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from configs.features import FeaturesConfig, ModelConfig, schema_problems
 from configs.operators import OperatorsConfig
-from configs.schema import SHIPPED_SCHEMAS, SchemaConfig, resolve_schema
+from configs.schema import SHIPPED_SCHEMAS, SchemaConfig, relative_to, resolve_schema
 from configs.serving import PublishConfig, ServeConfig
 from embedding_store.config import SstConfig
 from pipeline.events.schema import EventSchema
@@ -358,4 +358,4 @@ class JobConfig(BaseSettings):
             raw = yaml.safe_load(fh)
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: the top level must be a mapping of sections")
-        return cls(**raw)
+        return cls(**relative_to(raw, path))

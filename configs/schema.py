@@ -1,7 +1,8 @@
 """The ``schema:`` section of a job file: the declared fields of the event stream.
 
 It is given inline, or as the name of a shipped schema (``ctr``, ``transaction``: the files in
-``configs/schemas/``), or as a path to a YAML file with the same ``name`` and ``fields`` keys.
+``configs/schemas/``), or as a path to a YAML file with the same ``name`` and ``fields`` keys
+(relative to the job file's directory).
 :meth:`SchemaConfig.to_schema` gives the frozen :class:`pipeline.events.schema.EventSchema`
 from which the event validator is generated.
 
@@ -36,7 +37,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline.errors import ConfigError
 from pipeline.events.schema import EventSchema, FieldSchema
 
-__all__ = ["SHIPPED_SCHEMAS", "FieldConfig", "SchemaConfig", "load_schema", "resolve_schema"]
+__all__ = [
+    "SHIPPED_SCHEMAS",
+    "FieldConfig",
+    "SchemaConfig",
+    "load_schema",
+    "relative_to",
+    "resolve_schema",
+]
 
 SHIPPED_DIR = Path(__file__).parent / "schemas"
 SHIPPED_SCHEMAS = ("ctr", "transaction")
@@ -134,6 +142,20 @@ def resolve_schema(value: Any) -> Any:
         raw = raw["schema"]
     if not isinstance(raw, dict):
         raise ValueError(f"schema file {value!r} must hold a mapping with name and fields")
+    return raw
+
+
+def relative_to(raw: dict[str, Any], job_file: str | Path) -> dict[str, Any]:
+    """``raw`` with a relative ``schema:`` path taken from the job file's directory.
+
+    >>> relative_to({"schema": "s.yaml"}, "/jobs/job.yaml")["schema"]
+    '/jobs/s.yaml'
+    >>> relative_to({"schema": "ctr"}, "/jobs/job.yaml")["schema"]
+    'ctr'
+    """
+    value = raw.get("schema")
+    if isinstance(value, str) and value not in SHIPPED_SCHEMAS and not Path(value).is_absolute():
+        return {**raw, "schema": str(Path(job_file).parent / value)}
     return raw
 
 

@@ -87,6 +87,10 @@ def validate_file(path: Path, model: type[BaseModel]) -> tuple[BaseModel | None,
     bad_keys = [k for k in raw if not isinstance(k, str)]
     if bad_keys:
         return None, [f"top-level keys must be strings, got {bad_keys!r}"]
+    if "schema" in raw:  # a schema file named relative to the job file
+        from configs.schema import relative_to
+
+        raw = relative_to(raw, path)
     try:
         return model(**raw), []
     except ValidationError as err:
