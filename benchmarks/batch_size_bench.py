@@ -74,7 +74,7 @@ def in_process(kind: str, events: list[Any], size: int) -> dict[str, float]:
         replace(t, **config.store.table_overrides()) for t in model_tables(mspec, layout)
     )
     batches = [tuple(events[i : i + size]) for i in range(0, len(events) - size + 1, size)]
-    warm = max(2, len(batches) // 10)
+    warm = min(max(1, len(batches) // 10), len(batches) - 1)
     with tempfile.TemporaryDirectory(prefix="freshet-batches-") as tmp:
         store_config = StoreConfig(
             tmp, tables, num_shards=config.store.num_shards, **config.store.rocks_options()
@@ -108,14 +108,16 @@ def through_kafka(kind: str, events: list[Any], size: int, bootstrap: str) -> di
     """The same events from a fresh topic of the embedded broker, by ``TrainJob``."""
     import uuid
 
+    import msgspec
+
     from pipeline.broker.embedded import ensure_topics
-    from pipeline.events.kinds import to_record
     from pipeline.events.replay import replay
     from pipeline.training.job import TrainJob
 
     topic = f"batches-{uuid.uuid4().hex[:8]}"
     ensure_topics(bootstrap, {topic: 1})
-    replay(bootstrap, topic, ((None, to_record(e)) for e in events), progress=False)
+    payloads = ((None, msgspec.json.encode(e)) for e in events)  # FastDecoder's Structs
+    replay(bootstrap, topic, payloads, progress=False)
     config = _config(kind)
     with tempfile.TemporaryDirectory(prefix="freshet-batches-kafka-") as tmp:
         src = config.source.model_copy(
@@ -156,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     n = 2048 if args.quick else args.events
-    events = _events(max(n, 2 * max(SIZES)))
+    events = _events(max(n, 4 * max(SIZES)))
     out: dict[str, Any] = {"events": len(events), "models": {}}
     broker = None
     if args.kafka:
