@@ -24,6 +24,11 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "checkpoint": ("benchmarks.checkpoint_bench", "incremental vs full checkpoint, restore"),
     "drift": ("benchmarks.drift_bench", "hit ratio on a drifting stream, with/without migration"),
     "operators": ("benchmarks.operators_bench", "training with operators on schedule vs without"),
+    "batches": ("benchmarks.batch_size_bench", "events/s and fixed cost per batch, by batch size"),
+    "quality": (
+        "benchmarks.quality_bench",
+        "prequential AUC and events/s beside River, per stream",
+    ),
     "soak": ("benchmarks.soak", "long run, every operator on a 2-5 s schedule: RSS, fds, chains"),
 }
 

@@ -68,7 +68,8 @@ def measure_rows(rows: int, path: str, chunk: int, num_shards: int = 4) -> dict[
     half = curve[len(curve) // 2 - 1] if len(curve) >= 2 else None
     marginal = (
         (curve[-1]["rss_bytes"] - half["rss_bytes"]) / (curve[-1]["rows"] - half["rows"])
-        if half else None
+        if half
+        else None
     )
     return {
         "rows": rows,
@@ -124,9 +125,18 @@ def run_memory_bench(out: Path, quick: bool, rows: int | None = None) -> dict[st
     headline = next(r for r in by_chunk if r["insert_chunk"] == HEADLINE_CHUNK)
     result.update(headline)
     result["by_insert_chunk"] = [
-        {k: r[k] for k in ("insert_chunk", "rss_bytes_per_row", "ratio", "met",
-                           "marginal_bytes_per_row_second_half",
-                           "diagnostic_rss_after_malloc_trim_bytes", "rss_empty_bytes")}
+        {
+            k: r[k]
+            for k in (
+                "insert_chunk",
+                "rss_bytes_per_row",
+                "ratio",
+                "met",
+                "marginal_bytes_per_row_second_half",
+                "diagnostic_rss_after_malloc_trim_bytes",
+                "rss_empty_bytes",
+            )
+        }
         for r in by_chunk
     ]
     result["notes"] = [
@@ -164,8 +174,10 @@ def run(args: argparse.Namespace) -> int:
         f"(target <= {TARGET_RATIO}x) {'MET' if r['met'] else 'MISSED'}"
     )
     for c in r["by_insert_chunk"]:
-        print(f"  insert chunk {c['insert_chunk']:>6}: {c['rss_bytes_per_row']:.1f} B/row = "
-              f"{c['ratio']:.2f}x {'MET' if c['met'] else 'MISSED'}")
+        print(
+            f"  insert chunk {c['insert_chunk']:>6}: {c['rss_bytes_per_row']:.1f} B/row = "
+            f"{c['ratio']:.2f}x {'MET' if c['met'] else 'MISSED'}"
+        )
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 

@@ -28,7 +28,10 @@ class DenseTower(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.mlp = nn.Sequential(
-            nn.Linear(features * dim, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
+            nn.Linear(features * dim, 256),
+            nn.ReLU(),
+            nn.Linear(256, 128),
+            nn.ReLU(),
             nn.Linear(128, 1),
         )
 

@@ -50,8 +50,20 @@ class Profiler:
         exe = pyspy_path()
         if exe is None:
             raise RuntimeError("py-spy not found: pip install py-spy")
-        cmd = [exe, "record", "--pid", str(os.getpid()), "--threads", "--nonblocking",
-               "-r", str(self.rate), "-f", "raw", "-o", self.out]
+        cmd = [
+            exe,
+            "record",
+            "--pid",
+            str(os.getpid()),
+            "--threads",
+            "--nonblocking",
+            "-r",
+            str(self.rate),
+            "-f",
+            "raw",
+            "-o",
+            self.out,
+        ]
         self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
 
@@ -95,9 +107,7 @@ def summarise_lines(lines: Iterable[str], top: int = 30) -> dict[str, Any]:
         for name in set(names):
             inclusive[name] += n
         own[names[-1]] += n
-    share = (lambda c: [[k, v / total] for k, v in c.most_common(top)]) if total else (
-        lambda c: []
-    )
+    share = (lambda c: [[k, v / total] for k, v in c.most_common(top)]) if total else (lambda c: [])
     return {
         "samples": total,
         "threads": {k: v / total for k, v in threads.most_common()} if total else {},

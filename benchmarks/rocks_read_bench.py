@@ -89,7 +89,15 @@ LAYOUTS: dict[str, Layout] = {
 }
 READS_ON_ALL = ("get",)
 READS_ON_SOME = (
-    "legacy", "get", "nocsum", "nofill", "nofill_nocsum", "async", "raw", "raw_getitem", "shuffled"
+    "legacy",
+    "get",
+    "nocsum",
+    "nofill",
+    "nofill_nocsum",
+    "async",
+    "raw",
+    "raw_getitem",
+    "shuffled",
 )
 READ_DETAIL_LAYOUTS = ("default", "tuned")  # layouts read by every read path
 

@@ -88,7 +88,10 @@ class WorkerProcess:
         spec_path.write_text(json.dumps(self.spec.to_json(), indent=2), encoding="utf-8")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.worker", str(spec_path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=python_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=python_env(),
         )
 
     def _ask(self, command: str | None, event: str) -> dict[str, Any]:

@@ -110,10 +110,14 @@ class Worker:
             self.profiler.start()
         self.last_cpu = cpu_seconds()
         self.thread_cpu0 = measure.cpu_by_thread()
-        self.send({
-            "event": "ready", "prepare_seconds": prepare_s, "rss_start_bytes": rss_start,
-            "rss_after_prepare_bytes": measure.current_rss_bytes(),
-        })
+        self.send(
+            {
+                "event": "ready",
+                "prepare_seconds": prepare_s,
+                "rss_start_bytes": rss_start,
+                "rss_after_prepare_bytes": measure.current_rss_bytes(),
+            }
+        )
 
     def _steps(self, n: int) -> dict[str, Any]:
         if self.step + n > len(self.ctx.batches):
@@ -131,8 +135,10 @@ class Worker:
         after = self.system.counters()
         self.last_cpu = cpu_seconds()
         return {
-            "seconds": seconds, "cpu_seconds": self.last_cpu - cpu0,
-            "off_clock_cpu_seconds": off_clock, "steps": n,
+            "seconds": seconds,
+            "cpu_seconds": self.last_cpu - cpu0,
+            "off_clock_cpu_seconds": off_clock,
+            "steps": n,
             "counters": {k: after[k] - before.get(k, 0.0) for k in after},
         }
 

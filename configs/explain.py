@@ -84,6 +84,16 @@ def explain(
     out = []
     for e in err.errors():
         loc: Loc = tuple(e["loc"])
+        ctx = e.get("ctx") or {}
+        if e["type"] == "schema_mismatch" and isinstance(ctx.get("at"), str):
+            # raised by a whole-config check; its own location names the offending key
+            loc = tuple(int(p) if p.isdigit() else p for p in ctx["at"].split("."))
+            where = _walk(model, loc)
+            path = "".join(
+                p if p.startswith("[") or i == 0 else f".{p}" for i, p in enumerate(where.parts)
+            )
+            out.append(ConfigProblem(path, str(ctx["message"]), None, _line_of(root, loc)))
+            continue
         where = _walk(model, loc)
         path = "".join(
             p if p.startswith("[") or i == 0 else f".{p}" for i, p in enumerate(where.parts)

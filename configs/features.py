@@ -34,14 +34,16 @@ pydantic_core._pydantic_core.ValidationError: 1 validation error for FeaturesCon
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from embedding_store import OptimizerConfig
+from pipeline.events.schema import EventSchema, FieldSchema
 from pipeline.features.errors import FeatureSpecError
 from pipeline.features.spec import (
     AggregateSpec,
@@ -49,6 +51,7 @@ from pipeline.features.spec import (
     CategoricalSpec,
     CrossSpec,
     DenseSpec,
+    EntityStateSpec,
     FeatureSpec,
     MultiHotSpec,
     SparseSpec,
@@ -91,6 +94,9 @@ ValueTypeField = Annotated[
     Literal["int", "str"],
     Field(description="int: hashed as a 64-bit integer; str: blake2b-8 of the text"),
 ]
+
+
+Width = Annotated[int, Field(ge=1, le=65536, description="units in one MLP layer")]
 
 
 class _Section(BaseModel):
@@ -143,6 +149,9 @@ class TimePartConfig(_Section):
     )
     width: int = Field(default=1, ge=1, le=1440, description="bucket width in the part's units")
     salt: Salt = None
+    field: FieldName | None = Field(
+        default=None, description="timestamp field (default: the time_field)"
+    )
 
 
 class BucketizeConfig(_Section):
@@ -177,8 +186,17 @@ SparseConfig = Annotated[
 
 
 class AggregateConfig(_Section):
-    """Windowed per-entity count / sum / sum of squares, from past events only."""
+    """Per-entity state from past events only, that dense columns read by name.
 
+    A window of count / sum / squares, the time since the previous event, or the number of
+    distinct values seen.
+    """
+
+    type: Literal["window", "since_previous", "distinct"] = Field(
+        default="window",
+        description="window: count/sum/squares over time buckets; since_previous: seconds "
+        "since the entity's previous event; distinct: distinct values of `value` so far",
+    )
     name: Name
     key: list[FieldName] = Field(min_length=1, max_length=4, description="entity fields")
     value: FieldName | None = Field(
@@ -196,6 +214,9 @@ class AggregateConfig(_Section):
         "(>= 1 for the label: labels arrive late)",
     )
     key_type: ValueTypeField = "int"
+    value_type: ValueTypeField = Field(
+        default="str", description="distinct: how the value is hashed (int or str)"
+    )
 
 
 class DenseConfig(_Section):
@@ -264,6 +285,8 @@ class FeaturesConfig(_Section):
         """The featurizer's state budget (unbounded when ``state`` is not given)."""
         return self.state.to_budget() if self.state is not None else StateBudget()
 
+    _epoch_units: dict[str, str] = PrivateAttr(default_factory=dict)
+
     @model_validator(mode="after")
     def _consistent(self) -> FeaturesConfig:
         try:
@@ -272,9 +295,14 @@ class FeaturesConfig(_Section):
             raise ValueError(str(err)) from err
         return self
 
+    def bind_schema(self, schema: EventSchema) -> None:
+        """Take the epoch units of ``schema``'s timestamp fields (the job does, once valid)."""
+        self._epoch_units = schema.epoch_units()
+
     def to_spec(self) -> FeatureSpec:
         """Build the frozen spec the featurizer takes."""
         return FeatureSpec(
+            epoch_units=tuple(sorted(self._epoch_units.items())),
             label=self.label,
             time_field=self.time_field,
             sparse=tuple(_sparse(s) for s in self.sparse),
@@ -289,6 +317,12 @@ class FeaturesConfig(_Section):
                     a.name, tuple(a.key), a.value, a.window, a.bucket_seconds, a.delay, a.key_type
                 )
                 for a in self.aggregates
+                if a.type == "window"
+            ),
+            entity_states=tuple(
+                EntityStateSpec(a.name, a.type, tuple(a.key), a.value, a.key_type, a.value_type)
+                for a in self.aggregates
+                if a.type != "window"
             ),
         )
 
@@ -301,9 +335,122 @@ def _sparse(s: BaseModel) -> SparseSpec:
     if isinstance(s, MultiHotConfig):
         return MultiHotSpec(s.name, s.table, s.field, s.value_type, s.max_len, s.salt)
     if isinstance(s, TimePartConfig):
-        return TimePartSpec(s.name, s.table, s.part, s.width, s.salt)
+        return TimePartSpec(s.name, s.table, s.part, s.width, s.salt, s.field)
     assert isinstance(s, BucketizeConfig)
     return BucketizeSpec(s.name, s.table, s.field, tuple(s.boundaries or ()), s.log_step, s.salt)
+
+
+Problem = tuple[str, str]
+"""``(location, message)``: the dotted location in the job file (``features.sparse.2.field``)."""
+
+
+def schema_problems(features: FeaturesConfig, schema: EventSchema) -> list[Problem]:
+    """What in ``features`` the events of ``schema`` cannot give, first problem first.
+
+    A feature on a field the schema lacks, a label that is missing or not binary, a time part,
+    aggregate or time field on something that is not a timestamp, a number read from a
+    string, an integer hash of a non-integer field.
+
+    >>> from pipeline.events.schema import FieldSchema as F
+    >>> schema = EventSchema("t", (F("label", "int", ge=0, le=1), F("user", "string")))
+    >>> feats = FeaturesConfig.model_validate({"sparse": [{"type": "categorical",
+    ...     "name": "u", "table": "t", "field": "usr"}]})
+    >>> schema_problems(feats, schema)
+    [('features.sparse.0.field', "no field 'usr' in schema 't' (did you mean 'user'?)")]
+    """
+    out: list[Problem] = []
+    known = {f.name: f for f in schema.fields}
+
+    def need(at: str, name: str, *types: str, what: str = "") -> FieldSchema | None:
+        found = known.get(name)
+        if found is None:
+            close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (fields: {_listed(known)})"
+            out.append((at, f"no field {name!r} in schema {schema.name!r}{hint}"))
+            return None
+        if types and found.type not in types and not ("epoch" in types and found.unit):
+            kinds = " or ".join(t for t in types if t != "epoch")
+            out.append((at, f"field {name!r} is a {_kind(found)}; {what or 'needs'} {kinds}"))
+            return None
+        return found
+
+    label = need("features.label", features.label)
+    if label is not None and not _binary(label):
+        out.append(
+            (
+                "features.label",
+                f"label field {features.label!r} is not binary: declare it "
+                "{type: int, ge: 0, le: 1} or {type: bool}",
+            )
+        )
+    if features.time_field is not None:
+        need("features.time_field", features.time_field, "timestamp", what="a time field is a")
+    for i, s in enumerate(features.sparse):
+        at = f"features.sparse.{i}"
+        if isinstance(s, CategoricalConfig):
+            f = need(f"{at}.field", s.field, "string", "int", "bool")
+            if f is not None and s.value_type == "int" and f.type not in ("int", "bool"):
+                out.append(
+                    (f"{at}.value_type", f"value_type int on {_kind(f)} {s.field!r}; use str")
+                )
+        elif isinstance(s, MultiHotConfig):
+            f = need(f"{at}.field", s.field, "list", what="multi_hot needs a")
+            if f is not None and s.value_type == "int" and f.items not in ("int", "bool"):
+                out.append((f"{at}.value_type", f"value_type int on a list of {f.items}; use str"))
+        elif isinstance(s, BucketizeConfig):
+            need(f"{at}.field", s.field, "int", "float", "bool", "epoch", what="bucketize needs")
+        elif isinstance(s, TimePartConfig):
+            name = s.field or features.time_field
+            if name is not None:
+                where = f"{at}.field" if s.field else "features.time_field"
+                need(where, name, "timestamp", what="a time part needs a")
+    for i, a in enumerate(features.aggregates):
+        at = f"features.aggregates.{i}"
+        for j, k in enumerate(a.key):
+            f = need(f"{at}.key.{j}", k, "string", "int", "bool")
+            if f is not None and a.key_type == "int" and f.type not in ("int", "bool"):
+                out.append((f"{at}.key_type", f"key_type int on {_kind(f)} {k!r}; use str"))
+        if a.type == "distinct" and a.value is not None:
+            f = need(f"{at}.value", a.value, "string", "int", "bool")
+            if f is not None and a.value_type == "int" and f.type not in ("int", "bool"):
+                out.append((f"{at}.value_type", f"value_type int on {_kind(f)} {a.value!r}"))
+        elif a.value is not None and a.value != features.label:
+            need(f"{at}.value", a.value, "int", "float", "bool", "epoch", what="a value is")
+    for i, d in enumerate(features.dense):
+        if d.field is not None:
+            need(
+                f"features.dense.{i}.field",
+                d.field,
+                "int",
+                "float",
+                "bool",
+                "epoch",
+                what="a dense column reads",
+            )
+    return out
+
+
+def _kind(f: FieldSchema) -> str:
+    if f.type == "list":
+        return f"list of {f.items}"
+    if f.type == "timestamp":
+        return f"timestamp ({'epoch ' + f.unit if f.unit else 'iso'})"
+    return f.type
+
+
+def _listed(known: dict[str, FieldSchema]) -> str:
+    names = list(known)
+    return ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+
+
+def _binary(f: FieldSchema) -> bool:
+    if f.type == "bool":
+        return True
+    if f.type != "int":
+        return False
+    low = f.ge if f.ge is not None else (f.gt + 1 if f.gt is not None else None)
+    high = f.le if f.le is not None else (f.lt - 1 if f.lt is not None else None)
+    return low is not None and high is not None and low >= 0 and high <= 1
 
 
 class SparseOptimizerConfig(_Section):
@@ -333,10 +480,10 @@ class ModelConfig(_Section):
 
     type: Literal["deepfm", "logistic"] = Field(description="model family")
     embedding_dim: int = Field(default=8, ge=1, le=1024, description="factor size k (deepfm)")
-    hidden: list[int] = Field(
+    hidden: list[Width] = Field(
         default_factory=lambda: [64, 32], max_length=8, description="top MLP widths (deepfm)"
     )
-    bottom: list[int] = Field(
+    bottom: list[Width] = Field(
         default_factory=lambda: [32], max_length=8, description="dense MLP widths (deepfm)"
     )
     init_scale: float = Field(default=0.05, ge=0, le=10, description="uniform init of sparse rows")

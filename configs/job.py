@@ -2,7 +2,8 @@
 
 ::
 
-    kind: transaction                 # event kind: transaction | ctr
+    kind: transaction                 # a shipped schema (transaction | ctr), or:
+    schema: {name: clicks, fields: {...}}   # declared fields (configs.schema), or a path
     source:   {bootstrap_servers: [...], topic: events, group_id: freshet, max_events: 1024}
     store:    {path: ./freshet-data/store, num_shards: 4}
     training: {prefetch_batches: 2}
@@ -28,14 +29,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from configs.features import FeaturesConfig, ModelConfig
+from configs.features import FeaturesConfig, ModelConfig, schema_problems
 from configs.operators import OperatorsConfig
+from configs.schema import SHIPPED_SCHEMAS, SchemaConfig, relative_to, resolve_schema
 from configs.security import SecurityConfig
 from configs.serving import PublishConfig, ServeConfig
 from embedding_store.config import SstConfig
+from pipeline.events.schema import EventSchema
 from pipeline.training.spec import (
     CheckpointSpec,
     JobSpec,
@@ -243,10 +247,75 @@ class JobConfig(BaseSettings):
     """A training job: source, store, training, features, model (and optional baseline)."""
 
     model_config = SettingsConfigDict(
-        extra="forbid", frozen=True, env_prefix="FRESHET_", env_nested_delimiter="__"
+        extra="forbid",
+        frozen=True,
+        env_prefix="FRESHET_",
+        env_nested_delimiter="__",
+        populate_by_name=True,
     )
 
-    kind: Literal["transaction", "ctr"] = Field(description="event kind of the source topic")
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_schema(cls, raw: Any) -> Any:
+        """``kind: ctr`` alone means ``schema: ctr``; a schema given by name or path is read."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        given = raw.get("schema", raw.get("event_schema"))
+        raw.pop("event_schema", None)
+        kind = raw.get("kind")
+        if given is None and isinstance(kind, str) and kind:
+            if kind not in SHIPPED_SCHEMAS:
+                raise ValueError(
+                    f"kind {kind!r} is not a shipped schema {list(SHIPPED_SCHEMAS)}: declare "
+                    "its fields in a schema: section"
+                )
+            given = kind
+        if given is None:
+            raise ValueError("give kind: (transaction | ctr) or a schema: section")
+        raw["schema"] = resolve_schema(given)
+        return raw
+
+    @model_validator(mode="after")
+    def _features_fit_the_schema(self) -> JobConfig:
+        schema = self.schema_spec()
+        problems = schema_problems(self.features, schema)
+        if problems:
+            at, message = problems[0]
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise PydanticCustomError(
+                "schema_mismatch", "{message}", {"message": message + more, "at": at}
+            )
+        self.features.bind_schema(schema)
+        return self
+
+    @property
+    def event_kind(self) -> str:
+        """The event kind: ``kind``, or the schema's name."""
+        return self.kind or self.schema_spec().name
+
+    def schema_spec(self) -> EventSchema:
+        """The declared (or shipped) schema of the stream, frozen."""
+        assert self.event_schema is not None  # filled by _resolve_schema
+        return self.event_schema.to_schema()
+
+    kind: str = Field(
+        default="",
+        pattern=r"^([A-Za-z][A-Za-z0-9_.-]*)?$",
+        max_length=64,
+        description=(
+            "event kind of the source topic: a shipped schema (transaction | ctr), a shorthand "
+            "for schema: <kind>; with a schema: section, defaults to the schema's name"
+        ),
+    )
+    event_schema: SchemaConfig | None = Field(
+        default=None,
+        alias="schema",
+        description=(
+            "declared event fields (inline, a shipped schema's name or a YAML path); the "
+            "validator is generated from it (configs.schema)"
+        ),
+    )
     source: SourceSection = Field(description="Kafka source")
     store: StoreSection = Field(default_factory=StoreSection, description="embedding store")
     training: TrainingSection = Field(default_factory=TrainingSection, description="trainer")
@@ -341,7 +410,8 @@ class JobConfig(BaseSettings):
                 client_config=client_config,
             )
         return JobSpec(
-            kind=self.kind,
+            kind=self.event_kind,
+            schema=self.schema_spec(),
             source=SourceSpec(
                 bootstrap_servers=tuple(src.bootstrap_servers),
                 topic=src.topic,
@@ -393,4 +463,4 @@ class JobConfig(BaseSettings):
             raw = yaml.safe_load(fh)
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: the top level must be a mapping of sections")
-        return cls(**raw)
+        return cls(**relative_to(raw, path))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ class WriteBack:
         self._queue.put(shard_table)
 
     def _run(self) -> None:
-        import time
 
         while True:
             st = self._queue.get()

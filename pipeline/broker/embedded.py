@@ -37,6 +37,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
 from pipeline.errors import BrokerError
 
 __all__ = ["EmbeddedBroker", "ensure_topics", "find_tansu"]
@@ -192,8 +196,6 @@ class EmbeddedBroker:
             )
 
     def _wait_ready(self) -> None:
-        from kafka import KafkaAdminClient
-        from kafka.errors import KafkaError
 
         deadline = time.monotonic() + self._startup_timeout_s
         last: Exception | None = None
@@ -305,10 +307,6 @@ def ensure_topics(
     reports it. ``client_config`` passes security options (``security_protocol``, ``sasl_*``,
     ``ssl_*``) to the admin client. Raises :class:`~pipeline.errors.BrokerError` on failure.
     """
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
-
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap,

@@ -26,8 +26,11 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_settings import SettingsError
 
 from configs.explain import explain
+from configs.schema import relative_to
+from pipeline.errors import PipelineError
 
 # config model name -> "module:Class"; every entry validates with ``Class(**yaml_mapping)``
 MODELS: dict[str, str] = {
@@ -85,10 +88,74 @@ def validate_file(path: Path, model: type[BaseModel]) -> tuple[BaseModel | None,
     bad_keys = [k for k in raw if not isinstance(k, str)]
     if bad_keys:
         return None, [f"top-level keys must be strings, got {bad_keys!r}"]
+    if "schema" in raw:  # a schema file named relative to the job file
+        raw = relative_to(raw, path)
     try:
         return model(**raw), []
     except ValidationError as err:
         return None, [str(p) for p in explain(err, model, text)]
+    except SettingsError as err:  # an environment override that is not valid JSON
+        return None, [_settings_problem(err)]
+
+
+def _settings_problem(err: SettingsError) -> str:
+    """One line for pydantic-settings' complaint about a ``FRESHET_*`` variable."""
+    text = str(err)
+    field = text.split('"')[1] if text.count('"') >= 2 else "?"
+    names = [k for k in _env_overrides() if k.lower().startswith(f"{ENV_PREFIX}{field}".lower())]
+    shown = ", ".join(names) or f"{ENV_PREFIX}{field.upper()}*"
+    return f"environment override {shown}: not valid JSON for section {field!r}"
+
+
+def secret_problems(config: BaseModel) -> list[str]:
+    """The secrets a job needs at start that cannot be read now (one line each).
+
+    The Kafka SASL password and the delta signing key are read here, as ``freshet train``
+    will read them, so a missing file or an unset variable is a config error, not a crash.
+    """
+    out: list[str] = []
+    source = getattr(config, "source", None)
+    if source is not None:
+        try:
+            source.security.client_config()
+        except PipelineError as err:
+            out.append(f"source.security: {err}")
+    for section in ("publish", "serve"):
+        value = getattr(config, section, None)
+        signing = getattr(value, "signing", None)
+        if signing is None:
+            continue
+        try:
+            signing.signer()
+        except PipelineError as err:
+            out.append(f"{section}.signing: {err}")
+    return out
+
+
+class ConfigFileError(PipelineError, ValueError):
+    """A job file that cannot be used: its problems, one line each."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        more = f" (and {len(problems) - 1} more: freshet config validate {path})"
+        super().__init__(f"{path}: {problems[0]}" + (more if len(problems) > 1 else ""))
+
+
+def load_job(path: Path | str, *, secrets: bool = True) -> Any:
+    """The valid :class:`configs.job.JobConfig` of ``path`` (environment overrides on top).
+
+    Raises :class:`ConfigFileError` with one line per problem: unreadable file, YAML that
+    does not parse (or holds python tags), an invalid value (with its YAML line), an override
+    that is not JSON, and with ``secrets`` a secret that cannot be read.
+    """
+    path = Path(path)
+    config, problems = validate_file(path, load_model("job"))
+    if config is not None and secrets:
+        problems = secret_problems(config)
+    if problems or config is None:
+        raise ConfigFileError(path, problems or ["invalid"])
+    return config
 
 
 def _env_overrides() -> list[str]:

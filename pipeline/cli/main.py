@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pipeline.cli.demo", "run the main job end to end on a built-in synthetic stream"),
     "store-demo": ("pipeline.cli.store_demo", "train a synthetic stream through the store alone"),
     "train": ("pipeline.cli.train", "train online from Kafka with a job config"),
+    "evaluate": ("pipeline.cli.evaluate", "prequential AUC of a job config on a file, no broker"),
     "bench": ("benchmarks.cli", "run a benchmark (store, sweep, memory, ...)"),
     "broker": ("pipeline.cli.broker", "run the embedded dev Kafka broker until Ctrl-C"),
     "replay": ("pipeline.cli.replay", "produce a file or a generated stream into a Kafka topic"),

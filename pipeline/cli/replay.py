@@ -7,6 +7,11 @@ Examples::
     freshet replay --bootstrap-server 127.0.0.1:9092 --topic tx --generator transaction \
         --max-messages 100000 --rate 5000 --key customer_id --partitions 4
     freshet replay --bootstrap-server 127.0.0.1:9092 --from-dlq tx.dlq   # once the cause is fixed
+    freshet replay --bootstrap-server 127.0.0.1:9092 --topic clicks --file clicks.csv \
+        --schema job.yaml
+
+``--schema`` (a shipped schema's name, a schema YAML, or a job YAML with a ``schema:`` or
+``kind:``) types CSV/TSV cells by their declared fields: strings stay strings.
 
 ``--from-dlq`` re-drives dead letters: each one's key, payload and original headers go back to
 its source topic and partition (or to ``--topic``); see :mod:`pipeline.source.dead_letters`.
@@ -25,11 +30,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+from pydantic import ValidationError
+
+from configs.schema import SHIPPED_SCHEMAS, load_schema
 from pipeline.broker.embedded import ensure_topics
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.events.formats import FileFormat, detect_format, read_messages, read_records
 from pipeline.events.generators import KINDS, generate
 from pipeline.events.replay import Message, keyed_by_field, keyed_by_index, replay
+from pipeline.events.schema import EventSchema
 from pipeline.source.dead_letters import redrive
 
 DEFAULT_GENERATED = 100_000
@@ -62,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=[f.value for f in FileFormat],
         default=None,
         help="file format (default: from the extension)",
+    )
+    parser.add_argument(
+        "--schema",
+        default=None,
+        metavar="NAME|FILE",
+        help="type CSV/TSV cells by this schema (shipped name, schema YAML or job YAML)",
     )
     parser.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
     parser.add_argument(
@@ -100,11 +116,36 @@ def _messages(args: argparse.Namespace) -> tuple[Iterable[Message], int | None]:
             return keyed_by_index(records), n
         return keyed_by_field(records, key), n
     fmt = FileFormat(args.format) if args.format else detect_format(args.file)
+    schema = load_schema_arg(args.schema) if args.schema else None
     if key is None:
-        return read_messages(args.file, fmt), None
+        return read_messages(args.file, fmt, schema), None
     if key == "index":
-        return keyed_by_index(read_messages(args.file, fmt)), None
-    return keyed_by_field(read_records(args.file, fmt), key), None
+        return keyed_by_index(read_messages(args.file, fmt, schema)), None
+    return keyed_by_field(read_records(args.file, fmt, schema), key), None
+
+
+def load_schema_arg(value: str) -> EventSchema:
+    """The schema named by ``--schema``: a shipped name, a schema YAML, or a job YAML.
+
+    Raises :class:`~pipeline.errors.ConfigError` naming what could not be read.
+    """
+    try:
+        if value in SHIPPED_SCHEMAS:
+            return load_schema(value)
+        with open(value, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+        if isinstance(raw, dict) and "fields" not in raw:  # a job file
+            given = raw.get("schema", raw.get("kind"))
+            if given is None:
+                raise ConfigError("--schema", f"{value} has no schema: or kind: section")
+            raw = given
+        return load_schema(raw)
+    except (OSError, yaml.YAMLError, ValidationError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        first = str(err).splitlines()
+        detail = " ".join(first[:3]) if isinstance(err, ValidationError) else str(err)
+        raise ConfigError("--schema", f"cannot read a schema from {value}: {detail}") from None
 
 
 def _redrive(args: argparse.Namespace) -> int:
@@ -152,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             total=total if total is not None else args.limit,
         )
+    except ConfigError as err:
+        print(f"freshet replay: {err}", file=sys.stderr)
+        return 2
     except PipelineError as err:
         print(f"freshet replay: {err}", file=sys.stderr)
         return 1

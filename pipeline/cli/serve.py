@@ -19,6 +19,16 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from configs.serving import ServeConfig, ServeFile
+from pipeline.publishing.errors import ServingError
+from pipeline.runtime.secrets import SecretError
+from pipeline.serving.http import ReplicaHttpServer
+from pipeline.serving.model import Blueprint
+from pipeline.serving.replica import Replica
+
 if TYPE_CHECKING:
     from configs.serving import ServeConfig
     from pipeline.serving.replica import Replica
@@ -60,15 +70,6 @@ def build(args: argparse.Namespace) -> tuple[Replica, ServeConfig, str]:
 
     Reads the secrets the config names (signing key, Kafka password) now.
     """
-    from pydantic import ValidationError
-    from pydantic_settings import SettingsError
-
-    from configs.serving import ServeConfig, ServeFile
-    from pipeline.publishing.errors import ServingError
-    from pipeline.runtime.secrets import SecretError
-    from pipeline.serving.model import Blueprint
-    from pipeline.serving.replica import Replica
-
     try:
         cfg = ServeFile.from_yaml(args.config)
         serve = ServeConfig.model_validate({**cfg.serve.model_dump(), **_overrides(args)})
@@ -101,8 +102,6 @@ def build(args: argparse.Namespace) -> tuple[Replica, ServeConfig, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Start the replica and its HTTP server; wait for Ctrl-C or SIGTERM."""
-    from pipeline.serving.http import ReplicaHttpServer
-
     try:
         replica, serve, kind = build(args)
     except ServeConfigError as err:

@@ -26,10 +26,12 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from configs.job import JobConfig
+from pipeline.cli.config import ConfigFileError, load_job
+from pipeline.cli.dead_letters import summarise, top_reasons
 from pipeline.errors import ConfigError, StoreDiskError
 from pipeline.publishing.operator import DeltaPublish
 from pipeline.publishing.publisher import Publisher
+from pipeline.source.kafka import dead_letter_topic_for
 from pipeline.training.exporter import MetricsExporter
 from pipeline.training.job import Progress, TrainJob
 from pipeline.training.job_operators import ScheduledOperators
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 
 DISK_FAILED: Final = 3
 """Exit code when RocksDB could not write and ``store.on_disk_error`` is ``stop``."""
+DEAD_LETTERS: Final = 4
+"""Exit code when a run read events but every one went to the dead-letter topic."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +116,9 @@ def load_spec(args: argparse.Namespace) -> JobSpec | str:
     if args.max_events is not None and args.max_events < 1:
         return f"--max-events must be >= 1, got {args.max_events}"
     try:
-        spec = JobConfig.from_yaml(args.config).to_spec()
+        spec: JobSpec = load_job(args.config).to_spec()  # one line per problem, no traceback
+    except ConfigFileError as err:
+        return f"invalid config {err}"
     except (OSError, ValidationError, ValueError) as err:
         return f"invalid config {args.config}: {err}"
     if args.checkpoint_dir is not None or args.checkpoint_every:
@@ -207,7 +213,22 @@ def run_rank(args: argparse.Namespace, world: World, extra: dict[str, Any] | Non
             )
         out["version"] = version
         print(json.dumps(out, indent=2), flush=True)
+        if run_events == 0 and summary.dead_letters > 0:
+            return _only_dead_letters(spec, summary.dead_letters)
     return 0
+
+
+def _only_dead_letters(spec: JobSpec, count: int) -> int:
+    """Every event of the run was dead-lettered: say why (top reasons), exit ``DEAD_LETTERS``."""
+    src = spec.source
+    topic = dead_letter_topic_for(src.topic, src.dead_letter_topic)
+    reasons = top_reasons(src.bootstrap_servers, topic, count, dict(src.client_config))
+    print(
+        f"freshet train: all {count} events went to the dead-letter topic {topic} (does the "
+        f"stream match the schema?); top reasons: {summarise(reasons, count)}",
+        file=sys.stderr,
+    )
+    return DEAD_LETTERS
 
 
 def run(args: argparse.Namespace) -> int:

@@ -50,6 +50,7 @@ from pydantic import AwareDatetime
 from pydantic.fields import FieldInfo
 
 from pipeline.events.kinds import Event, decode, event_model
+from pipeline.events.schema import EventSchema, SchemaEvent
 
 __all__ = ["FastDecoder", "fast_struct"]
 
@@ -73,12 +74,42 @@ _KIND_TYPES: Final[dict[str, type]] = {
     "int": int,
     "float": float,
     "str": str,
+    "bool": bool,
+    "list": list,
     "datetime": datetime,
 }
 
 
 class _Unsupported(Exception):
     """A field the fast path cannot check exactly as the model does."""
+
+
+def _bounds_of(name: str, info_metadata: list[Any]) -> tuple[dict[str, Any], str | None]:
+    """Numeric bounds, lengths and the pattern among a field's constraints."""
+    bounds: dict[str, Any] = {}
+    pattern: str | None = None
+    flat: list[Any] = []
+    for meta in info_metadata:  # Annotated[X, Field(...)] keeps its constraints in a FieldInfo
+        flat.extend(meta.metadata if isinstance(meta, FieldInfo) else [meta])
+    for meta in flat:
+        for cls, key in _BOUNDS:
+            if isinstance(meta, cls):
+                bounds[key] = getattr(meta, key)
+                break
+        else:
+            if isinstance(meta, annotated_types.MinLen):
+                bounds["min_length"] = meta.min_length
+                continue
+            if isinstance(meta, annotated_types.MaxLen):
+                bounds["max_length"] = meta.max_length
+                continue
+            pattern = getattr(meta, "pattern", None)
+            if pattern is None or set(vars(meta)) - {"pattern"}:
+                raise _Unsupported(f"{name}: constraint {meta!r}")
+    return bounds, pattern
+
+
+_ITEMS: Final[dict[Any, str]] = {int: "int", float: "float", str: "str", bool: "bool"}
 
 
 def _field_type(name: str, info: FieldInfo) -> tuple[Any, str | None, str]:
@@ -91,22 +122,33 @@ def _field_type(name: str, info: FieldInfo) -> tuple[Any, str | None, str]:
         if len(args) != 1:
             raise _Unsupported(f"{name}: union {annotation!r}")
         annotation = args[0]
-    bounds: dict[str, Any] = {}
-    pattern: str | None = None
-    for meta in info.metadata:
-        for cls, key in _BOUNDS:
-            if isinstance(meta, cls):
-                bounds[key] = getattr(meta, key)
-                break
-        else:
-            pattern = getattr(meta, "pattern", None)
-            if pattern is None or set(vars(meta)) - {"pattern"}:
-                raise _Unsupported(f"{name}: constraint {meta!r}")
+    bounds, pattern = _bounds_of(name, list(info.metadata))
+    if get_origin(annotation) is Annotated:  # list[...] with lengths arrives annotated
+        extra, extra_pattern = _bounds_of(name, list(get_args(annotation)[1:]))
+        bounds |= extra
+        pattern = pattern or extra_pattern
+        annotation = get_args(annotation)[0]
+    lengths = {k: bounds[k] for k in ("min_length", "max_length") if k in bounds}
+    if lengths and annotation is not str and get_origin(annotation) is not list:
+        raise _Unsupported(f"{name}: lengths on {annotation!r}")
     if annotation is AwareDatetime:
         if bounds or pattern:
             raise _Unsupported(f"{name}: a constrained datetime")
         base: Any = str  # parsed by FastDecoder, strict RFC 3339 only
         kind = "datetime"
+    elif get_origin(annotation) is list:
+        (item,) = get_args(annotation)
+        if item not in _ITEMS or pattern or set(bounds) - set(lengths):
+            raise _Unsupported(f"{name}: list {annotation!r}")
+        if item is float:  # finite floats are checked after msgspec, per item
+            raise _Unsupported(f"{name}: a list of floats")
+        listed: Any = list[item]  # type: ignore[valid-type]
+        base = Annotated[listed, msgspec.Meta(**lengths)] if lengths else listed
+        kind = "list"
+    elif annotation is bool:
+        if bounds or pattern:
+            raise _Unsupported(f"{name}: a constrained bool")
+        base, kind = bool, "bool"
     elif annotation in (int, float, str):
         if annotation is int:  # msgspec's int bounds are int64 and inclusive-friendly
             if "lt" in bounds:
@@ -115,7 +157,9 @@ def _field_type(name: str, info: FieldInfo) -> tuple[Any, str | None, str]:
                 bounds["ge"] = bounds.pop("gt") + 1
             if not all(-(2**63) <= v < 2**63 for v in bounds.values()):
                 raise _Unsupported(f"{name}: int bounds beyond int64")
-        if annotation is str and bounds:
+            if any(not isinstance(v, int) for v in bounds.values()):
+                raise _Unsupported(f"{name}: int bounds that are not integers")
+        if annotation is str and set(bounds) - set(lengths):
             raise _Unsupported(f"{name}: a bounded str")
         base = Annotated[annotation, msgspec.Meta(**bounds)] if bounds else annotation
         kind = annotation.__name__
@@ -124,27 +168,35 @@ def _field_type(name: str, info: FieldInfo) -> tuple[Any, str | None, str]:
     return (base | None if optional else base), pattern, kind
 
 
-def fast_struct(kind: str) -> tuple[type[msgspec.Struct], dict[str, str], list[str], list[str]]:
+def fast_struct(
+    kind: str, schema: EventSchema | None = None
+) -> tuple[type[msgspec.Struct], dict[str, str], list[str], list[str]]:
     """The Struct mirroring ``kind``'s model; fields by pattern; datetime and float fields.
 
     Raises ``_Unsupported`` (private) when the model cannot be mirrored exactly.
     """
-    model = event_model(kind)
+    model = event_model(kind, schema)
     config = model.model_config
     if not (config.get("strict") and config.get("extra") == "forbid"):
         raise _Unsupported(f"{kind}: the model is not strict with unknown fields forbidden")
     if config.get("allow_inf_nan", True):
         raise _Unsupported(f"{kind}: the model allows inf and nan")
-    fields: list[tuple[str, Any]] = []
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     patterns: dict[str, str] = {}
     datetimes: list[str] = []
     floats: list[str] = []
     kinds: dict[str, type] = {}
     for name, info in model.model_fields.items():
-        if info.alias not in (None, name) or not info.is_required():
-            raise _Unsupported(f"{kind}.{name}: an alias or a default")
+        if info.alias not in (None, name):
+            raise _Unsupported(f"{kind}.{name}: an alias")
         typ, pattern, base = _field_type(name, info)
-        fields.append((name, typ))
+        if info.is_required():
+            fields.append((name, typ))
+        else:
+            default = info.get_default(call_default_factory=True)
+            if not isinstance(default, int | float | str | bool | NoneType):
+                raise _Unsupported(f"{kind}.{name}: a default of type {type(default).__name__}")
+            fields.append((name, typ, default))
         kinds[name] = _KIND_TYPES[base]
         if pattern is not None:
             patterns[name] = pattern
@@ -156,6 +208,7 @@ def fast_struct(kind: str) -> tuple[type[msgspec.Struct], dict[str, str], list[s
         f"Fast{model.__name__}",
         fields,
         forbid_unknown_fields=True,
+        kw_only=True,  # a field with a default may come before one without
         gc=False,
         # the Python type each field holds once FastDecoder accepted the event (datetimes
         # are parsed after msgspec); the source process encodes columns by it
@@ -260,12 +313,13 @@ class FastDecoder:
     rejected one).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, schema: EventSchema | None = None) -> None:
         self.kind = kind
+        self.schema = schema
         self.fast = 0
         self.slow = 0
         try:
-            struct, patterns, datetimes, floats = fast_struct(kind)
+            struct, patterns, datetimes, floats = fast_struct(kind, schema)
         except _Unsupported:
             self._decoder: msgspec.json.Decoder[msgspec.Struct] | None = None
             return
@@ -277,7 +331,7 @@ class FastDecoder:
         self._datetimes = datetimes
         self._floats = floats
 
-    def __call__(self, payload: bytes) -> Event | msgspec.Struct:
+    def __call__(self, payload: bytes) -> Event | SchemaEvent | msgspec.Struct:
         """The event of ``payload``, or :class:`~pipeline.errors.DecodeError`."""
         if self._decoder is not None and payload:
             try:
@@ -289,7 +343,7 @@ class FastDecoder:
                     self.fast += 1
                     return event
         self.slow += 1
-        return decode(self.kind, payload)
+        return decode(self.kind, payload, self.schema)
 
     def _accept(self, event: Any) -> bool:
         for check in self._checks:

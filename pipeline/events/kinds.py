@@ -37,6 +37,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from pydantic_core import ErrorDetails
 
 from pipeline.errors import DecodeError, DecodeFailure, UnknownEventKindError
+from pipeline.events.schema import EventSchema, SchemaEvent, schema_model
 
 __all__ = [
     "EVENT_KINDS",
@@ -242,18 +243,26 @@ EVENT_KINDS: Final[Mapping[str, type[CtrEvent] | type[TransactionEvent]]] = Mapp
 """Event kind name (as in configs and the CLI) -> its model."""
 
 
-def event_model(kind: str) -> type[CtrEvent] | type[TransactionEvent]:
-    """Return the model registered for ``kind`` (``UnknownEventKindError`` if none is)."""
+def event_model(
+    kind: str, schema: EventSchema | None = None
+) -> type[CtrEvent] | type[TransactionEvent] | type[SchemaEvent]:
+    """Return the model of ``schema`` if given, else the one registered for ``kind``.
+
+    Raises ``UnknownEventKindError`` for a kind without a schema that is not registered.
+    """
+    if schema is not None:
+        return schema_model(schema)
     try:
         return EVENT_KINDS[kind]
     except KeyError:
         raise UnknownEventKindError(kind, list(EVENT_KINDS)) from None
 
 
-def decode(kind: str, payload: bytes) -> Event:
+def decode(kind: str, payload: bytes, schema: EventSchema | None = None) -> Event | SchemaEvent:
     """Parse and validate one message payload as an event of ``kind``.
 
-    Raises :class:`~pipeline.errors.DecodeError` whose message names what is wrong: an empty
+    ``schema``: the declared schema of ``kind`` (none: a built-in kind). Raises
+    :class:`~pipeline.errors.DecodeError` whose message names what is wrong: an empty
     payload, bad JSON, a missing, unknown or ill-typed field, or a value out of range.
 
     >>> decode("ctr", b"")
@@ -261,7 +270,7 @@ def decode(kind: str, payload: bytes) -> Event:
     ...
     pipeline.errors.DecodeError: ctr: empty payload
     """
-    model = event_model(kind)
+    model = event_model(kind, schema)
     if not payload:
         raise DecodeError(DecodeFailure.EMPTY_PAYLOAD, f"{kind}: empty payload")
     try:

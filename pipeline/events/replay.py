@@ -23,6 +23,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from tqdm import tqdm
 
 from pipeline.broker.security import security_options
 from pipeline.errors import ConfigError, ReplayError
@@ -83,7 +84,6 @@ def replay(
         raise ConfigError("rate", f"must be positive, got {rate}")
     if limit is not None and limit < 0:
         raise ConfigError("limit", f"must be >= 0, got {limit}")
-    from tqdm import tqdm
 
     security = security_options(client_config or {})
     try:

@@ -39,16 +39,26 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from embedding_store.initializers import splitmix64
 from pipeline.events.columnar import ColumnarEvents
 from pipeline.features.aggregates import WindowedAggregate, WindowStats
+from pipeline.features.entity_state import DistinctCount, SincePrevious
 from pipeline.features.errors import FeatureValueError
-from pipeline.features.hashing import base_values, cross_ids, hash_bases, hash_column
+from pipeline.features.hashing import (
+    MISSING_BASE,
+    base_values,
+    cross_ids,
+    hash_bases,
+    hash_column,
+    salt64,
+    text_bases,
+)
 from pipeline.features.moments import RunningMoments
 from pipeline.features.spec import (
     AggregateSpec,
@@ -56,6 +66,7 @@ from pipeline.features.spec import (
     CategoricalSpec,
     CrossSpec,
     DenseSpec,
+    EntityStateSpec,
     FeatureSpec,
     MultiHotSpec,
     SparseSpec,
@@ -80,6 +91,9 @@ __all__ = [
 
 AHEAD_KEPT = 8
 """Batches whose sparse ids ``Featurizer.sparse_ids`` keeps for their ``transform``."""
+
+DENSE_LIMIT = 1e30
+"""Dense inputs are clipped to +-this before any transform (float32 and squares stay finite)."""
 
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
@@ -200,31 +214,74 @@ def _hashed(events: Sequence[Any]) -> Hashed:
     return _no_hashes
 
 
-def epoch_seconds(values: Sequence[Any], name: str = "timestamp") -> F64:
+_UNIT_SECONDS: Final = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def epoch_seconds(
+    values: Sequence[Any],
+    name: str = "timestamp",
+    unit: str | None = None,
+    *,
+    missing: bool = False,
+) -> F64:
     """Seconds since the epoch (UTC) of ISO-8601 strings, aware datetimes or numbers.
+
+    ``unit``: numbers are epoch counts of this unit (s, ms, us, ns; default s). ``missing``:
+    ``None`` becomes NaN (else it is an error). Every aware time Python represents converts,
+    the ends of its range included (those pandas cannot hold are converted one by one).
 
     >>> epoch_seconds(["1970-01-01T00:01:00+00:00", "1970-01-01T02:00:00+01:00"]).tolist()
     [60.0, 3600.0]
+    >>> epoch_seconds([1500, None], unit="ms", missing=True).tolist()
+    [1.5, nan]
+    >>> epoch_seconds(["9999-12-31T23:59:59-14:00"]).tolist()
+    [253402351199.0]
     """
     if not len(values):
         return np.empty(0, dtype=np.float64)
-    if any(v is None for v in values):
+    absent = [i for i, v in enumerate(values) if v is None]
+    if absent and not missing:
         raise FeatureValueError(name, "timestamp", "missing timestamp")
-    first = values[0]
+    present = [v for v in values if v is not None] if absent else values
     try:
-        if isinstance(first, str):
-            parsed = pd.to_datetime(pd.Series(values), utc=True, format="ISO8601")
-            secs = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
-            return np.asarray(secs, dtype=np.float64)
-        if isinstance(first, datetime):
-            if any(v.tzinfo is None for v in values):
-                raise FeatureValueError(name, "timezone-aware datetime", "naive datetime")
-            return np.array([v.timestamp() for v in values], dtype=np.float64)
-        return np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as err:
+        secs = _present_seconds(present, name, unit)
+    except (TypeError, ValueError, OverflowError) as err:
         if isinstance(err, FeatureValueError):
             raise
         raise FeatureValueError(name, "timestamp", err) from err
+    if not absent:
+        return secs
+    out = np.full(len(values), np.nan)
+    mask = np.ones(len(values), dtype=np.bool_)
+    mask[absent] = False
+    out[mask] = secs
+    return out
+
+
+def _present_seconds(values: Sequence[Any], name: str, unit: str | None) -> F64:
+    if not len(values):
+        return np.empty(0, dtype=np.float64)
+    first = values[0]
+    if isinstance(first, str):
+        try:
+            parsed = pd.to_datetime(pd.Series(values), utc=True, format="ISO8601")
+            secs = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+            return np.asarray(secs, dtype=np.float64)
+        except (ValueError, OverflowError):  # out of pandas' range (years 1677..2262)
+            stamps = [datetime.fromisoformat(v) for v in values]
+            return _datetime_seconds(stamps, name)
+    if isinstance(first, datetime):
+        return _datetime_seconds(values, name)
+    out = np.asarray(values, dtype=np.float64)
+    if unit is not None and unit != "s":
+        out = out * _UNIT_SECONDS[unit]
+    return out
+
+
+def _datetime_seconds(values: Sequence[Any], name: str) -> F64:
+    if any(v.tzinfo is None for v in values):
+        raise FeatureValueError(name, "timezone-aware datetime", "naive datetime")
+    return np.array([v.timestamp() for v in values], dtype=np.float64)
 
 
 def numeric(values: Sequence[Any], name: str) -> F64:
@@ -289,41 +346,108 @@ class Featurizer:
             )
             for a in spec.aggregates
         }
+        self._states: dict[str, SincePrevious | DistinctCount] = {
+            e.name: SincePrevious() if e.kind == "since_previous" else DistinctCount()
+            for e in spec.entity_states
+        }
         self._std_cols = np.array([d.standardize for d in spec.dense], dtype=np.bool_)
+        self._transforms = (
+            np.array([d.fill for d in spec.dense], dtype=np.float64),
+            np.flatnonzero([d.log1p for d in spec.dense]),
+            np.array([d.clip[0] if d.clip else -np.inf for d in spec.dense], dtype=np.float64),
+            np.array([d.clip[1] if d.clip else np.inf for d in spec.dense], dtype=np.float64),
+        )
         self.moments = RunningMoments(int(self._std_cols.sum()))
         self.events_seen = 0
         self._strings: dict[str, int] = {}
+        self._salts: dict[str, np.uint64] = {}
         # sparse ids and times of batches seen by sparse_ids(), for their transform() later
         self._ahead: OrderedDict[int, tuple[Sequence[Any], dict[str, SparseIds], F64 | None]]
         self._ahead = OrderedDict()
 
     # -- sparse (stateless) --------------------------------------------------
-    def _feature_ids(
-        self,
-        spec: SparseSpec,
-        col: Column,
-        done: dict[str, SparseIds],
-        times: F64 | None,
-        hashed: Hashed,
-    ) -> SparseIds:
-        salt = spec.salt or spec.name
+    def _bases(
+        self, spec: SparseSpec, col: Column, times: F64 | None, hashed: Hashed
+    ) -> npt.NDArray[np.uint64] | None:
+        """Unsalted bases of a single-valued, non-cross feature (None: a str column to batch)."""
         if isinstance(spec, CategoricalSpec):
             if spec.value_type == "str":
-                bases = hashed(spec.field)  # computed by the source process
-                if bases is not None:
-                    return hash_bases(bases, salt)
-            return hash_column(col(spec.field), spec.value_type, salt, self._strings)
-        if isinstance(spec, CrossSpec):
-            parts = [done[o] for o in spec.of]
-            return cross_ids([p for p in parts if isinstance(p, np.ndarray)], salt)
+                return hashed(spec.field)  # computed by the source process, or None
+            return base_values(col(spec.field), "int", spec.field, self._strings)[0]
         if isinstance(spec, TimePartSpec):
-            assert times is not None
-            return hash_bases(time_part(times, spec.part, spec.width).view(np.uint64), salt)
-        if isinstance(spec, BucketizeSpec):
-            return hash_bases(
-                bucket_of(numeric(col(spec.field), spec.field), spec).view(np.uint64), salt
-            )
-        return self._multi_hot(spec, col)
+            return self._time_part_bases(spec, col, times)
+        assert isinstance(spec, BucketizeSpec)
+        return bucket_of(numeric(col(spec.field), spec.field), spec).view(np.uint64)
+
+    def _sparse(self, col: Column, times: F64 | None, hashed: Hashed) -> dict[str, SparseIds]:
+        """Ids of every sparse feature, salted in one pass over a (features, events) matrix.
+
+        String categories of all features are factorised together (one pandas call, one
+        blake2b per distinct string of the batch), so a batch's fixed cost does not grow
+        with a hash call per feature.
+        """
+        simple = [s for s in self.spec.sparse if not isinstance(s, CrossSpec | MultiHotSpec)]
+        n = len(col(self.spec.label))
+        bases = np.empty((len(simple), n), dtype=np.uint64)
+        text_rows: list[int] = []
+        text_values: list[Any] = []
+        for i, spec in enumerate(simple):
+            got = self._bases(spec, col, times, hashed)
+            if got is None:
+                assert isinstance(spec, CategoricalSpec)
+                text_rows.append(i)
+                text_values.extend(col(spec.field))
+            else:
+                bases[i] = got
+        if text_rows:
+            flat = text_bases(text_values, self._strings)
+            if flat is not None:
+                bases[text_rows] = flat.reshape(len(text_rows), n)
+            else:  # some value is not a string: each column hashes its own str() of it
+                for k, i in enumerate(text_rows):
+                    part = text_values[k * n : (k + 1) * n]
+                    bases[i] = base_values(part, "str", "category", self._strings)[0]
+        salts = np.array([self._salt(s) for s in simple], dtype=np.uint64)
+        ids = splitmix64(bases ^ salts[:, None]).view(np.int64)
+        done: dict[str, SparseIds] = {s.name: ids[i] for i, s in enumerate(simple)}
+        for other in self.spec.sparse:
+            if isinstance(other, CrossSpec):
+                parts = [done[o] for o in other.of]
+                done[other.name] = cross_ids(
+                    [p for p in parts if isinstance(p, np.ndarray)], other.salt or other.name
+                )
+            elif isinstance(other, MultiHotSpec):
+                done[other.name] = self._multi_hot(other, col)
+        out: dict[str, SparseIds] = {}
+        for table in self.spec.tables:
+            names = self.spec.table_features(table)
+            if self.spec.is_jagged(table):
+                out[table] = done[names[0]]
+            else:
+                out[table] = np.stack([done[n] for n in names], axis=1)  # type: ignore[misc]
+        return out
+
+    def _salt(self, spec: SparseSpec) -> np.uint64:
+        salt = spec.salt or spec.name
+        value = self._salts.get(salt)
+        if value is None:
+            value = self._salts[salt] = salt64(salt)
+        return value
+
+    def _time_part_bases(
+        self, spec: TimePartSpec, col: Column, times: F64 | None
+    ) -> npt.NDArray[np.uint64]:
+        name = spec.field or self.spec.time_field
+        assert name is not None
+        if name == self.spec.time_field and times is not None:
+            secs = times
+        else:
+            secs = epoch_seconds(col(name), name, self.spec.epoch_unit(name), missing=True)
+        nan = np.isnan(secs)
+        parts = time_part(np.where(nan, 0.0, secs), spec.part, spec.width).view(np.uint64)
+        if nan.any():
+            parts = np.where(nan, MISSING_BASE, parts)
+        return parts
 
     def _multi_hot(self, spec: MultiHotSpec, col: Column) -> JaggedIds:
         lists = [v if v is not None else () for v in col(spec.field)]
@@ -333,19 +457,6 @@ class Featurizer:
         flat = [x for v in lists for x in v]
         base, _ = base_values(flat, spec.value_type, spec.field, self._strings)
         return JaggedIds.from_lengths(hash_bases(base, spec.salt or spec.name), lengths)
-
-    def _sparse(self, col: Column, times: F64 | None, hashed: Hashed) -> dict[str, SparseIds]:
-        done: dict[str, SparseIds] = {}
-        for spec in self.spec.sparse:
-            done[spec.name] = self._feature_ids(spec, col, done, times, hashed)
-        out: dict[str, SparseIds] = {}
-        for table in self.spec.tables:
-            names = self.spec.table_features(table)
-            if self.spec.is_jagged(table):
-                out[table] = done[names[0]]
-            else:
-                out[table] = np.stack([done[n] for n in names], axis=1)  # type: ignore[misc]
-        return out
 
     def sparse_ids(self, events: Sequence[Any]) -> dict[str, I64]:
         """Sorted unique ids per table of ``events``, without touching any state.
@@ -376,14 +487,22 @@ class Featurizer:
     # -- dense (stateful) ----------------------------------------------------
     def _needs_time(self) -> bool:
         return self.spec.time_field is not None and (
-            bool(self.spec.aggregates) or any(isinstance(s, TimePartSpec) for s in self.spec.sparse)
+            bool(self.spec.aggregates)
+            or any(e.kind == "since_previous" for e in self.spec.entity_states)
+            or any(
+                isinstance(s, TimePartSpec) and s.field in (None, self.spec.time_field)
+                for s in self.spec.sparse
+            )
         )
 
     def _times(self, col: Column) -> F64:
-        assert self.spec.time_field is not None
-        return epoch_seconds(col(self.spec.time_field), self.spec.time_field)
+        name = self.spec.time_field
+        assert name is not None
+        return epoch_seconds(col(name), name, self.spec.epoch_unit(name))
 
-    def _entity_keys(self, agg: AggregateSpec, col: Column, memo: dict[str, I64]) -> I64:
+    def _entity_keys(
+        self, agg: AggregateSpec | EntityStateSpec, col: Column, memo: dict[str, I64]
+    ) -> I64:
         keys = []
         for k in agg.key:
             name = f"{k}:{agg.key_type}"
@@ -391,6 +510,33 @@ class Featurizer:
                 memo[name] = hash_column(col(k), agg.key_type, "agg/" + k, self._strings)
             keys.append(memo[name])
         return keys[0] if len(keys) == 1 else cross_ids(keys, "agg/" + "/".join(agg.key))
+
+    def _entity_state(
+        self,
+        spec: EntityStateSpec,
+        col: Column,
+        times: F64 | None,
+        *,
+        update: bool,
+        memo: dict[str, I64],
+    ) -> F64:
+        keys = self._entity_keys(spec, col, memo)
+        state = self._states[spec.name]
+        if isinstance(state, SincePrevious):
+            assert times is not None
+            out = state.query(keys, times)
+            if update:
+                state.update(keys, times)
+            return out
+        assert spec.value is not None
+        raw = col(spec.value)
+        base, missing = base_values(raw, spec.value_type, spec.value, self._strings)
+        values = base.view(np.int64)
+        valid = ~missing
+        out = state.query(keys, values, valid)
+        if update:
+            state.update(keys, values, valid)
+        return out
 
     def _aggregate(
         self,
@@ -412,7 +558,7 @@ class Featurizer:
             if agg.value == self.spec.label:
                 values = labels.astype(np.float64)
             else:
-                values = numeric(col(agg.value), agg.value)
+                values = np.clip(numeric(col(agg.value), agg.value), -DENSE_LIMIT, DENSE_LIMIT)
             valid = np.isfinite(values)
         state = self._aggs[agg.name]
         stats = state.query(key, buckets, values, valid, within_batch=not alone)
@@ -452,20 +598,29 @@ class Featurizer:
             results[agg.name] = self._aggregate(
                 agg, col, times, labels, update=update, memo=memo, alone=alone
             )
-        cols = np.empty((n, len(self.spec.dense)), dtype=np.float64)
+        states = {
+            e.name: self._entity_state(e, col, times, update=update, memo=memo)
+            for e in self.spec.entity_states
+        }
+        raw = np.empty((len(self.spec.dense), n), dtype=np.float64)
         for j, d in enumerate(self.spec.dense):
             if d.aggregate is None:
                 assert d.field is not None
-                x = numeric(col(d.field), d.field)
+                raw[j] = numeric(col(d.field), d.field)
+            elif d.aggregate in states:
+                raw[j] = states[d.aggregate]
             else:
                 stats, values = results[d.aggregate]
-                x = self._stat(d, stats, values)
-            x = np.where(np.isfinite(x), x, d.fill)
-            if d.log1p:
-                x = np.log1p(np.maximum(x, 0.0))
-            if d.clip is not None:
-                x = np.clip(x, d.clip[0], d.clip[1])
-            cols[:, j] = x
+                raw[j] = self._stat(d, stats, values)
+        # every column's transforms at once: missing -> fill; beyond +-1e30 clipped (float32
+        # columns and running moments stay finite); log1p; clip
+        fill, log_rows, low, high = self._transforms
+        x = np.where(np.isfinite(raw), raw, fill[:, None])
+        np.clip(x, -DENSE_LIMIT, DENSE_LIMIT, out=x)
+        if log_rows.size:
+            x[log_rows] = np.log1p(np.maximum(x[log_rows], 0.0))
+        np.clip(x, low[:, None], high[:, None], out=x)
+        cols = np.ascontiguousarray(x.T)
         if self._std_cols.any():
             part = cols[:, self._std_cols]
             if update:
@@ -511,6 +666,8 @@ class Featurizer:
         }
         for name, agg in self._aggs.items():
             out.update({f"agg.{name}.{k}": v for k, v in agg.state_dict().items()})
+        for name, state in self._states.items():
+            out.update({f"entity.{name}.{k}": v for k, v in state.state_dict().items()})
         out["events_seen"] = np.array([self.events_seen], dtype=np.int64)
         return out
 
@@ -522,6 +679,11 @@ class Featurizer:
         for name, agg in self._aggs.items():
             prefix = f"agg.{name}."
             agg.load_state_dict(
+                {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            )
+        for name, entity in self._states.items():
+            prefix = f"entity.{name}."
+            entity.load_state_dict(
                 {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
             )
         self.events_seen = int(state["events_seen"][0])

@@ -110,6 +110,26 @@ def base_values(
     return table[codes], codes < 0
 
 
+def text_bases(values: Sequence[Any], cache: dict[str, int] | None = None) -> U64 | None:
+    """Bases of ``values`` when every one is a string or ``None``; else ``None``.
+
+    What :func:`base_values` gives for ``kind="str"``, for the values of several columns at
+    once: equal only when no value needs ``str()`` (``1`` and ``True`` are one key to pandas).
+
+    >>> text_bases(["a", None]).tolist() == base_values(["a", None], "str")[0].tolist()
+    True
+    >>> text_bases(["a", 1]) is None
+    True
+    """
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
+    strings = list(uniques)
+    if not all(isinstance(u, str) for u in strings):
+        return None
+    table = np.append(_hash_strings(strings, cache), MISSING_BASE)
+    out: U64 = table[codes]
+    return out
+
+
 class StringHasher:
     """The unsalted bases of string columns, memoised: what a source process computes ahead.
 

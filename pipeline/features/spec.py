@@ -76,13 +76,18 @@ class MultiHotSpec:
 
 @dataclass(frozen=True)
 class TimePartSpec:
-    """A calendar part of the spec's time field (UTC), divided by ``width`` (e.g. 4-hour blocks)."""
+    """A calendar part (UTC) of a timestamp field, divided by ``width`` (e.g. 4-hour blocks).
+
+    ``field``: the timestamp field (``None``: the spec's ``time_field``). A missing value
+    gets the feature's missing id.
+    """
 
     name: str
     table: str
     part: TimePart
     width: int = 1
     salt: str | None = None
+    field: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,10 +124,27 @@ class AggregateSpec:
 
 
 @dataclass(frozen=True)
+class EntityStateSpec:
+    """Per-entity state read by a dense column (``aggregate=name``), past events only.
+
+    ``since_previous``: seconds since the entity's previous event (needs the time field).
+    ``distinct``: how many distinct values of ``value`` the entity had before the event.
+    """
+
+    name: str
+    kind: Literal["since_previous", "distinct"]
+    key: tuple[str, ...]
+    value: str | None = None
+    key_type: ValueType = "int"
+    value_type: ValueType = "str"
+
+
+@dataclass(frozen=True)
 class DenseSpec:
     """One dense column: a numeric ``field`` or ``aggregate``'s ``stat``, then transforms.
 
-    Order: missing -> ``fill``; ``log1p`` (of max(x, 0)); ``clip``; running ``standardize``.
+    Order: missing -> ``fill``; clip to +-1e30; ``log1p`` (of max(x, 0)); ``clip``; running
+    ``standardize``.
     """
 
     name: str
@@ -144,6 +166,9 @@ class FeatureSpec:
     sparse: tuple[SparseSpec, ...] = ()
     dense: tuple[DenseSpec, ...] = ()
     aggregates: tuple[AggregateSpec, ...] = ()
+    epoch_units: tuple[tuple[str, str], ...] = ()
+    """Timestamp fields that hold epoch numbers, with their unit (s, ms, us, ns)."""
+    entity_states: tuple[EntityStateSpec, ...] = ()
 
     def __post_init__(self) -> None:
         self._check_names()
@@ -152,7 +177,7 @@ class FeatureSpec:
 
     def _check_names(self) -> None:
         names = [s.name for s in self.sparse] + [d.name for d in self.dense]
-        names += [a.name for a in self.aggregates]
+        names += [a.name for a in self.aggregates] + [e.name for e in self.entity_states]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise FeatureSpecError("names", f"duplicate feature or aggregate names {dup}")
@@ -180,7 +205,7 @@ class FeatureSpec:
                         raise FeatureSpecError(
                             f"cross {spec.name!r}", f"{other!r} must be declared before the cross"
                         )
-            if isinstance(spec, TimePartSpec) and self.time_field is None:
+            if isinstance(spec, TimePartSpec) and spec.field is None and self.time_field is None:
                 raise FeatureSpecError(f"time {spec.name!r}", "the spec declares no time field")
         aggs = {a.name: a for a in self.aggregates}
         for agg in self.aggregates:
@@ -191,10 +216,21 @@ class FeatureSpec:
                     f"aggregate {agg.name!r}",
                     "an aggregate of the label needs delay >= 1 bucket (labels arrive late)",
                 )
+        states = {e.name: e for e in self.entity_states}
+        for state in self.entity_states:
+            where = f"{state.kind} {state.name!r}"
+            if state.kind == "since_previous" and self.time_field is None:
+                raise FeatureSpecError(where, "the spec declares no time field")
+            if state.kind == "distinct" and state.value is None:
+                raise FeatureSpecError(where, "a distinct count needs a value field")
         for dense in self.dense:
             where = f"dense {dense.name!r}"
             if (dense.field is None) == (dense.aggregate is None):
                 raise FeatureSpecError(where, "give exactly one of field or aggregate")
+            if dense.aggregate in states:
+                if dense.stat is not None:
+                    raise FeatureSpecError(where, f"{dense.aggregate!r} takes no stat")
+                continue
             if dense.aggregate is not None:
                 agg_ref = aggs.get(dense.aggregate)
                 if agg_ref is None:
@@ -207,6 +243,10 @@ class FeatureSpec:
                     )
                 if dense.stat in ("zscore", "log_ratio") and agg_ref.value == self.label:
                     raise FeatureSpecError(where, f"stat {dense.stat!r} would read the label")
+
+    def epoch_unit(self, name: str) -> str | None:
+        """The epoch unit of timestamp field ``name`` (``None``: ISO text or datetimes)."""
+        return dict(self.epoch_units).get(name)
 
     @property
     def tables(self) -> tuple[str, ...]:

@@ -39,6 +39,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 
 from embedding_store import EmbeddingStore
 from pipeline.broker.embedded import ensure_topics
@@ -131,9 +133,6 @@ class KafkaDeltaSink:
 
     def start(self) -> KafkaDeltaSink:
         """Connect the producer (creating the topic with one partition if it is missing)."""
-        from kafka import KafkaProducer
-        from kafka.errors import KafkaError
-
         ensure_topics(self.bootstrap, {self.topic: 1}, client_config=self.client_config)
         try:
             self._producer = KafkaProducer(
@@ -152,8 +151,6 @@ class KafkaDeltaSink:
 
     def send(self, messages: Sequence[bytes]) -> int | None:
         """Send in order to the partition; the offset of the last message."""
-        from kafka.errors import KafkaError
-
         if self._producer is None:
             raise PublishError("the Kafka sink is not started")
         try:
@@ -202,9 +199,6 @@ def last_published_version(
     up to ``max_window`` messages. Records that do not verify are skipped, logged with their
     offset and counted (:mod:`pipeline.publishing.discovery`).
     """
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
-
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,

@@ -41,6 +41,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import numpy as np
+from kafka import KafkaConsumer, TopicPartition
 
 from pipeline.broker.embedded import ensure_topics
 from pipeline.publishing.chunks import ChunkAssembler, Signer
@@ -159,8 +160,6 @@ class KafkaDeltaSource:
 
     def open(self) -> KafkaDeltaSource:
         """Create the topic if missing, connect, assign the partition."""
-        from kafka import KafkaConsumer, TopicPartition
-
         ensure_topics(self.bootstrap, {self.topic: 1}, client_config=self.client_config)
         self._consumer = KafkaConsumer(
             bootstrap_servers=self.bootstrap,

@@ -77,6 +77,7 @@ from pipeline.errors import (
 )
 from pipeline.events.fast_decode import FastDecoder
 from pipeline.events.kinds import EVENT_KINDS, Event
+from pipeline.events.schema import EventSchema
 from pipeline.source import dead_letters
 from pipeline.source import records as kafka_records
 from pipeline.source.batch_buffer import BatchBuffer
@@ -158,6 +159,8 @@ class SourceConfig:
     fetch_max_wait_ms, ...  kafka-python fetch tuning (tansu needs fetch_max_wait_ms >= 1)
     fast_record_reader      read fetched record batches with :mod:`pipeline.source.records`
                             (same records, about half the CPU); false: kafka-python's reader
+    schema                  the declared schema of ``kind`` (:mod:`pipeline.events.schema`);
+                            none: ``kind`` is a built-in kind
     hash_fields             string fields a source process hashes for the featurizer (the
                             fields it hashes as ``str`` categories); the thread source ignores it
     client_config           security options only (``security_protocol``, ``sasl_*``,
@@ -191,6 +194,7 @@ class SourceConfig:
     client_id: str = "freshet-source"
     fast_record_reader: bool = True
     hash_fields: tuple[str, ...] = ()
+    schema: EventSchema | None = None
     # repr=False: it may hold a SASL password, and configs get logged
     client_config: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({}), repr=False
@@ -199,7 +203,7 @@ class SourceConfig:
     def __post_init__(self) -> None:
         if not self.topics:
             raise ConfigError("topics", "give at least one topic")
-        if self.kind not in EVENT_KINDS:
+        if self.schema is None and self.kind not in EVENT_KINDS:
             raise ConfigError(
                 "kind", f"unknown event kind {self.kind!r}; known: {list(EVENT_KINDS)}"
             )
@@ -319,7 +323,7 @@ class KafkaSource:
         # ValueError; by default FastDecoder (msgspec Structs, the pydantic model deciding
         # every message it does not accept, so dead letters carry the model's reasons)
         self.config = config
-        self._decoder: Callable[[bytes], Any] = decoder or FastDecoder(config.kind)
+        self._decoder: Callable[[bytes], Any] = decoder or FastDecoder(config.kind, config.schema)
         self._state = SourceState.NEW
         self._seek: Offsets = {}
         self._trained: Offsets = {}

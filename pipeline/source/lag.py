@@ -28,6 +28,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kafka import KafkaConsumer, TopicPartition
+
 log = logging.getLogger(__name__)
 
 Positions = Mapping[tuple[str, int], int]
@@ -84,11 +86,8 @@ class ConsumerLag:
         positions = dict(self.positions())
         if not positions:
             return None
-        from kafka import TopicPartition
 
         if self._consumer is None:
-            from kafka import KafkaConsumer
-
             servers = self.bootstrap_servers
             self._consumer = KafkaConsumer(
                 bootstrap_servers=list(servers) if not isinstance(servers, str) else servers,

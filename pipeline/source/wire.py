@@ -62,6 +62,7 @@ from pipeline.errors import (
     SourceError,
 )
 from pipeline.events.columnar import ColumnarEvents
+from pipeline.events.schema import EventSchema
 from pipeline.features.hashing import U64, StringHasher
 from pipeline.source.kafka import Assignment, Offsets, SourceBatch, SourceConfig
 
@@ -165,6 +166,8 @@ def config_to_wire(config: SourceConfig) -> dict[str, Any]:
                 raise ConfigError(
                     "client_config", f"a source process needs JSON values here: {err}"
                 ) from None
+        elif f.name == "schema" and value is not None:
+            value = value.to_wire()
         elif f.name == "partitions" and value is not None:
             value = [list(p) for p in value]
         elif isinstance(value, tuple):
@@ -181,6 +184,8 @@ def config_from_wire(raw: Mapping[str, Any]) -> SourceConfig:
     values["topics"] = tuple(values["topics"])
     values["hash_fields"] = tuple(values.get("hash_fields", ()))
     values["assignment"] = Assignment(values["assignment"])
+    if values.get("schema") is not None:
+        values["schema"] = EventSchema.from_wire(values["schema"])
     if values.get("partitions") is not None:
         values["partitions"] = tuple((str(t), int(p)) for t, p in values["partitions"])
     return SourceConfig(**values)
@@ -403,20 +408,24 @@ def decode_hashes(spec: Mapping[str, Any], body: bytes, n: int) -> U64:
 
 
 def _decode_datetimes(spec: Mapping[str, Any], body: bytes, n: int) -> list[Any]:
-    micros = np.frombuffer(body, "<i8", n, int(spec["at"])).tolist()
+    """Datetimes from µs since the epoch (UTC) and UTC offsets.
+
+    An aware time is rebuilt from its *local* wall time (UTC time + offset), which is in
+    range whenever the original was: ``9999-12-31T23:59:59-14:00`` lies past year 9999 in UTC
+    and cannot be built as a UTC datetime first.
+    """
+    micros = np.frombuffer(body, "<i8", n, int(spec["at"]))
     if spec.get("naive"):
-        return [_NAIVE_EPOCH + timedelta(microseconds=us) for us in micros]
-    offsets = np.frombuffer(body, "<i4", n, int(spec["offsets_at"])).tolist()
+        return [_NAIVE_EPOCH + timedelta(microseconds=us) for us in micros.tolist()]
+    offsets = np.frombuffer(body, "<i4", n, int(spec["offsets_at"]))
+    local = (micros + offsets.astype(np.int64) * 1_000_000).tolist()
     zones: dict[int, timezone] = {0: UTC}
     out: list[Any] = []
-    for us, off in zip(micros, offsets, strict=True):
-        stamp = _EPOCH + timedelta(microseconds=us)
-        if off:
-            zone = zones.get(off)
-            if zone is None:
-                zone = zones[off] = timezone(timedelta(seconds=off))
-            stamp = stamp.astimezone(zone)
-        out.append(stamp)
+    for us, off in zip(local, offsets.tolist(), strict=True):
+        zone = zones.get(off)
+        if zone is None:
+            zone = zones[off] = timezone(timedelta(seconds=off))
+        out.append((_NAIVE_EPOCH + timedelta(microseconds=us)).replace(tzinfo=zone))
     return out
 
 

@@ -36,10 +36,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import IO, Any
 
-import msgspec
-
 from pipeline.events.fast_decode import FastDecoder
-from pipeline.events.kinds import EVENT_KINDS, Event, decode
+from pipeline.events.kinds import decode, event_model
+from pipeline.events.schema import EventSchema
 from pipeline.features.hashing import StringHasher
 from pipeline.runtime.gc_tuning import tune_gc
 from pipeline.runtime.logging import JsonFormatter
@@ -74,14 +73,14 @@ class _TimedDecoder:
 
     SAMPLE = 16
 
-    def __init__(self, kind: str) -> None:
-        self._decode: Callable[[bytes], Event | msgspec.Struct] = FastDecoder(kind)
+    def __init__(self, kind: str, schema: EventSchema | None = None) -> None:
+        self._decode: Callable[[bytes], Any] = FastDecoder(kind, schema)
         if os.environ.get("FRESHET_FAST_DECODE") == "0":  # for A/B runs: the models only
-            self._decode = functools.partial(decode, kind)
+            self._decode = functools.partial(decode, kind, schema=schema)
         self._calls = 0
         self.seconds = 0.0
 
-    def __call__(self, payload: bytes) -> Event | msgspec.Struct:
+    def __call__(self, payload: bytes) -> Any:
         self._calls += 1
         if self._calls % self.SAMPLE:
             return self._decode(payload)
@@ -99,7 +98,7 @@ class Worker:
         self.source = source
         self._out = out
         self._decoder = decoder
-        self._names = tuple(EVENT_KINDS[source.config.kind].model_fields)
+        self._names = tuple(event_model(source.config.kind, source.config.schema).model_fields)
         # the featurizer's string categories: hashed here, off the training thread
         self._hash_fields = frozenset(source.config.hash_fields)
         self._hasher = StringHasher() if self._hash_fields else None
@@ -246,7 +245,7 @@ def main() -> int:
         password = config.client_config.get("sasl_plain_password")
         if isinstance(password, str):
             register_secret(password)
-        decoder = _TimedDecoder(config.kind)
+        decoder = _TimedDecoder(config.kind, config.schema)
         # the trainer buffers queue_batches; here a couple keep the pipe fed
         own = replace(config, queue_batches=min(config.queue_batches, CHILD_QUEUE_BATCHES))
         source = KafkaSource(own, decoder=decoder)

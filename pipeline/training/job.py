@@ -550,6 +550,7 @@ class TrainJob:
             bootstrap_servers=tuple(src.bootstrap_servers),
             topics=(src.topic,),
             kind=self.spec.kind,
+            schema=self.spec.schema,
             group_id=src.group_id,
             assignment=Assignment.MANUAL if manual else Assignment.GROUP,
             partitions=partitions,

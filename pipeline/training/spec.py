@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from operators.scheduler import OperatorSchedule
+from pipeline.events.schema import EventSchema
 from pipeline.features.spec import FeatureSpec
 from pipeline.features.state_budget import StateBudget
 from pipeline.publishing.chunks import Signer
@@ -162,6 +163,8 @@ class JobSpec:
     features: FeatureSpec
     model: ModelSpec
     store: StoreSpec
+    schema: EventSchema | None = None
+    """The stream's declared (or shipped) event schema; ``None``: the built-in ``kind``."""
     training: TrainingSpec = field(default_factory=TrainingSpec)
     feature_state: StateBudget = field(default_factory=StateBudget)
     """The featurizer state's budget and expiry (unbounded by default)."""

@@ -183,11 +183,6 @@ def cycles(imports: Iterable[Import]) -> list[list[str]]:
 
 IMPORTS = collect_imports(REPO)
 
-# Commands whose imports are still deferred for start-up time (until the CLI loads commands
-# by name); nothing may be added here, entries only go.
-KNOWN_LAZY: frozenset[str] = frozenset({"pipeline.cli.serve"})
-
-
 def test_no_lower_layer_imports_a_higher_one() -> None:
     assert layer_violations(IMPORTS) == []
 
@@ -197,11 +192,7 @@ def test_no_import_cycles() -> None:
 
 
 def test_no_first_party_import_inside_a_function() -> None:
-    lazy = [
-        f"{i.source}:{i.line} imports {i.target}"
-        for i in IMPORTS
-        if i.in_function and i.source not in KNOWN_LAZY
-    ]
+    lazy = [f"{i.source}:{i.line} imports {i.target}" for i in IMPORTS if i.in_function]
     assert lazy == []
 
 

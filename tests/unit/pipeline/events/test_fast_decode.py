@@ -194,7 +194,7 @@ def test_one_call_per_event_gives_each_values_verdict(
 def test_a_model_it_cannot_mirror_is_decoded_by_pydantic_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def refuse(kind: str) -> Any:
+    def refuse(kind: str, schema: Any = None) -> Any:
         raise fast_decode._Unsupported(kind)
 
     monkeypatch.setattr(fast_decode, "fast_struct", refuse)
