@@ -131,7 +131,7 @@ def through_kafka(kind: str, events: list[Any], size: int, bootstrap: str) -> di
             }
         )
         store = config.store.model_copy(update={"path": str(Path(tmp) / "store")})
-        job = TrainJob(config.model_copy(update={"source": src, "store": store}))
+        job = TrainJob(config.model_copy(update={"source": src, "store": store}).to_spec())
         with job:
             cpu0 = time.process_time()
             summary = job.run(max_events=len(events), idle_timeout_s=60)

@@ -10,8 +10,8 @@ rank builds the same job from the spec (``JobConfig.to_spec()``) and wires the s
     spec.publish   ─► DeltaPublish          one version per publish, rows of every rank
     spec.metrics   ─► MetricsExporter       /metrics on metrics_port + rank
 
-Exit codes: 0 done, 2 a bad config or flag, 3 the store's disk failed with
-``store.on_disk_error: stop``.
+Exit codes: 0 done, 2 a bad config or flag (or N ranks over a 1-rank checkpoint directory),
+3 the store's disk failed with ``store.on_disk_error: stop``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pipeline.errors import ConfigError, StoreDiskError
 from pipeline.publishing.operator import DeltaPublish
 from pipeline.publishing.publisher import Publisher
 from pipeline.source.kafka import dead_letter_topic_for
+from pipeline.training.checkpoints import CheckpointLayoutError
 from pipeline.training.exporter import MetricsExporter
 from pipeline.training.job import Progress, TrainJob
 from pipeline.training.job_operators import ScheduledOperators
@@ -197,6 +198,9 @@ def run_rank(args: argparse.Namespace, world: World, extra: dict[str, Any] | Non
                 job.run_events,
                 job.store.version if job.store else 0,
             )
+    except CheckpointLayoutError as err:
+        print(f"freshet train: {err}", file=sys.stderr)
+        return 2
     except StoreDiskError as err:
         print(f"freshet train: {err}", file=sys.stderr)
         return DISK_FAILED

@@ -35,10 +35,12 @@ import torch
 import torch.distributed as dist
 
 from embedding_store import EmbeddingStore
+from operators.checkpoint.chain import CHAINS_FILE
 from operators.checkpoint.dense_state import DenseValue, flatten_tree, unflatten_tree
 from operators.checkpoint.distributed import WORLD_FILE, WorldCheckpoints
 from operators.checkpoint.manager import CheckpointManager
 from operators.checkpoint.write_log import WriteLogWatermarks
+from pipeline.errors import PipelineError
 from pipeline.training.spec import CheckpointSpec
 from pipeline.training.world import World
 
@@ -67,6 +69,17 @@ def offsets_from_json(raw: Mapping[str, Any]) -> Offsets:
         topic, _, part = key.rpartition("/")
         out[(topic, int(part))] = int(value)
     return out
+
+
+class CheckpointLayoutError(PipelineError, ValueError):
+    """N ranks were asked to resume from checkpoints one rank wrote (not supported yet)."""
+
+    def __init__(self, root: str, ranks: int) -> None:
+        self.root = root
+        super().__init__(
+            f"{root} holds checkpoints of a 1-rank run; {ranks} ranks cannot resume from them "
+            "(run 1 rank, or give N ranks a --checkpoint-dir of their own)"
+        )
 
 
 def checkpoint_layout(root: str, world: World) -> Literal["solo", "world"]:
@@ -232,6 +245,8 @@ class JobCheckpoints:
         else:
             assert self.coordinated is not None
             if self.coordinated.latest() is None:
+                if os.path.exists(os.path.join(self.spec.dir, CHAINS_FILE)):
+                    raise CheckpointLayoutError(self.spec.dir, self.world.size)
                 log.info("no world checkpoint under %s: starting fresh", self.spec.dir)
                 return None
             got = self.coordinated.restore(store, self.world.size, clear=True)

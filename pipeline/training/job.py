@@ -8,7 +8,9 @@
     every loop, the world agrees on [ranks with a batch, events, ranks past the idle timeout,
     ranks quiet for QUIET_S, ranks stopping] (one all_reduce with N ranks; nothing with one):
        nobody has data: all quiet ─► every plugin's at_step(idle=True); all idle ─► stop
-       someone has data: every rank steps (an empty batch where it has none), then
+       someone has data: the ranks with a batch hold it until every rank has one, for up
+          to min(source.max_wait_ms, 2 s) (so batch i of every rank trains in step i when
+          the data is there), then every rank steps (an empty batch where it has none), then
           checkpoint every K steps (spec.checkpoint.every_steps), plugins' at_step(idle=False)
     after each batch: source.mark_trained(batch) ─► source.snapshot() = offsets to resume
 
@@ -89,6 +91,8 @@ from pipeline.training.world import World
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
+ALIGN_MAX_S = 2.0
+"""How long ranks with a batch wait for the others' (at most ``source.max_wait_ms``)."""
 QUIET_S = 1.0
 """Every rank this long without data: the stream idles (plugins' ``at_step(idle=True)``)."""
 
@@ -471,9 +475,16 @@ class TrainJob:
         t0: float | None = None  # throughput counts from the first batch, not the group join
         last_trained = last_progress = time.perf_counter()
         quiet_since: float | None = None  # when this rank last had data, or started listening
+        held: SourceBatch | None = None  # a batch kept while the other ranks' are on the way
+        partial_since: float | None = None
+        align_s = min(self.spec.source.max_wait_ms / 1000.0, ALIGN_MAX_S)
         while True:
             stopping = done or self._stop.is_set()
-            batch = None if stopping else self.source.next_batch(timeout_s=POLL_S)
+            batch: SourceBatch | None
+            if held is not None:
+                batch, held = held, None
+            else:
+                batch = None if stopping else self.source.next_batch(timeout_s=POLL_S)
             now = time.perf_counter()
             if batch is not None:
                 quiet_since = now
@@ -492,6 +503,12 @@ class TrainJob:
                 if quiet_ranks == world.size:  # not a gap between two batches: the stream idles
                     self._boundary(idle=True)
                 continue
+            if have < world.size:  # some ranks' batches are late: give them a moment
+                partial_since = partial_since if partial_since is not None else now
+                if now - partial_since < align_s:
+                    held = batch
+                    continue
+            partial_since = None
             if t0 is None:
                 t0 = last_progress = now
             try:

@@ -93,7 +93,7 @@ def test_a_topic_with_every_codec_trains_each_event_once(
         }
     )
     keys: list[int] = []
-    job = TrainJob(config)
+    job = TrainJob(config.to_spec())
     job.batch_hooks.append(lambda b, r: keys.extend(int(k) for k in b.keys if k is not None))
     with job:
         summary = job.run(max_events=len(events), idle_timeout_s=30)

@@ -51,7 +51,7 @@ def test_extreme_timestamps_train_in_every_decode_mode(
         }
     )
     stamps: list[float] = []
-    job = TrainJob(config)
+    job = TrainJob(config.to_spec())
     job.batch_hooks.append(
         lambda b, r: stamps.extend(
             datetime.fromisoformat(t).timestamp() if isinstance(t, str) else t.timestamp()

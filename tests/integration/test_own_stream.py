@@ -163,7 +163,7 @@ def test_a_new_stream_trains_from_yaml_alone(
     config = JobConfig.from_yaml(job_file)
     assert config.source.decode_in == "process"
     trained_users: list[str] = []
-    job = TrainJob(config)
+    job = TrainJob(config.to_spec())
     job.batch_hooks.append(lambda b, r: trained_users.extend(b.events.column("user_id")))
     with job:
         summary = job.run(max_events=N_GOOD, idle_timeout_s=30)
