@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ def test_a_ticket_pins_the_cold_rows_of_every_shard(tmp_path: Path) -> None:
         store.end_step()
         assert store.demote("t", 100) == 12  # all cold
         ticket = store.prefetch([{"t": ids[:4]}, {"t": ids[4:]}])
-        assert ticket.wait() >= 0.0
+        assert ticket.wait(timeout=20) >= 0.0  # a bound on a hang, not a timing assertion
         assert ticket.done
         assert store.stats("t").prefetched == 12
         assert store.demote("t", 100) == 0  # every shard's rows are pinned
@@ -39,7 +40,11 @@ def test_stall_seconds_add_up_over_tickets(tmp_path: Path) -> None:
         waits = []
         for k in range(3):
             ticket = store.prefetch([{"t": np.arange(k, k + 5, dtype=np.int64)}])
-            waits.append(ticket.wait())
+            before = time.perf_counter()
+            waits.append(ticket.wait(timeout=20))
+            after = time.perf_counter()
+            assert ticket.done
+            assert waits[-1] <= after - before  # the time spent in wait(), not a clock reading
             ticket.release()
         assert all(w > 0.0 for w in waits)
         assert store.prefetch_stall_seconds == 0.0 + waits[0] + waits[1] + waits[2]
