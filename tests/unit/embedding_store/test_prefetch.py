@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +60,8 @@ def test_a_failed_load_raises_from_wait_and_releases_nothing(tmp_path: Path) -> 
                 ticket.wait(timeout=30)
             assert ticket.done and ticket.error is not None
             ticket.release()  # nothing was pinned; no error
+            workers = [t for t in threading.enumerate() if t.name == "prefetch"]
+            assert workers and all(t.daemon for t in workers)  # never holds the process open
             good = prefetcher.submit({"t": np.arange(3, dtype=np.int64)})
             good.wait(timeout=30)
             assert good.error is None
