@@ -3,6 +3,7 @@ testing, issue 17): a renamed key or a dropped field changes what old checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -271,3 +272,24 @@ def test_chain_index_json_is_golden_and_round_trips(tmp_path: Path) -> None:
         load_index(root)
     with pytest.raises(ChainManifestError, match="cannot be written"):
         save_index(str(tmp_path / "missing" / "dir"), index)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        FileEntry("aa", 1),
+        RowPart("i", "r", 1),
+        TABLE,
+        DenseEntry("d", "f"),
+        MANIFEST_OBJ,
+        _info(1, 0, CheckpointKind.FULL),
+        Chain(1, ()),
+        ChainIndex(),
+    ],
+    ids=lambda o: type(o).__name__,
+)
+def test_format_records_are_immutable(obj: object) -> None:
+    """Manifests and index entries are shared between the writer and readers: never edited."""
+    name = dataclasses.fields(obj)[0].name  # type: ignore[arg-type]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(obj, name, None)
