@@ -293,3 +293,12 @@ def test_format_records_are_immutable(obj: object) -> None:
     name = dataclasses.fields(obj)[0].name  # type: ignore[arg-type]
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(obj, name, None)
+
+
+def test_chain_index_file_name_and_checkpoint_info_defaults(tmp_path: Path) -> None:
+    assert CHAINS_FILE == "chains.json"  # existing checkpoint directories hold this name
+    save_index(str(tmp_path), ChainIndex())
+    assert [p.name for p in tmp_path.iterdir()] == ["chains.json"]
+    info = CheckpointInfo("000001-0000", 1, 0, CheckpointKind.FULL, 5, WHEN, "sha")
+    assert (info.bytes, info.rows, info.tombstones) == (0, 0, 0)
+    assert info.parent is None and info.compacted_from is None
