@@ -233,7 +233,10 @@ def test_chain_index_appends_finds_and_drops() -> None:
     assert index.find("000001-0001") == a1
     with pytest.raises(CheckpointNotFoundError):
         index.find("000009-0000")
-    with pytest.raises(CheckpointNotFoundError):
+    with pytest.raises(
+        CheckpointNotFoundError,
+        match=r"^checkpoint chain 2: not found in the chain manifest; newest known: \['1', '4'\]$",
+    ):
         index.chain(2)
     with pytest.raises(CheckpointNotFoundError):
         index.chain(4).upto("000001-0000")
@@ -265,12 +268,12 @@ def test_chain_index_json_is_golden_and_round_trips(tmp_path: Path) -> None:
     assert json.loads((tmp_path / CHAINS_FILE).read_text()) == index.to_json()
     assert load_index(root) == index
     (tmp_path / CHAINS_FILE).write_text("{not json")
-    with pytest.raises(ChainManifestError, match="unreadable"):
+    with pytest.raises(ChainManifestError, match=r"\.json': unreadable: Expecting .*\(char 1\)$"):
         load_index(root)
     (tmp_path / CHAINS_FILE).write_text(json.dumps({"format": 1}))
-    with pytest.raises(ChainManifestError, match="malformed"):
+    with pytest.raises(ChainManifestError, match=r"\.json': malformed: KeyError\('chains'\)$"):
         load_index(root)
-    with pytest.raises(ChainManifestError, match="cannot be written"):
+    with pytest.raises(ChainManifestError, match=r"\.json': cannot be written: \[Errno 2\] .*'$"):
         save_index(str(tmp_path / "missing" / "dir"), index)
 
 
