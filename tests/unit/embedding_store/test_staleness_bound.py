@@ -66,8 +66,18 @@ def test_an_unregistered_worker_holds_nobody_back_and_new_ones_start_at_the_slow
 
 
 def test_negative_bound_is_refused() -> None:
-    with pytest.raises(ConfigError, match="staleness must be >= 0, got -1"):
+    with pytest.raises(ConfigError, match=r"^staleness must be >= 0, got -1$"):
         StalenessClock(-1)
+
+
+def test_the_default_bound_is_synchronous() -> None:
+    clock = StalenessClock()
+    assert clock.staleness == 0
+    a, _b = clock.register(), clock.register()
+    clock.begin(a, timeout=0.1)
+    clock.end(a)
+    with pytest.raises(TimeoutError, match="beyond staleness 0"):
+        clock.begin(a, timeout=0.05)
 
 
 def test_the_store_applies_its_configured_bound(tmp_path: Path) -> None:
