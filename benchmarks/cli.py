@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "drift": ("benchmarks.drift_bench", "hit ratio on a drifting stream, with/without migration"),
     "operators": ("benchmarks.operators_bench", "training with operators on schedule vs without"),
     "soak": ("benchmarks.soak", "long run, every operator on a 2-5 s schedule: RSS, fds, chains"),
+    "embed-service": ("benchmarks.embed_service_bench", "service lookups vs local, replica RSS"),
 }
 
 

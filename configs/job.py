@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from configs.embedservice import RemoteSection
 from configs.features import FeaturesConfig, ModelConfig
 from configs.operators import OperatorsConfig
 from configs.serving import PublishConfig, ServeConfig
@@ -278,6 +279,9 @@ class JobConfig(BaseSettings):
     )
     serve: ServeConfig | None = Field(
         default=None, description="replica settings (read by freshet serve, not the trainer)"
+    )
+    remote: RemoteSection | None = Field(
+        default=None, description="tables kept in the shared embedding service (none: local)"
     )
     metrics_port: int | None = Field(
         default=None,

@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from configs.serving import ServeConfig, ServeFile
+    from pipeline.cli.embed_serve import service_rows
     from pipeline.publishing.errors import ServingError
     from pipeline.serving.http import ReplicaHttpServer
     from pipeline.serving.model import Blueprint
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             cfg.model.to_spec(),
             num_shards=serve.num_shards,
             dram_budget_bytes=serve.dram_budget_bytes,
+            rows=service_rows(serve.embedding_service, cfg.features.to_spec(), cfg.model.to_spec()),
         )
     except (ValidationError, ServingError, ValueError) as err:
         print(f"freshet serve: configuration error: {err}", file=sys.stderr)

@@ -15,9 +15,10 @@ the same version and never mixes the halves of a publication::
                         for each undo record newer than v (newest first): put back old values
 
 An id the table has never held gets its deterministic initial value
-(:func:`embedding_store.initializers.initial_values`) and is *not* stored. A shard that
-restarts reopens its store and replays the write-ahead log past the checkpoint; it then
-answers its newest version only (older ones come back as updates arrive).
+(:func:`embedding_store.initializers.initial_values`) and is *not* stored. Each log file
+holds the update and its undo record (the touched rows' values before it); a shard that
+restarts reopens its store, replays the log past the checkpoint and reloads the undo records
+of the newest ``keep_versions`` files, so it answers the same versions as before the crash.
 
 >>> import tempfile, numpy as np
 >>> with tempfile.TemporaryDirectory() as d:
@@ -193,20 +194,18 @@ class ServiceShard:
         self._open_store()
         for name, table in self._tables.items():
             for version, path in self._wal(name):
-                if version <= table.version:
-                    continue
                 meta, arrays = decode_bundle(path.read_bytes(), str(path))
-                update = RowUpdate(
-                    name,
-                    table.schema.owner,
-                    int(meta["version"]),
-                    int(meta["base"]),
-                    arrays["ids"],
-                    arrays["emb"],
-                    arrays["tombstones"],
+                base = int(meta["base"])
+                if version > table.version:
+                    update = RowUpdate(
+                        name, table.schema.owner, version, base,
+                        arrays["ids"], arrays["emb"], arrays["tombstones"],
+                    )  # fmt: skip
+                    self._write(table, update)
+                undo = _Undo(
+                    version, base, arrays["undo.ids"], arrays["undo.old"], arrays["undo.existed"]
                 )
-                self._write(table, update)
-            table.undo.clear()  # the store may hold rows of later versions: no safe undo
+                self._push_undo(table, undo)
             table.members = self._scan_ids(name)
         return self
 
@@ -306,38 +305,48 @@ class ServiceShard:
             emb = np.ascontiguousarray(update.emb, np.float32).reshape(len(ids), table.schema.dim)
             if len(np.unique(ids)) != len(ids):
                 raise EmbedServiceError(f"table {name!r} v{version}: an id is upserted twice")
+            update = RowUpdate(name, update.writer, version, table.version, ids, emb, tombs)
+            undo = self._undo_record(table, update)
             wal = self.path / "wal" / name
             wal.mkdir(parents=True, exist_ok=True)
-            meta = {"version": version, "base": table.version}
-            blob = encode_bundle(meta, {"ids": ids, "emb": emb, "tombstones": tombs})
+            arrays: dict[str, npt.NDArray[Any]] = {
+                "ids": ids,
+                "emb": emb,
+                "tombstones": tombs,
+                "undo.ids": undo.ids,
+                "undo.old": undo.old,
+                "undo.existed": undo.existed,
+            }
+            blob = encode_bundle({"version": version, "base": table.version}, arrays)
             tmp = wal / f"{version:016d}.tmp"
             with open(tmp, "wb") as fh:
                 fh.write(blob)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, wal / f"{version:016d}.fshb")
-            self._write(
-                table,
-                RowUpdate(name, update.writer, version, table.version, ids, emb, tombs),
-                undo=True,
-            )
+            self._write(table, update)
+            self._push_undo(table, undo)
             if table.version - table.checkpointed >= self.settings.checkpoint_every:
                 self._checkpoint()
             return table.version
 
-    def _write(self, table: _Table, update: RowUpdate, undo: bool = False) -> None:
+    def _undo_record(self, table: _Table, update: RowUpdate) -> _Undo:
+        """What reading at the version before ``update`` needs once it is applied."""
+        touched = np.union1d(update.ids, update.tombstones)
+        existed, _ = _member(table.members, touched)
+        old = np.zeros((len(touched), table.schema.dim), np.float32)
+        if existed.any():
+            _, rows = self.store.read_rows(table.schema.name, touched[existed])
+            old[existed] = rows["emb"]
+        return _Undo(update.version, table.version, touched, old, existed)
+
+    def _push_undo(self, table: _Table, undo: _Undo) -> None:
+        table.undo.append(undo)
+        del table.undo[: max(0, len(table.undo) - self.settings.keep_versions)]
+
+    def _write(self, table: _Table, update: RowUpdate) -> None:
         name, store = table.schema.name, self.store
         ids, emb, tombs, version = update.ids, update.emb, update.tombstones, update.version
-        if undo:
-            touched = np.union1d(ids, tombs)
-            existed, _ = _member(table.members, touched)
-            old = np.zeros((len(touched), table.schema.dim), np.float32)
-            if existed.any():
-                _, rows = store.read_rows(name, touched[existed])
-                old[existed] = rows["emb"]
-            base = table.version
-            table.undo.append(_Undo(version, base, touched, old, existed))
-            del table.undo[: max(0, len(table.undo) - self.settings.keep_versions)]
         if len(tombs):
             store.delete_rows(name, tombs)
             table.members = np.setdiff1d(table.members, tombs, assume_unique=True)
@@ -364,9 +373,15 @@ class ServiceShard:
             table.checkpointed = table.version
         self._save_state()
         for name, table in self._tables.items():
-            for version, path in self._wal(name):
-                if version <= table.checkpointed:
-                    path.unlink(missing_ok=True)
+            wal = self._wal(name)
+            keep = (
+                {v for v, _ in wal[-self.settings.keep_versions :]}
+                if self.settings.keep_versions
+                else set()
+            )
+            for version, path in wal:
+                if version <= table.checkpointed and version not in keep:
+                    path.unlink(missing_ok=True)  # the newest stay: their undo records
 
     def _save_state(self) -> None:
         state: dict[str, Any] = {

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -55,12 +55,14 @@ class Blueprint:
     """What a replica builds its model from: the job's feature and model specs, store shape.
 
     ``dram_budget_bytes`` bounds the DRAM tier (split evenly over tables; ``None``: no bound).
+    ``rows`` serves some tables from elsewhere (an embedding service): no local copy of them.
     """
 
     feature_spec: FeatureSpec
     model_spec: ModelSpec
     num_shards: int = 1
     dram_budget_bytes: int | None = None
+    rows: RowSource | None = field(default=None, compare=False)  # tables served elsewhere
 
     def tables(self) -> tuple[TableConfig, ...]:
         """The serving tables: the trainer's, with embeddings only and the DRAM budget."""
@@ -134,7 +136,7 @@ class ServingModel:
         self, blueprint: Blueprint, path: str | Path, rows: RowSource | None = None
     ) -> None:
         self.blueprint = blueprint
-        self.rows = rows  # tables served from elsewhere (``embedding_service:``)
+        self.rows = rows if rows is not None else blueprint.rows  # ``embedding_service:``
         self.path = Path(path)
         self.version: int | None = None
         self.step_time: datetime | None = None

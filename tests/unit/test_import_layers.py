@@ -276,7 +276,11 @@ def test_the_contract_sees_function_imports_but_not_type_checking_ones(tmp_path:
 
 @pytest.mark.parametrize(
     ("module", "layer"),
-    [("pipeline.errors", 2), ("pipeline.cli.train", len(LAYERS) - 1), ("operators.checkpoint.chain", 1)],
+    [
+        ("pipeline.errors", 2),
+        ("pipeline.cli.train", len(LAYERS) - 1),
+        ("operators.checkpoint.chain", 1),
+    ],
 )
 def test_layer_of(module: str, layer: int) -> None:
     assert layer_of(module) == layer
