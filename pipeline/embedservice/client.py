@@ -212,11 +212,15 @@ class ServiceClient:
         out = self._retrying("versions", table, lambda i: self._action(i, "versions"))
         return [(int(v[table][0]), int(v[table][1])) for v in out]
 
-    def rows(self, table: str) -> int:
-        """Rows the service holds of ``table``, all shards together."""
-        body = json.dumps({"table": table}).encode()
+    def rows(self, table: str, exact: bool = False) -> int:
+        """Rows the service holds of ``table``, all shards together.
+
+        ``exact`` counts the keys each shard's store holds (slow: for tests and audits)
+        rather than the ids it knows.
+        """
+        body = json.dumps({"table": table, "exact": exact}).encode()
         out = self._retrying("rows", table, lambda i: self._action(i, "rows", body))
-        return int(sum(o["rows"] for o in out))
+        return int(sum(o["stored" if exact else "rows"] for o in out))
 
     # -- updates -------------------------------------------------------------
     def publish(self, update: RowUpdate) -> None:

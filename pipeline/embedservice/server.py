@@ -106,7 +106,10 @@ class _Service(flight.FlightServerBase):  # type: ignore[misc]
                 self.shard.register(TableSchema(**json.loads(body)))
                 out = {"ok": True}
             elif kind == "rows":
-                out = {"rows": self.shard.rows(json.loads(body)["table"])}
+                ask = json.loads(body)
+                out = {"rows": self.shard.rows(ask["table"])}
+                if ask.get("exact"):
+                    out["stored"] = self.shard.stored_rows(ask["table"])
             elif kind == "health":
                 out = {"shard": self.shard.settings.shard, "ok": True}
             else:

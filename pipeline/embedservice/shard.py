@@ -272,6 +272,13 @@ class ServiceShard:
         with self._lock:
             return len(self._table(name).members)
 
+    def stored_rows(self, name: str) -> int:
+        """Rows the shard's store really holds of ``name`` (flushes, then counts every key)."""
+        with self._lock:
+            self._table(name)
+            self.store.flush()
+            return int(self.store.stats(name, count_cold=True).cold_rows or 0)
+
     def register(self, schema: TableSchema) -> None:
         """Serve a new table (idempotent for the same schema and owner)."""
         with self._lock:
