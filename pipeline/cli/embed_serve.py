@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 from types import FrameType
@@ -34,7 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", help="the shard's directory (store, log, state)")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="Flight port (default 8815; 0: a free one)")
-    parser.add_argument("--shard", type=int, help="this shard's index (default 0)")
+    shard = parser.add_mutually_exclusive_group()
+    shard.add_argument("--shard", type=int, help="this shard's index (default 0)")
+    shard.add_argument(
+        "--shard-from-hostname",
+        action="store_true",
+        help="the index is the trailing number of $HOSTNAME (a StatefulSet pod: name-<ordinal>)",
+    )
     parser.add_argument("--num-shards", type=int, help="shards of the service (default 1)")
     parser.add_argument("--keep-versions", type=int, help="older versions readers may ask for")
     parser.add_argument("--checkpoint-every", type=int, help="updates between store flushes")
@@ -48,7 +56,26 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "path", "host", "port", "shard", "num_shards", "keep_versions", "checkpoint_every",
         "dram_budget_mb", "metrics_port", "metrics_addr",
     )  # fmt: skip
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if getattr(args, "shard_from_hostname", False):
+        out["shard"] = shard_from_hostname(os.environ.get("HOSTNAME") or socket.gethostname())
+    return out
+
+
+def shard_from_hostname(hostname: str) -> int:
+    """The StatefulSet ordinal at the end of ``hostname``.
+
+    >>> shard_from_hostname("freshet-embed-3")
+    3
+    >>> shard_from_hostname("embed")
+    Traceback (most recent call last):
+    ...
+    ValueError: hostname 'embed' does not end in -<shard index>
+    """
+    _, _, tail = hostname.rpartition("-")
+    if not tail.isdigit():
+        raise ValueError(f"hostname {hostname!r} does not end in -<shard index>")
+    return int(tail)
 
 
 def service_rows(
@@ -77,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "settings"
         print(f"freshet embed-serve: bad {where}: {first['msg']}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"freshet embed-serve: {err}", file=sys.stderr)
         return 2
     server = ShardServer(ServiceShard(cfg.shard_settings()), cfg.host, cfg.port)
     try:
