@@ -4,7 +4,7 @@ the RSS of a replica that reads the service against one that holds a full copy.
 ::
 
     lookups   shards: real ``freshet embed-serve`` processes on loopback (1 shard, then 2)
-              table:  ``--rows`` rows of dim ``--dim``, published as versions of <=1M rows
+              table:  ``--rows`` rows of dim ``--dim``, published as versions of <=250k rows
               batch:  4,096 distinct ids, Zipf(1.05) over the rows; ``--lookups`` batches
               client: ServiceClient.lookup (routing, version agreement, Arrow buffers)
               local:  EmbeddingStore.lookup(pin=False) of the same batches, same process
@@ -39,7 +39,7 @@ from pipeline.embedservice.shard import RowUpdate, TableSchema
 from pipeline.testing.embed_shards import ShardProcess, start_shards
 
 BATCH = 4096
-CHUNK = 1_000_000
+CHUNK = 250_000  # rows per published version (bounds the shards' transient memory)
 TARGET_P99_MS = 5.0
 TARGET_ROWS_PER_S = 1_000_000
 TARGET_RSS_RATIO = 0.25

@@ -15,17 +15,19 @@ import signal
 import socket
 import sys
 import threading
+from dataclasses import replace
 from types import FrameType
 from typing import Any
 
-from configs.embedservice import EmbeddingServiceConfig, EmbedServeConfig
+from configs.embedservice import EmbeddingServiceConfig, EmbedServeConfig, RemoteSection
 from pipeline.embedservice.client import ServiceClient
 from pipeline.embedservice.errors import EmbedServiceError
 from pipeline.embedservice.metrics import ClientMetrics
 from pipeline.embedservice.server import ShardServer
 from pipeline.embedservice.shard import ServiceShard
-from pipeline.embedservice.tables import ServiceRows
+from pipeline.embedservice.tables import ServiceRows, ServiceTable, publish_delta
 from pipeline.features.spec import FeatureSpec
+from pipeline.publishing.delta import ModelDelta
 from pipeline.training.models import BatchLayout, ModelSpec, model_tables
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,29 @@ def service_rows(
         raise ValueError(f"embedding_service.tables {unknown} are not model tables {names}")
     client = ServiceClient(list(config.endpoints), config.client_settings(), ClientMetrics())
     return ServiceRows(client, tables, config.cache_rows)
+
+
+def remote_sources(remote: RemoteSection) -> tuple[ServiceClient, dict[str, ServiceTable]]:
+    """A job's frozen tables from its ``remote:`` section, for ``RoutedStore(store, ...)``.
+
+    The job builds its model over ``RoutedStore(store, sources)``; its own store holds the
+    other tables only.
+    """
+    client = ServiceClient(list(remote.service.endpoints), remote.service.client_settings())
+    sources = {
+        table: ServiceTable(
+            client, name, next(t.version for t in remote.tables if t.table == table)
+        )
+        for table, name in remote.read_tables().items()
+    }
+    return client, sources
+
+
+def publish_owned(client: ServiceClient, remote: RemoteSection, delta: ModelDelta) -> None:
+    """Push a delta's rows of the tables the job owns (``mode: own``) before replicas get it."""
+    owned = remote.owned_tables()
+    renamed = tuple(replace(t, name=owned[t.name]) for t in delta.tables if t.name in owned)
+    publish_delta(client, replace(delta, tables=renamed), remote.writer, owned.values())
 
 
 def run(args: argparse.Namespace) -> int:

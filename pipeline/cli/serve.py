@@ -59,12 +59,13 @@ def run(args: argparse.Namespace) -> int:
         cfg = ServeFile.from_yaml(args.config)
         serve = ServeConfig.model_validate({**cfg.serve.model_dump(), **_overrides(args)})
         signer = serve.signing.signer()
+        rows = service_rows(serve.embedding_service, cfg.features.to_spec(), cfg.model.to_spec())
         blueprint = Blueprint(
             cfg.features.to_spec(),
             cfg.model.to_spec(),
             num_shards=serve.num_shards,
             dram_budget_bytes=serve.dram_budget_bytes,
-            rows=service_rows(serve.embedding_service, cfg.features.to_spec(), cfg.model.to_spec()),
+            rows=rows,
         )
     except (ValidationError, ServingError, ValueError) as err:
         print(f"freshet serve: configuration error: {err}", file=sys.stderr)
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     replica = Replica(
         blueprint, serve.replica_settings(), serve.bootstrap, name=serve.name, signer=signer
     )
+    if rows is not None:
+        rows.metrics.attach(replica.metrics.registry)  # lookups, cache hit ratio on /metrics
     server = ReplicaHttpServer(replica, cfg.kind, serve.http_settings())
     stop = threading.Event()
 

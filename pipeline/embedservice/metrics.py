@@ -75,3 +75,8 @@ class ClientMetrics:
         self.hit_ratio = Gauge(
             "freshet_embed_cache_hit_ratio", "hot-cache hits over lookups", ["table"], registry=r
         )
+
+    def attach(self, registry: CollectorRegistry) -> None:
+        """Also export these series from ``registry`` (a replica's own /metrics)."""
+        for collector in (self.rows, self.retries, self.failures, self.latency, self.hit_ratio):
+            registry.register(collector)
