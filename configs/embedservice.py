@@ -57,6 +57,9 @@ class EmbeddingServiceConfig(_Section):
     retries: int = Field(default=8, ge=0, le=1000, description="retries before giving up (503)")
     backoff_s: float = Field(default=0.05, ge=0, le=60, description="first retry's wait, doubled")
     max_backoff_s: float = Field(default=1.0, ge=0, le=600, description="longest retry wait")
+    publish_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="seconds one update may take (owners)"
+    )
 
     @model_validator(mode="after")
     def _endpoints(self) -> Self:
@@ -68,7 +71,9 @@ class EmbeddingServiceConfig(_Section):
 
     def client_settings(self) -> ClientSettings:
         """The frozen settings of a :class:`~pipeline.embedservice.client.ServiceClient`."""
-        return ClientSettings(self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s)
+        return ClientSettings(
+            self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s, self.publish_timeout_s
+        )
 
 
 class RemoteTableConfig(_Section):

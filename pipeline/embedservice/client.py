@@ -69,6 +69,7 @@ class ClientSettings:
     retries: int = 8
     backoff_s: float = 0.05
     max_backoff_s: float = 1.0
+    publish_timeout_s: float = 60.0  # an update may wait for a shard's checkpoint
 
 
 def _translate(shard: int, table: str, err: Exception) -> Exception:
@@ -132,8 +133,9 @@ class ServiceClient:
         if conn is not None:
             conn.close()
 
-    def _options(self) -> flight.FlightCallOptions:
-        return flight.FlightCallOptions(timeout=self.settings.timeout_s)
+    def _options(self, publish: bool = False) -> flight.FlightCallOptions:
+        s = self.settings
+        return flight.FlightCallOptions(timeout=s.publish_timeout_s if publish else s.timeout_s)
 
     def _call(self, i: int, table: str, fn: Callable[[flight.FlightClient], T]) -> T:
         """One call to shard ``i``; Flight errors become ``_Retry`` or the shard's error."""
@@ -244,7 +246,7 @@ class ServiceClient:
 
             def put(conn: flight.FlightClient) -> int:
                 desc = flight.FlightDescriptor.for_command(header)
-                writer_, reader = conn.do_put(desc, batch.schema, self._options())
+                writer_, reader = conn.do_put(desc, batch.schema, self._options(publish=True))
                 writer_.write_batch(batch)
                 writer_.done_writing()
                 ack = reader.read()
