@@ -33,7 +33,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.embedservice.client import ClientSettings
+from pipeline.embedservice.settings import ClientSettings
 from pipeline.embedservice.shard import ShardSettings
 
 

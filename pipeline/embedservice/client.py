@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -38,6 +37,7 @@ from pipeline.embedservice.errors import (
     VersionUnavailableError,
 )
 from pipeline.embedservice.metrics import ClientMetrics
+from pipeline.embedservice.settings import ClientSettings
 from pipeline.embedservice.shard import Lookup, RowUpdate, TableSchema
 
 I64 = npt.NDArray[np.int64]
@@ -59,17 +59,6 @@ class _Retry(Exception):
     def __init__(self, reason: str, version_error: VersionUnavailableError | None = None) -> None:
         super().__init__(reason)
         self.version_error = version_error
-
-
-@dataclass(frozen=True)
-class ClientSettings:
-    """How long one call may take, and how often and how patiently a request is retried."""
-
-    timeout_s: float = 2.0
-    retries: int = 8
-    backoff_s: float = 0.05
-    max_backoff_s: float = 1.0
-    publish_timeout_s: float = 60.0  # an update may wait for a shard's checkpoint
 
 
 def _translate(shard: int, table: str, err: Exception) -> Exception:

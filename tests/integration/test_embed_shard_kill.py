@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.embedservice.client import ClientSettings, ServiceClient
+from pipeline.embedservice.client import ServiceClient
 from pipeline.embedservice.errors import ServiceUnavailableError
+from pipeline.embedservice.settings import ClientSettings
 from pipeline.embedservice.shard import TableSchema
 from pipeline.embedservice.tables import ServiceRows, publish_delta
 from pipeline.publishing.delta import ModelDelta

@@ -12,9 +12,10 @@ import pytest
 
 from configs.embedservice import RemoteSection
 from pipeline.cli.embed_serve import publish_owned, remote_sources
-from pipeline.embedservice.client import ClientSettings, ServiceClient, ShardError
+from pipeline.embedservice.client import ServiceClient, ShardError
 from pipeline.embedservice.errors import NotOwnerError, ServiceUnavailableError, VersionGapError
 from pipeline.embedservice.server import ShardServer
+from pipeline.embedservice.settings import ClientSettings
 from pipeline.embedservice.shard import RowUpdate, ServiceShard, ShardSettings, TableSchema
 from pipeline.publishing.delta import ModelDelta, TableDelta
 
