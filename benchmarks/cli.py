@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "prequential AUC and events/s beside River, per stream",
     ),
     "soak": ("benchmarks.soak", "long run, every operator on a 2-5 s schedule: RSS, fds, chains"),
+    "embed-service": ("benchmarks.embed_service_bench", "service lookups vs local, replica RSS"),
 }
 
 

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from configs.embedservice import RemoteSection
 from configs.features import FeaturesConfig, ModelConfig, schema_problems
 from configs.operators import OperatorsConfig
 from configs.schema import SHIPPED_SCHEMAS, SchemaConfig, relative_to, resolve_schema
@@ -330,6 +331,9 @@ class JobConfig(BaseSettings):
     )
     serve: ServeConfig | None = Field(
         default=None, description="replica settings (read by freshet serve, not the trainer)"
+    )
+    remote: RemoteSection | None = Field(
+        default=None, description="tables kept in the shared embedding service (none: local)"
     )
     metrics_port: int | None = Field(
         default=None,

@@ -51,6 +51,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from configs.embedservice import EmbeddingServiceConfig
 from configs.features import FeaturesConfig, ModelConfig
 from configs.security import SecurityConfig
 from pipeline.publishing.chunks import Signer
@@ -168,6 +169,9 @@ class ServeConfig(_DeltaTopic):
         default=None, gt=0, le=1 << 20, description="DRAM for rows (none: all rows in DRAM)"
     )
     num_shards: int = Field(default=1, ge=1, le=1024, description="store shards")
+    embedding_service: EmbeddingServiceConfig | None = Field(
+        default=None, description="serve tables from the shared embedding service (none: copy)"
+    )
     max_body_bytes: int = Field(
         default=1 << 20, ge=1024, le=1 << 30, description="largest /predict body"
     )
@@ -263,6 +267,7 @@ class ServeFile(BaseSettings):
     training: dict[str, Any] | None = Field(default=None, description="job section, not read")
     baseline: dict[str, Any] | None = Field(default=None, description="job section, not read")
     operators: dict[str, Any] | None = Field(default=None, description="job section, not read")
+    remote: dict[str, Any] | None = Field(default=None, description="job section, not read")
     metrics_port: int | None = Field(default=None, description="job setting, not read")
     metrics_addr: str | None = Field(default=None, description="job setting, not read")
 

@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("pipeline.cli.inspect", "show a store directory's tables, rows and checkpoints"),
     "serve": ("pipeline.cli.serve", "run an inference replica: snapshots + deltas -> HTTP"),
     "checkpoint": ("pipeline.cli.checkpoint", "list, verify, restore or compact checkpoints"),
+    "embed-serve": ("pipeline.cli.embed_serve", "run one shard of the shared embedding service"),
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

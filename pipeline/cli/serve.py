@@ -17,21 +17,17 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from configs.serving import ServeConfig, ServeFile
+from pipeline.cli.embed_serve import service_rows
 from pipeline.publishing.errors import ServingError
 from pipeline.runtime.secrets import SecretError
 from pipeline.serving.http import ReplicaHttpServer
 from pipeline.serving.model import Blueprint
 from pipeline.serving.replica import Replica
-
-if TYPE_CHECKING:
-    from configs.serving import ServeConfig
-    from pipeline.serving.replica import Replica
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +71,13 @@ def build(args: argparse.Namespace) -> tuple[Replica, ServeConfig, str]:
         serve = ServeConfig.model_validate({**cfg.serve.model_dump(), **_overrides(args)})
         signer = serve.signing.signer()
         client_config = serve.client_config()
+        rows = service_rows(serve.embedding_service, cfg.features.to_spec(), cfg.model.to_spec())
         blueprint = Blueprint(
             cfg.features.to_spec(),
             cfg.model.to_spec(),
             num_shards=serve.num_shards,
             dram_budget_bytes=serve.dram_budget_bytes,
+            rows=rows,
         )
     except ValidationError as err:
         problems = "; ".join(
@@ -97,6 +95,8 @@ def build(args: argparse.Namespace) -> tuple[Replica, ServeConfig, str]:
         signer=signer,
         client_config=client_config,
     )
+    if rows is not None:
+        rows.metrics.attach(replica.metrics.registry)  # lookups, cache hit ratio on /metrics
     return replica, serve, cfg.kind
 
 

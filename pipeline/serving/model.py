@@ -50,10 +50,10 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -77,12 +77,14 @@ class Blueprint:
     """What a replica builds its model from: the job's feature and model specs, store shape.
 
     ``dram_budget_bytes`` bounds the DRAM tier (split evenly over tables; ``None``: no bound).
+    ``rows`` serves some tables from elsewhere (an embedding service): no local copy of them.
     """
 
     feature_spec: FeatureSpec
     model_spec: ModelSpec
     num_shards: int = 1
     dram_budget_bytes: int | None = None
+    rows: RowSource | None = field(default=None, compare=False)  # tables served elsewhere
 
     def tables(self) -> tuple[TableConfig, ...]:
         """The serving tables: the trainer's, with embeddings only and the DRAM budget."""
@@ -104,13 +106,35 @@ class Blueprint:
         )
 
 
+class RowSource(Protocol):
+    """Rows of some tables kept outside the replica (an embedding service), by version.
+
+    The replica stores none of ``tables``' rows: it asks ``lookup`` at the version it serves
+    and calls ``advance`` when it moves to another (``delta`` is ``None`` for a snapshot).
+    """
+
+    tables: frozenset[str]
+
+    def lookup(self, table: str, ids: I64, version: int) -> F32:
+        """Rows of unique ``ids`` at ``version``."""
+        ...
+
+    def advance(self, version: int, delta: ModelDelta | None) -> None:
+        """The replica now serves ``version``."""
+        ...
+
+
 class _ServingLookups:
     """What ``StoreEmbeddingBag`` calls on its store, answered by unpinned lookups."""
 
-    def __init__(self, store: EmbeddingStore) -> None:
+    def __init__(self, store: EmbeddingStore, owner: ServingModel | None = None) -> None:
         self.store = store
+        self.owner = owner
 
     def _lookup_unique(self, table: str, uniq: I64, pin: bool = False) -> F32:
+        owner = self.owner
+        if owner is not None and owner.rows is not None and table in owner.rows.tables:
+            return owner.rows.lookup(table, uniq, -1 if owner.version is None else owner.version)
         out: F32 = self.store.lookup_stored(table, uniq).numpy()
         return out
 
@@ -132,8 +156,11 @@ class PreparedDelta:
 class ServingModel:
     """Rows, dense parameters and featurizer state of one model version (see module doc)."""
 
-    def __init__(self, blueprint: Blueprint, path: str | Path) -> None:
+    def __init__(
+        self, blueprint: Blueprint, path: str | Path, rows: RowSource | None = None
+    ) -> None:
         self.blueprint = blueprint
+        self.rows = rows if rows is not None else blueprint.rows  # ``embedding_service:``
         self.path = Path(path)
         self.version: int | None = None
         self.step_time: datetime | None = None
@@ -157,7 +184,7 @@ class ServingModel:
         )
         self._store = EmbeddingStore(cfg).open()
         layout = BatchLayout.from_spec(self.blueprint.feature_spec)
-        view = cast(EmbeddingStore, _ServingLookups(self._store))
+        view = cast(EmbeddingStore, _ServingLookups(self._store, self))
         model = build_model(self.blueprint.model_spec, layout, view)
         model.eval()
         self._model = model
@@ -203,6 +230,8 @@ class ServingModel:
                 raise DeltaMismatchError(
                     info.version, f"table {name!r} has dim {info.tables[name].dim}, not {table.dim}"
                 )
+            if self.rows is not None and name in self.rows.tables:
+                continue
             for ids, emb in snapshots.iter_rows(info, name):
                 self.store.import_rows(name, ids, self._block(name, emb, info.version))
         arrays = snapshots.read_state(info)
@@ -210,6 +239,8 @@ class ServingModel:
         self._load_dense(dense)
         self._featurizer = featurizer
         self.arrays = arrays
+        if self.rows is not None:
+            self.rows.advance(info.version, None)
         self.version, self.step_time = info.version, info.step_time
 
     def _check_state(
@@ -270,11 +301,15 @@ class ServingModel:
         try:
             store = self.store
             for name, ids, block, tombstones in prepared.rows:
+                if self.rows is not None and name in self.rows.tables:
+                    continue
                 if len(tombstones):
                     store.delete_rows(name, tombstones)
                 if len(ids):
                     store.import_rows(name, ids, block)
             self._load_dense(prepared.dense)
+            if self.rows is not None:
+                self.rows.advance(prepared.delta.version, prepared.delta)
         except BaseException:
             self.broken = True
             raise

@@ -332,6 +332,56 @@ def test_deploy_commands_parse_with_the_cli(where: str, argv: list[str]) -> None
         load(REPO / "configs" / Path(config).name)
 
 
+# -- the embedding service -------------------------------------------------------------------
+
+EMBED_PORT = 8815
+EMBED_METRICS_PORT = 9401
+
+
+def _flag(args: list[str], name: str) -> str:
+    return str(args[args.index(name) + 1])
+
+
+def test_embedding_service_statefulset_has_one_pod_and_volume_per_shard() -> None:
+    objects = render(K8S)
+    embed = find(objects, "StatefulSet", "freshet-embed")
+    headless = find(objects, "Service", "freshet-embed")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert embed["spec"]["serviceName"] == "freshet-embed"
+    c = container(embed)
+    assert c["image"] == IMAGE
+    args = [str(a) for a in c["args"]]
+    assert args[0] == "embed-serve" and "--shard-from-hostname" in args
+    assert int(_flag(args, "--num-shards")) == embed["spec"]["replicas"] == 2
+    assert int(_flag(args, "--port")) == EMBED_PORT
+    assert int(_flag(args, "--metrics-port")) == EMBED_METRICS_PORT
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"flight": EMBED_PORT, "metrics": EMBED_METRICS_PORT}
+    annotations = embed["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(EMBED_METRICS_PORT)
+    (claim,) = embed["spec"]["volumeClaimTemplates"]
+    (mount,) = c["volumeMounts"]
+    assert mount["name"] == claim["metadata"]["name"]
+    assert mount["mountPath"] == _flag(args, "--path")
+
+
+def test_compose_embedding_shards_match_k8s() -> None:
+    services = compose()["services"]
+    k8s = [str(a) for a in container(find(render(K8S), "StatefulSet", "freshet-embed"))["args"]]
+    shards = sorted(n for n in services if n.startswith("embed-"))
+    assert shards == ["embed-0", "embed-1"]
+    for i, name in enumerate(shards):
+        svc = services[name]
+        args = [str(a) for a in svc["command"]]
+        assert svc["image"] == IMAGE
+        assert int(_flag(args, "--shard")) == i
+        for flag in ("--num-shards", "--port", "--metrics-port", "--path"):
+            assert _flag(args, flag) == _flag(k8s, flag), flag
+        assert any(v.endswith(":" + _flag(args, "--path")) for v in svc["volumes"])
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "RUN pip install .[service]" in text  # pyarrow: embed-serve runs in the image
+
+
 # -- Prometheus, Grafana, Dockerfile ---------------------------------------------------------
 
 

@@ -1,0 +1,1 @@
+"""An embedding service shared across jobs and replicas: sharded lookups over Arrow Flight."""
