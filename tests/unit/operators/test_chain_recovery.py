@@ -80,7 +80,7 @@ def test_a_lost_chain_manifest_is_rebuilt_from_the_checkpoints(tmp_path: Path, h
 def test_the_rebuilt_index_stops_each_chain_at_its_first_bad_checkpoint(tmp_path: Path) -> None:
     manager, _, listed = _checkpoints(tmp_path)
     root = tmp_path / "ckpt"
-    bad = root / "chain-000002" / "ckpt-0001" / "dense-0000.npy"
+    bad = root / "chain-000002" / "ckpt-0001" / "dense.safetensors"
     bad.write_bytes(bad.read_bytes()[:-4] + b"\x01\x02\x03\x04")
     (root / "chain-000001" / "ckpt-0000" / "rows-t-0000.rows.npy").unlink()  # chain 1's base
     (root / CHAINS_FILE).unlink()
