@@ -64,9 +64,7 @@ def test_the_delta_consumer_is_built_with_the_security_options(
     sasl_env: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What kafka-python receives (the constructor is recorded: no SASL broker to reach)."""
-    import kafka
-
-    import pipeline.broker.embedded as embedded
+    import pipeline.serving.replica as replica_module
 
     seen: dict[str, Any] = {}
 
@@ -80,8 +78,8 @@ def test_the_delta_consumer_is_built_with_the_security_options(
     def ensure(bootstrap: str, topics: dict[str, int], **kwargs: Any) -> None:
         seen["admin"] = kwargs.get("client_config")
 
-    monkeypatch.setattr(kafka, "KafkaConsumer", Recorder)
-    monkeypatch.setattr(embedded, "ensure_topics", ensure)
+    monkeypatch.setattr(replica_module, "KafkaConsumer", Recorder)
+    monkeypatch.setattr(replica_module, "ensure_topics", ensure)
     replica, _, _ = serve_cmd.build(args())
     source = replica._kafka_source()
     assert isinstance(source, KafkaDeltaSource)
