@@ -190,7 +190,7 @@ def test_a_new_stream_trains_from_yaml_alone(
         np.testing.assert_array_equal(stored[table], expected[table])
 
     letters = read_topic(f"{topic}.dlq", len(BAD))
-    reasons = sorted(r.headers["reason"].decode() for r in letters)
+    reasons = sorted(r.headers["freshet.dlq.reason"].decode() for r in letters)
     assert len(reasons) == len(BAD)
     for _, why in BAD.values():
         assert sum(why in r for r in reasons) == 1, (why, reasons)

@@ -135,5 +135,5 @@ def test_train_nproc_2_fraud_checkpoints_publishes_and_serves_metrics_on_two_por
     # versions were published, the last one at the end of the run
     snapshots = SnapshotStore(tmp_path / "snapshots").available()
     assert snapshots, "no snapshot was written"
-    last = last_published_version(bootstrap, deltas)
+    last = last_published_version(bootstrap, deltas).version
     assert last is not None and last >= 1
