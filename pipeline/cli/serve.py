@@ -40,7 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="override serve.data_dir")
     parser.add_argument("--snapshot-dir", default=None, help="override serve.snapshot_dir")
     parser.add_argument(
-        "--bootstrap", default=None, help="override serve.bootstrap_servers (host:port[,...])"
+        "--bootstrap-server",
+        "--bootstrap",
+        dest="bootstrap",
+        default=None,
+        metavar="HOST:PORT",
+        help="override serve.bootstrap_servers (comma-separated; --bootstrap is the old name)",
     )
     parser.add_argument("--topic", default=None, help="override serve.topic")
     parser.add_argument("--name", default=None, help="override serve.name")

@@ -2,8 +2,8 @@
 
 Both read only the past (earlier batches, then earlier events of the same batch; an event
 never sees itself) and are vectorised over a batch: one stable sort by entity, then
-shifts and cumulative sums, with a pandas hash table from entity (or entity-value pair) to
-its row.
+shifts and cumulative sums, with a vectorised int64 map (``embedding_store.hash_index``)
+from entity (or entity-value pair) to its row.
 
 ::
 
@@ -30,8 +30,8 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from pandas._libs.hashtable import Int64HashTable
 
+from embedding_store.hash_index import int64_map
 from pipeline.features.hashing import cross_ids
 
 __all__ = ["DistinctCount", "SincePrevious"]
@@ -57,10 +57,10 @@ def _previous_in_group(keys: I64) -> tuple[I64, I64]:
 
 
 class _Table:
-    """Key -> row with growing value arrays (a pandas hash table over int64 keys)."""
+    """Key -> row with growing value arrays (a vectorised int64 map, see ``hash_index``)."""
 
     def __init__(self) -> None:
-        self.index = Int64HashTable(16)
+        self.index = int64_map(16)
         self.keys: I64 = np.empty(0, dtype=np.int64)
 
     def rows(self, keys: I64) -> I64:

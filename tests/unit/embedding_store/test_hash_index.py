@@ -7,6 +7,7 @@ Contract: pandas' private khash tables (on the tested pandas releases) and :clas
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -84,3 +85,16 @@ def test_an_untested_pandas_falls_back_to_the_public_api_with_one_warning(
         "pandas 9.0.0 is not one the khash tables were tested on; "
         "using the public pd.Index API (slower inserts)"
     ]
+
+
+def test_only_hash_index_touches_pandas_private_tables() -> None:
+    """Every other module gets its maps through ``hash_index`` (version gate, public fallback)."""
+    root = Path(__file__).resolve().parents[3]
+    offenders = [
+        str(path.relative_to(root))
+        for package in ("embedding_store", "pipeline", "operators", "configs")
+        for path in sorted((root / package).rglob("*.py"))
+        if "pandas._libs" in path.read_text(encoding="utf-8")
+        and path != root / "embedding_store" / "hash_index.py"
+    ]
+    assert offenders == []

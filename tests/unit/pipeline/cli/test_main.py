@@ -79,6 +79,9 @@ def test_kafka_option_names_and_the_old_aliases_parse_alike() -> None:
     )
     old = parse(["replay", "--bootstrap", "h:1", "--topic", "t", "--file", "f", "--limit", "5"])
     assert (new.bootstrap, new.limit) == (old.bootstrap, old.limit) == ("h:1", 5)
+    serve_new = parse(["serve", "--config", "c.yaml", "--bootstrap-server", "h:2,h:3"])
+    serve_old = parse(["serve", "--config", "c.yaml", "--bootstrap", "h:2,h:3"])
+    assert serve_new.bootstrap == serve_old.bootstrap == "h:2,h:3"
 
 
 def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
