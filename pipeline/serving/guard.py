@@ -120,6 +120,38 @@ def raw_response(status: int, error: str) -> bytes:
     return head.encode("ascii") + body
 
 
+_CLIENT_FAULTS: tuple[str, ...] = (
+    "Invalid HTTP request received.",
+    "Unsupported upgrade request.",
+    "No supported WebSocket library detected.",
+)
+"""uvicorn's warnings about what a client sent (each is answered and counted already)."""
+
+
+class ClientFaultsAtDebug(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """uvicorn's connection logger, with its warnings about bad client input at DEBUG.
+
+    A malformed request is the client's fault, answered with a 4xx and counted in the
+    request metric; a WARNING line for each would let any client flood the replica's log.
+
+    >>> quiet = ClientFaultsAtDebug(logging.getLogger("uvicorn.error"), {})
+    >>> quiet.level == logging.getLogger("uvicorn.error").level
+    True
+    """
+
+    @property
+    def level(self) -> int:
+        """The wrapped logger's level (uvicorn reads it for its trace switch)."""
+        return self.logger.level
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Log at DEBUG when ``msg`` is about client input, else at WARNING."""
+        if isinstance(msg, str) and msg.startswith(_CLIENT_FAULTS):
+            self.debug(msg, *args, **kwargs)
+        else:
+            super().warning(msg, *args, **kwargs)
+
+
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a header deadline, a connection cap and JSON errors."""
 
@@ -127,6 +159,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.logger = cast(logging.Logger, ClientFaultsAtDebug(self.logger, {}))
         self._deadline: asyncio.TimerHandle | None = None
         self._partial = False  # bytes of a request received since the deadline was armed
 

@@ -99,7 +99,7 @@ def job_config(
             "migration": {"age": False},
             "schedules": [
                 {"operator": "tier_migration", "trigger": {"type": "interval", "seconds": 0.3}}
-            ]
+            ],
         }
         raw["publish"] = {
             "bootstrap_servers": [bootstrap],

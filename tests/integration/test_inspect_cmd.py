@@ -72,6 +72,7 @@ def test_not_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 def test_inspect_lists_checkpoint_chain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from operators.checkpoint import manager as checkpoint
+
     path, root = tmp_path / "store", tmp_path / "ckpt"
     manager = checkpoint.CheckpointManager(str(root))
     with EmbeddingStore(StoreConfig(str(path), TABLES, num_shards=2)) as store:

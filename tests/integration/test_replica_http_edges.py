@@ -8,6 +8,7 @@ API describes itself in OpenAPI. Every loop here is bounded; nothing asserts on 
 from __future__ import annotations
 
 import json
+import logging
 import select
 import socket
 import threading
@@ -234,7 +235,9 @@ def test_other_methods_get_405_in_json_and_are_counted(replica: Replica, method:
         server.close()
 
 
-def test_conflicting_content_lengths_are_refused(replica: Replica) -> None:
+def test_conflicting_content_lengths_are_refused(
+    replica: Replica, caplog: pytest.LogCaptureFixture
+) -> None:
     server = serve(replica)
     cases = [
         (b"Content-Length: 5\r\nContent-Length: 6\r\n", 400, "conflicting Content-Length"),
@@ -252,6 +255,9 @@ def test_conflicting_content_lengths_are_refused(replica: Replica) -> None:
             assert (status, closed) == (want, True), (framing, obj)
             assert words in str(obj["error"]) and headers["content-type"] == "application/json"
         assert requests_by_code(server) - before == Counter({"400": 2, "411": 2})
+        # a client's bad framing is its fault: answered and counted, not a WARNING per request
+        noisy = [r for r in caplog.records if r.name.startswith("uvicorn")]
+        assert [r.levelno for r in noisy if r.levelno >= logging.WARNING] == []
     finally:
         server.close()
 

@@ -91,9 +91,7 @@ def test_multi_get_reads_with_the_configured_read_options(tmp_path: Path, fill: 
     # rocksdict ignores a read_opt passed with a list of keys; the shard sets its options on
     # each column family instead, and the block cache shows whether fill_cache reached a read
     memory = RocksMemory(8 << 20, None)
-    shard = RocksShard(
-        str(tmp_path / "s"), ["t"], memory=memory, sst=SstConfig(fill_cache=fill)
-    )
+    shard = RocksShard(str(tmp_path / "s"), ["t"], memory=memory, sst=SstConfig(fill_cache=fill))
     shard.open()
     try:
         tier = shard.tier("t", LAYOUT)

@@ -185,6 +185,7 @@ def cycles(imports: Iterable[Import]) -> list[list[str]]:
 
 IMPORTS = collect_imports(REPO)
 
+
 def test_no_lower_layer_imports_a_higher_one() -> None:
     assert layer_violations(IMPORTS) == []
 

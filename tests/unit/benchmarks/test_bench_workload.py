@@ -58,14 +58,32 @@ def test_batches_round_trip(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_bench_store_cli_tiny(tmp_path: Path) -> None:
     out = tmp_path / "store.json"
-    args = ["store", "--quick", "--ids", "20000", "--batch", "256", "--warmup", "1",
-            "--windows", "5", "--steps", "1", "--out", str(out)]
+    args = [
+        "store",
+        "--quick",
+        "--ids",
+        "20000",
+        "--batch",
+        "256",
+        "--warmup",
+        "1",
+        "--windows",
+        "5",
+        "--steps",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert cli.main(args) == 0
     result = json.loads(out.read_text())
     systems = result["systems"]
     assert set(systems) == {
-        "freshet_tiered", "freshet_dram", "freshet_3tier", "freshet_3tier_wide",
-        "torch_embeddingbag", "naive_rocksdb",
+        "freshet_tiered",
+        "freshet_dram",
+        "freshet_3tier",
+        "freshet_3tier_wide",
+        "torch_embeddingbag",
+        "naive_rocksdb",
         "dense_only",
     }
     for s in systems.values():
@@ -102,9 +120,27 @@ def test_bench_store_cli_tiny(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_bench_sweep_cli_tiny_has_the_slab_axis(tmp_path: Path) -> None:
     out = tmp_path / "sweep.json"
-    args = ["sweep", "--quick", "--ids", "20000", "--batch", "128", "--warmup", "1",
-            "--windows", "5", "--steps", "1", "--budgets", "0.1", "1.0", "--alphas", "1.05",
-            "--out", str(out)]
+    args = [
+        "sweep",
+        "--quick",
+        "--ids",
+        "20000",
+        "--batch",
+        "128",
+        "--warmup",
+        "1",
+        "--windows",
+        "5",
+        "--steps",
+        "1",
+        "--budgets",
+        "0.1",
+        "1.0",
+        "--alphas",
+        "1.05",
+        "--out",
+        str(out),
+    ]
     assert cli.main(args) == 0
     result = json.loads(out.read_text())
     points = {(p["hot_fraction"], p["slab"]): p for p in result["points"]}
