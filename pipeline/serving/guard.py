@@ -142,7 +142,7 @@ class ClientFaultsAtDebug(logging.LoggerAdapter):  # type: ignore[type-arg]
     @property
     def level(self) -> int:
         """The wrapped logger's level (uvicorn reads it for its trace switch)."""
-        return self.logger.level
+        return int(self.logger.level)
 
     def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
         """Log at DEBUG when ``msg`` is about client input, else at WARNING."""
