@@ -64,6 +64,7 @@ class CorruptCheckpointError(CheckpointError):
 
     def __init__(self, checkpoint: str, file: str, detail: str) -> None:
         self.file = file
+        self.reason = detail  # what is wrong with the file, without its name
         super().__init__(checkpoint, f"file {file}: {detail}")
 
 

@@ -102,7 +102,7 @@ class CheckpointReader:
                 VerificationProblem(ident, MANIFEST, "checksum mismatch", err.expected, err.actual)
             ]
         except CorruptCheckpointError as err:
-            return [VerificationProblem(ident, MANIFEST, err.detail)]
+            return [VerificationProblem(ident, MANIFEST, err.reason)]
         problems: list[VerificationProblem] = []
         referenced = {d.file for d in manifest.dense}
         for t in manifest.tables:
