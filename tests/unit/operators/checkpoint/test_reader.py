@@ -180,6 +180,11 @@ def test_a_missing_file_is_one_problem(
         (infos[1].id, name, None, None)
     ]
     assert problems[0].message.startswith("missing or unreadable: [Errno 2]")
+    # every missing file is reported, not only the first
+    others = sorted(reader.manifest().files)[1:3]
+    for other in others:
+        os.unlink(os.path.join(reader.path, other))
+    assert [p.file for p in reader.verify()] == [name, *others]
 
 
 def test_a_changed_file_names_both_checksums(
