@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import replace
 from types import FrameType
 from typing import Any
@@ -22,11 +23,12 @@ from typing import Any
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
-from configs.embedservice import EmbeddingServiceConfig, EmbedServeConfig, RemoteSection
+from configs.embedservice import EmbeddingServiceConfig, EmbedServeConfig
 from pipeline.embedservice.client import ServiceClient
-from pipeline.embedservice.errors import EmbedServiceError
+from pipeline.embedservice.errors import EmbedServiceError, RemoteTableError
 from pipeline.embedservice.metrics import ClientMetrics
 from pipeline.embedservice.server import ShardServer
+from pipeline.embedservice.settings import RemoteSpec
 from pipeline.embedservice.shard import ServiceShard
 from pipeline.embedservice.tables import ServiceRows, ServiceTable, publish_delta
 from pipeline.features.spec import FeatureSpec
@@ -98,23 +100,42 @@ def service_rows(
     return ServiceRows(client, tables, config.cache_rows)
 
 
-def remote_sources(remote: RemoteSection) -> tuple[ServiceClient, dict[str, ServiceTable]]:
+def remote_sources(
+    remote: RemoteSpec, dims: Mapping[str, int] | None = None
+) -> tuple[ServiceClient, dict[str, ServiceTable]]:
     """A job's frozen tables from its ``remote:`` section, for ``RoutedStore(store, ...)``.
 
-    The job builds its model over ``RoutedStore(store, sources)``; its own store holds the
-    other tables only.
+    Each table is pinned: at its ``version``, else at the newest version every shard holds
+    now, so the job reads the same rows however the owner publishes on. ``dims`` (model
+    table -> width) is checked against the service's schema. The job builds its model over
+    ``RoutedStore(store, sources)``; its own store holds the other tables only.
     """
-    client = ServiceClient(list(remote.service.endpoints), remote.service.client_settings())
-    sources = {
-        table: ServiceTable(
-            client, name, next(t.version for t in remote.tables if t.table == table)
-        )
-        for table, name in remote.read_tables().items()
-    }
+    client = ServiceClient(list(remote.endpoints), remote.client)
+    sources: dict[str, ServiceTable] = {}
+    try:
+        for read in remote.read:
+            name = read.service_table
+            schema = client.schema(name)
+            want = (dims or {}).get(read.table)
+            if want is not None and want != schema.dim:
+                raise RemoteTableError(
+                    f"remote table {read.table!r}: the service's {name!r} has width "
+                    f"{schema.dim}, the model's table {want}"
+                )
+            version = read.version
+            if version is None:
+                version = min(newest for _, newest in client.versions(name))
+            sources[read.table] = ServiceTable(client, name, version)
+            log.info(
+                "table %r: read frozen from the service's %r at v%d", read.table, name, version
+            )
+    except BaseException:
+        client.close()
+        raise
     return client, sources
 
 
-def publish_owned(client: ServiceClient, remote: RemoteSection, delta: ModelDelta) -> None:
+def publish_owned(client: ServiceClient, remote: RemoteSpec, delta: ModelDelta) -> None:
     """Push a delta's rows of the tables the job owns (``mode: own``) before replicas get it."""
     owned = remote.owned_tables()
     renamed = tuple(replace(t, name=owned[t.name]) for t in delta.tables if t.name in owned)

@@ -219,7 +219,9 @@ class ServiceClient:
         table = update.table
         ids = np.ascontiguousarray(update.ids, np.int64)
         tombs = np.ascontiguousarray(update.tombstones, np.int64)
-        emb = np.ascontiguousarray(update.emb, np.float32).reshape(len(ids), -1)
+        emb = np.ascontiguousarray(update.emb, np.float32)
+        if emb.ndim != 2:  # a flat block; (0, dim) stays as it is (-1 cannot size it)
+            emb = emb.reshape(len(ids), self.schema(table).dim)
         up, down = routing.split(ids, self.num_shards), routing.split(tombs, self.num_shards)
         header = json.dumps(
             {
