@@ -458,7 +458,6 @@ class JobConfig(BaseSettings):
                 else MetricsSpec(self.metrics_port, self.metrics_addr)
             ),
             config_hash=self.config_hash(),
-            remote=None if self.remote is None else self.remote.to_spec(),
         )
 
     @classmethod

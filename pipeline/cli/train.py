@@ -26,13 +26,13 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
+from configs.embedservice import RemoteSection
 from pipeline.cli.config import ConfigFileError, load_job
 from pipeline.cli.dead_letters import summarise, top_reasons
 from pipeline.cli.embed_serve import remote_sources
 from pipeline.embedservice.client import ServiceClient
 from pipeline.embedservice.errors import EmbedServiceError
 from pipeline.embedservice.owner import OwnedTablesPublish
-from pipeline.embedservice.routed import TableSource
 from pipeline.errors import ConfigError, StoreDiskError
 from pipeline.publishing.operator import DeltaPublish
 from pipeline.publishing.publisher import Publisher
@@ -44,6 +44,7 @@ from pipeline.training.job_operators import ScheduledOperators
 from pipeline.training.launch import Node, launch
 from pipeline.training.models import BatchLayout, model_tables
 from pipeline.training.plugin import JobPlugin
+from pipeline.training.routed import TableSource
 from pipeline.training.spec import JobSpec
 from pipeline.training.world import World
 
@@ -159,7 +160,7 @@ def plugins_for(spec: JobSpec) -> list[JobPlugin]:
 
 
 def remote_tables(
-    spec: JobSpec, world: World, plugins: list[JobPlugin]
+    spec: JobSpec, section: RemoteSection | None, world: World, plugins: list[JobPlugin]
 ) -> tuple[dict[str, TableSource], list[JobPlugin]] | str:
     """The job's ``remote:`` tables: frozen sources, and the plugins to run; or why not.
 
@@ -167,9 +168,9 @@ def remote_tables(
     whose versions it follows). The reason is one line: the service unreachable, a table
     missing there or not in the model.
     """
-    remote = spec.remote
-    if remote is None:
+    if section is None:
         return {}, plugins
+    remote = section.to_spec()
     if world.distributed:
         return "remote: tables need a one-rank job (--nproc 1)"
     layout = BatchLayout.from_spec(spec.features)
@@ -216,7 +217,7 @@ def run_rank(args: argparse.Namespace, world: World, extra: dict[str, Any] | Non
         )
 
     plugins = plugins_for(spec)
-    remote = remote_tables(spec, world, plugins)
+    remote = remote_tables(spec, load_job(args.config).remote, world, plugins)
     if isinstance(remote, str):
         print(f"freshet train: {remote}", file=sys.stderr)
         return 2

@@ -27,9 +27,9 @@ from embedding_store import EmbeddingStore
 from pipeline.embedservice.cache import LfuRowCache
 from pipeline.embedservice.client import ServiceClient
 from pipeline.embedservice.metrics import ClientMetrics
-from pipeline.embedservice.routed import RoutedStore, TableSource
 from pipeline.embedservice.shard import RowUpdate, TableSchema
 from pipeline.publishing.delta import ModelDelta
+from pipeline.training.routed import RoutedStore, TableSource
 
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]

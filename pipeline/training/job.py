@@ -69,7 +69,6 @@ from operators.checkpoint.distributed import WorldCheckpoints
 from operators.checkpoint.manager import CheckpointManager
 from operators.checkpoint.write_log import WriteLogWatermarks
 from operators.metrics import MetricsRegistry
-from pipeline.embedservice.routed import RoutedStore, TableSource
 from pipeline.errors import PipelineError, StoreDiskError
 from pipeline.features.featurizer import Featurizer, string_category_fields
 from pipeline.source.kafka import (
@@ -85,6 +84,7 @@ from pipeline.training.checkpoints import JobCheckpoints, Resumed, offsets_to_js
 from pipeline.training.models import BatchLayout, build_model, model_tables
 from pipeline.training.plugin import JobPlugin
 from pipeline.training.prequential import PrequentialMetrics
+from pipeline.training.routed import RoutedStore, TableSource
 from pipeline.training.spec import JobSpec, SourceSpec
 from pipeline.training.trainer import BatchResult, OnlineTrainer
 from pipeline.training.world import World

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from operators.scheduler import OperatorSchedule
-from pipeline.embedservice.settings import RemoteSpec
 from pipeline.events.schema import EventSchema
 from pipeline.features.spec import FeatureSpec
 from pipeline.features.state_budget import StateBudget
@@ -174,8 +173,6 @@ class JobSpec:
     publish: PublishSpec | None = None
     metrics: MetricsSpec | None = None
     config_hash: str = ""
-    remote: RemoteSpec | None = None
-    """Tables read frozen from, or published to, the shared embedding service (``remote:``)."""
 
     def checkpoints(self) -> CheckpointSpec:
         """The configured checkpoints, else ``<store.path>/checkpoints`` (written at stop)."""

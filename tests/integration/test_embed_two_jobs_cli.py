@@ -196,7 +196,6 @@ def test_fraud_job_file_reads_users_from_the_ctr_job_file_like_a_local_copy(
     local_spec = replace(
         spec.with_store_path(str(tmp_path / "fraud-local-store")),
         source=replace(spec.source, group_id="fraud-local"),
-        remote=None,
     )
     probe = _events(99, 256, 600, "merchant", 80)
     local = TrainJob(local_spec, table_sources={"users": LocalTable(copy, schema)})

@@ -6,7 +6,8 @@
                            ├─ t in sources ─► TableSource.rows(ids)   (never trained)
                            └─ otherwise ────► the job's own EmbeddingStore (trained)
 
-Free of pyarrow, so the training job imports it without the service client.
+The job takes the sources (``TrainJob(table_sources=...)``); where they come from is the
+CLI's business (:mod:`pipeline.embedservice` for ``remote:`` tables).
 
 >>> import numpy as np
 >>> class Ones:
