@@ -56,6 +56,7 @@ from pipeline.embedservice.errors import (
     VersionGapError,
     VersionUnavailableError,
 )
+from pipeline.embedservice.idset import IdSet
 from pipeline.publishing.array_bundle import decode_bundle, encode_bundle
 
 I64 = npt.NDArray[np.int64]
@@ -151,7 +152,7 @@ class _Table:
     schema: TableSchema
     version: int = 0
     checkpointed: int = 0
-    members: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    members: IdSet = field(default_factory=IdSet)
     undo: list[_Undo] = field(default_factory=list)
 
     @property
@@ -206,7 +207,7 @@ class ServiceShard:
                     version, base, arrays["undo.ids"], arrays["undo.old"], arrays["undo.existed"]
                 )
                 self._push_undo(table, undo)
-            table.members = self._scan_ids(name)
+            table.members = IdSet(self._scan_ids(name))
         return self
 
     def _open_store(self) -> None:
@@ -340,7 +341,7 @@ class ServiceShard:
     def _undo_record(self, table: _Table, update: RowUpdate) -> _Undo:
         """What reading at the version before ``update`` needs once it is applied."""
         touched = np.union1d(update.ids, update.tombstones)
-        existed, _ = _member(table.members, touched)
+        existed = table.members.contains(touched)
         old = np.zeros((len(touched), table.schema.dim), np.float32)
         if existed.any():
             _, rows = self.store.read_rows(table.schema.name, touched[existed])
@@ -356,13 +357,15 @@ class ServiceShard:
         ids, emb, tombs, version = update.ids, update.emb, update.tombstones, update.version
         if len(tombs):
             store.delete_rows(name, tombs)
-            table.members = np.setdiff1d(table.members, tombs, assume_unique=True)
+            table.members.discard(tombs)
+            if table.members.dead > max(len(table.members), 1 << 16):  # mostly dead: rebuild
+                table.members = IdSet(self._scan_ids(name))
         if len(ids):
             block = RowLayout(table.schema.dim, 0).empty(len(ids))
             block["emb"], block["version"] = emb, version
             block["last_step"], block["last_time"], block["freq"], block["epoch"] = 0, 0.0, 0, 0
             store.import_rows(name, ids, block)
-            table.members = np.union1d(table.members, ids)
+            table.members.add(ids)
         table.version = version
 
     def _wal(self, name: str) -> list[tuple[int, Path]]:
@@ -405,8 +408,14 @@ class ServiceShard:
         os.replace(tmp, self.path / "state.json")
 
     # -- lookups -------------------------------------------------------------
-    def lookup(self, name: str, ids: I64, version: int | None = None) -> Lookup:
-        """Rows of ``ids`` at ``version`` (``None``: the newest); never stores a row."""
+    def lookup(
+        self, name: str, ids: I64, version: int | None = None, unique: bool = False
+    ) -> Lookup:
+        """Rows of ``ids`` at ``version`` (``None``: the newest); never stores a row.
+
+        ``unique``: the caller vouches that ``ids`` holds no id twice (the store skips its
+        dedup pass).
+        """
         with self._lock:
             table = self._table(name)
             v = table.version if version is None else version
@@ -415,12 +424,14 @@ class ServiceShard:
                     name, self.settings.shard, v, table.oldest, table.version
                 )
             ids = np.ascontiguousarray(ids, np.int64)
-            known, _ = _member(table.members, ids)
-            emb = np.empty((len(ids), table.schema.dim), np.float32)
-            if not known.all():
+            known = table.members.contains(ids)
+            if known.all():  # the common case: no masked copies
+                emb = self._stored(name, ids, unique)
+            else:
+                emb = np.empty((len(ids), table.schema.dim), np.float32)
                 emb[~known] = table.schema.initial(ids[~known])
-            if known.any():
-                emb[known] = self.store.lookup(name, ids[known], pin=False).numpy()
+                if known.any():
+                    emb[known] = self._stored(name, ids[known], unique)
             found = known.copy()
             for rec in reversed(table.undo):
                 if rec.version <= v:
@@ -436,6 +447,14 @@ class ServiceShard:
             if self._lookups % _MAINTAIN_EVERY == 0:
                 self.store.end_step()  # rows read into DRAM go back under its budget
             return Lookup(v, emb, found)
+
+    def _stored(self, name: str, ids: I64, unique: bool) -> F32:
+        """Stored rows of ``ids`` (a fresh array; none is pinned or created)."""
+        if unique:
+            return self.store._lookup_unique(name, ids, False)
+        writable = ids if ids.flags.writeable else ids.copy()  # torch wants writable ids
+        out: F32 = self.store.lookup(name, writable, pin=False).numpy()
+        return out
 
     def remove(self) -> None:
         """Delete the shard's directory (closed shards only)."""

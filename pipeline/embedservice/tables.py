@@ -51,7 +51,7 @@ class ServiceTable:
 
     def rows(self, ids: I64) -> F32:
         """Rows of ``ids`` at the pinned version."""
-        got = self.client.lookup(self.table, ids, self.version)
+        got = self.client.lookup(self.table, ids, self.version, unique=True)
         self.last_version = got.version
         return got.emb
 
@@ -106,7 +106,7 @@ class ServiceRows:
         hit, rows = cache.get(ids)
         miss = np.flatnonzero(~hit)
         if len(miss):
-            got = self.client.lookup(table, ids[miss], version)
+            got = self.client.lookup(table, ids[miss], version, unique=True)
             rows[miss] = got.emb
             keep = got.found
             cache.put(ids[miss][keep], got.emb[keep])
