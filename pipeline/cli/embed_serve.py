@@ -4,6 +4,11 @@ Each shard owns a tiered store of the ids that hash to it and answers batched lo
 reader) and batched updates (each table's owner) over Arrow Flight; clients route ids by
 hash over ``--num-shards`` shards, listed in shard order. A restarted shard comes back from
 its directory (store checkpoint + write-ahead log). Prints ``grpc://HOST:PORT`` once ready.
+
+Re-sharding (M shards to M'): stop the service, then start each of the M' new shards on an
+empty ``--path`` with ``--num-shards M' --reshard-from OLD_0 ... OLD_{M-1}``; each takes the
+rows that route to it at the newest version every old shard holds (older versions stay
+behind, so readers pinned to them must move on).
 """
 
 from __future__ import annotations
@@ -56,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dram-budget-mb", type=float, help="DRAM tier of the shard's store")
     parser.add_argument("--metrics-port", type=int, help="serve /metrics here (default: off)")
     parser.add_argument("--metrics-addr", help="address /metrics listens on")
+    parser.add_argument(
+        "--reshard-from",
+        nargs="+",
+        metavar="DIR",
+        help="first fill this (empty) shard from every shard directory of a stopped service "
+        "with another --num-shards: the ids that route here, at the newest version all hold",
+    )
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,7 +166,22 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"freshet embed-serve: {err}", file=sys.stderr)
         return 2
-    server = ShardServer(ServiceShard(cfg.shard_settings()), cfg.host, cfg.port)
+    shard = ServiceShard(cfg.shard_settings())
+    if getattr(args, "reshard_from", None):
+        try:
+            shard.open()
+            versions = shard.reshard_from(args.reshard_from)
+        except (OSError, EmbedServiceError) as err:
+            shard.close()
+            print(f"freshet embed-serve: cannot re-shard: {err}", file=sys.stderr)
+            return 2
+        print(
+            f"freshet embed-serve: shard {cfg.shard}/{cfg.num_shards} re-sharded from "
+            f"{len(args.reshard_from)} shard(s): "
+            + ", ".join(f"{t} v{v} ({shard.rows(t)} rows)" for t, v in versions.items()),
+            file=sys.stderr,
+        )
+    server = ShardServer(shard, cfg.host, cfg.port)
     try:
         server.start()
     except (OSError, EmbedServiceError) as err:

@@ -38,6 +38,7 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ import numpy.typing as npt
 from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
 from embedding_store.initializers import initial_values
 from embedding_store.rows import RowLayout
+from pipeline.embedservice import routing
 from pipeline.embedservice.errors import (
     EmbedServiceError,
     NotOwnerError,
@@ -455,6 +457,63 @@ class ServiceShard:
         writable = ids if ids.flags.writeable else ids.copy()  # torch wants writable ids
         out: F32 = self.store.lookup(name, writable, pin=False).numpy()
         return out
+
+    # -- re-sharding ---------------------------------------------------------
+    def reshard_from(self, sources: Sequence[str | Path]) -> dict[str, int]:
+        """Fill this empty shard with its ids from every shard of a service with another count.
+
+        ``sources``: the directories of all the old service's shards (stopped: their stores
+        are opened here). Each table comes over at the newest version every old shard holds
+        (read through their undo records, so a publication half applied at shutdown is left
+        out), with the rows whose ids route to this shard under its ``num_shards``; older
+        versions do not come over. Returns table -> version.
+        """
+        if self._tables:
+            raise EmbedServiceError(
+                f"re-sharding needs an empty shard directory; {self.path} already serves "
+                f"{sorted(self._tables)}"
+            )
+        olds = [ServiceShard(ShardSettings(str(src))) for src in sources]
+        if not olds:
+            raise EmbedServiceError("re-sharding needs the old service's shard directories")
+        try:
+            for old in olds:
+                old.open()
+            schemas = {sc.name: sc for old in olds for sc in old.schemas()}
+            target = {
+                name: min(old.versions().get(name, (0, 0))[1] for old in olds) for name in schemas
+            }
+            for schema in schemas.values():
+                self.register(schema)
+            with self._lock:
+                for name, version in target.items():
+                    table = self._table(name)
+                    for old in olds:
+                        if name in old._tables:
+                            self._take_rows(old, table, version)
+                    table.version = version
+                self._checkpoint()
+        finally:
+            for old in olds:
+                old.close()
+        return target
+
+    def _take_rows(self, old: ServiceShard, table: _Table, version: int) -> None:
+        """Copy ``old``'s rows of ``table`` at ``version`` that route here (lock held)."""
+        name, me = table.schema.name, self.settings
+        parts = [ids for ids, _ in old.store.export_rows(name)]
+        ids = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+        # ids the old shard deleted after ``version`` are in its undo records, not its store
+        for rec in old._tables[name].undo:
+            if rec.version > version:
+                ids = np.union1d(ids, rec.ids[rec.existed])
+        ids = ids[routing.shard_of(ids, me.num_shards) == me.shard]
+        for start in range(0, len(ids), 65536):
+            chunk = ids[start : start + 65536]
+            got = old.lookup(name, chunk, version, unique=True)
+            keep = chunk[got.found]
+            update = RowUpdate(name, table.schema.owner, version, None, keep, got.emb[got.found])
+            self._write(table, update)
 
     def remove(self) -> None:
         """Delete the shard's directory (closed shards only)."""
