@@ -1,13 +1,14 @@
 """Acceptance 1 through the CLI: two job files alone share ``users`` through the service.
 
 Two ``freshet embed-serve`` shard processes; a CTR job file declares ``remote: users, mode:
-own`` and ``freshet train`` publishes the table to the service as it trains (twice: two
-runs, versions v1 < v2). A fraud job file declares ``remote: users, version: v1`` (read,
-frozen) and ``freshet train`` trains its own tables over it. The same fraud job given a
-local copy of ``users`` at v1 (a store of the CTR job's rows after its first run, read the
-same way: stored rows, else the initial value) trains on the same events to the same
-prequential loss and AUC and the same model: its predictions on held-out events equal the
-CLI-trained job's to 1e-6. The fraud job never stores or publishes a ``users`` row.
+own`` (and ``publish:`` deltas) and ``freshet train`` publishes the table to the service as
+it trains, at the deltas' versions (twice: two runs, versions v1 < v2). A fraud job file
+declares ``remote: users, version: v1`` (read, frozen) and ``freshet train`` trains its own
+tables over it. The same fraud job given a local copy of ``users`` at v1 (a store of the CTR
+job's rows after its first run, read the same way: stored rows, else the initial value)
+trains on the same events to the same prequential loss and AUC and the same model: its
+predictions on held-out events equal the CLI-trained job's to 1e-6. The fraud job never
+stores or publishes a ``users`` row.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableC
 from pipeline.embedservice.client import ServiceClient
 from pipeline.embedservice.tables import LocalTable, ServiceTable
 from pipeline.events.replay import replay
+from pipeline.publishing.publisher import last_published_version
 from pipeline.testing.embed_shards import ShardProcess, start_shards
 from pipeline.training.job import TrainJob
 from pipeline.training.models import BatchLayout, model_tables
@@ -62,7 +64,7 @@ remote:
   writer: NAME
   service: {endpoints: [ENDPOINTS]}
   tables: [TABLES]
-"""
+PUBLISH"""
 
 
 def _job_file(path: Path, name: str, other: str, topic: str, bootstrap: str, **kw: str) -> Path:
@@ -75,6 +77,7 @@ def _job_file(path: Path, name: str, other: str, topic: str, bootstrap: str, **k
         .replace("STORE", kw["store"])
         .replace("ENDPOINTS", kw["endpoints"])
         .replace("TABLES", kw["tables"])
+        .replace("PUBLISH", kw.get("publish", ""))
     )
     path.write_text(text)
     return path
@@ -144,14 +147,20 @@ def test_fraud_job_file_reads_users_from_the_ctr_job_file_like_a_local_copy(
     ctr_topic = new_topic(1)
     ctr_events = _events(1, 1024, 400, "ad", 50)
     assert replay(bootstrap, ctr_topic, [(None, e) for e in ctr_events], progress=False) == 1024
+    deltas = new_topic(1)  # with publish:, the service's versions are the deltas' versions
+    publish = (
+        f"publish: {{bootstrap_servers: [{bootstrap}], topic: {deltas}, "
+        f"snapshot_dir: {tmp_path / 'snapshots'}, interval_s: 3600}}\n"
+    )
     ctr = _job_file(
         tmp_path / "ctr.yaml", "ctr", "ad", ctr_topic, bootstrap, group="ctr",
         store=str(tmp_path / "ctr-store"), endpoints=endpoints,
-        tables="{table: users, mode: own}",
+        tables="{table: users, mode: own}", publish=publish,
     )  # fmt: skip
     _train(ctr, 512)
     v1 = client.versions("users")[0][1]
     assert v1 >= 1 and {v for _, v in client.versions("users")} == {v1}
+    assert last_published_version(bootstrap, deltas).version == v1
     ids1, emb1, users_cfg = _users_rows(ctr)
     assert len(ids1) > 200
     got = client.lookup("users", ids1, v1)
@@ -159,7 +168,7 @@ def test_fraud_job_file_reads_users_from_the_ctr_job_file_like_a_local_copy(
     np.testing.assert_array_equal(got.emb, emb1)  # what the job trained is what it published
     _train(ctr, 1024)  # resumes at 512 events, trains 512 more, publishes again
     v2 = client.versions("users")[0][1]
-    assert v2 > v1
+    assert v2 > v1 and last_published_version(bootstrap, deltas).version == v2
     ids2, emb2, _ = _users_rows(ctr)
     np.testing.assert_array_equal(client.lookup("users", ids2, v2).emb, emb2)
     assert np.abs(client.lookup("users", ids1, v2).emb - emb1).max() > 1e-4  # v2 moved on
