@@ -306,6 +306,9 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(spec, str):
             print(f"freshet train: {spec}", file=sys.stderr)
             return 2
+        if load_job(args.config).remote is not None:
+            print("freshet train: remote: tables need a one-rank job (--nproc 1)", file=sys.stderr)
+            return 2
         try:
             node = Node(args.nnodes, args.node_rank, args.master_addr, args.master_port)
         except ConfigError as err:

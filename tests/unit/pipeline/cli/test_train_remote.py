@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,3 +98,20 @@ def test_a_table_that_does_not_fit_is_one_line(
 def test_remote_tables_need_one_rank(tmp_path: Path, endpoint: str) -> None:
     out = remote_tables(_spec(tmp_path), _remote(endpoint, {"table": "users"}), World(0, 2), [])
     assert out == "remote: tables need a one-rank job (--nproc 1)"
+
+
+def test_freshet_train_refuses_remote_tables_on_several_ranks(tmp_path: Path) -> None:
+    """Refused once, before any rank starts (exit 2, one line)."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "kind: ctr\nsource: {topic: t}\n"
+        "features: {sparse: [{type: categorical, name: u, table: users, field: c1}]}\n"
+        "model: {type: logistic}\n"
+        "remote: {writer: w, service: {endpoints: ['127.0.0.1:1']}, tables: [{table: users}]}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", "train", "--config", str(job), "--nproc", "2"],
+        check=False, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == "freshet train: remote: tables need a one-rank job (--nproc 1)"
