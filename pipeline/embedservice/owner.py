@@ -30,8 +30,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from embedding_store import EmbeddingStore
+from operators.checkpoint.write_log import WriteLogWatermarks
 from pipeline.embedservice.client import ServiceClient
 from pipeline.embedservice.shard import RowUpdate, TableSchema
+from pipeline.training.plugin import JobView
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +102,19 @@ class OwnedTablesPublish:
         self.base: int | None = None  # store version of the last publication (None: all rows)
         self._delta_seen: int | None = None
         self._last_at: float | None = None
-        self._marks: Any = None  # the job's write-log watermarks
+        self._marks: WriteLogWatermarks | None = None  # the job's write-log watermarks
 
     def _publisher(self) -> VersionedPublisher | None:
         return self.deltas.publisher if self.deltas is not None else None
 
-    def open(self, job: Any) -> None:
+    def open(self, job: JobView) -> None:
         """Register the owned tables; continue after the service's newest version."""
         if self.deltas is not None:
             self.deltas.open(job)
-        self._marks = getattr(job, "watermarks", None)
-        if self._marks is not None:  # checkpoints keep the write log until we have read it
-            self._marks.register(WATERMARK)
-        store: EmbeddingStore = job.store
+        self._marks = job.watermarks  # checkpoints keep the write log until we have read it
+        self._marks.register(WATERMARK)
+        store = job.store
+        assert store is not None
         for table, name in self.owned.items():
             cfg = store.config.table(table)
             schema = TableSchema(name, cfg.dim, cfg.seed, cfg.init_scale, self.writer)
@@ -129,31 +131,34 @@ class OwnedTablesPublish:
             self.version,
         )
 
-    def at_step(self, job: Any, idle: bool) -> None:
+    def at_step(self, job: JobView, idle: bool) -> None:
         """Publish when the delta publisher did, or when due (see the module docstring)."""
         if self.deltas is not None:
             self.deltas.at_step(job, idle)
         self._follow(job, idle)
 
-    def _follow(self, job: Any, idle: bool) -> None:
+    def _follow(self, job: JobView, idle: bool) -> None:
+        store = job.store
+        if store is None:
+            return
         if self.deltas is not None:
             publisher = self._publisher()
             sent = publisher.version if publisher is not None else None
             if sent is not None and sent != self._delta_seen:
                 self._delta_seen = sent
-                self.publish(job.store, sent)
+                self.publish(store, sent)
             return
         assert self._last_at is not None
         if idle or self.clock() - self._last_at >= self.interval_s:
             self._last_at = self.clock()
-            self.publish(job.store, self.version + 1)
+            self.publish(store, self.version + 1)
 
-    def close(self, job: Any, clean: bool) -> None:
+    def close(self, job: JobView, clean: bool) -> None:
         """A clean stop publishes what was trained since the last publication."""
         try:
             if self.deltas is not None:
                 self.deltas.close(job, clean)
-            if clean and job.store is not None:
+            if clean:
                 self._follow(job, idle=True)
         finally:
             self.client.close()
