@@ -6,7 +6,8 @@ the RSS of a replica that reads the service against one that holds a full copy.
     lookups   shards: real ``freshet embed-serve`` processes on loopback (1 shard, then 2)
               table:  ``--rows`` rows of dim ``--dim``, published as versions of <=250k rows
               batch:  4,096 distinct ids, Zipf(1.05) over the rows; ``--lookups`` batches
-              client: ServiceClient.lookup (routing, version agreement, Arrow buffers)
+              client: ServiceClient.lookup(unique=True) (routing, version agreement, Arrow
+                      buffers; distinct ids, as replicas and frozen tables send them)
               local:  EmbeddingStore.lookup(pin=False) of the same batches, same process
               both read every row once first, so both serve from DRAM
               targets p99 <= 5 ms and >= 1M rows/s per shard (1 shard, one client)
@@ -95,11 +96,11 @@ def lookup_bench(root: Path, shards: int, rows: int, dim: int, lookups: int) -> 
         for start in range(0, rows, 65536):  # every row read once: in DRAM, as in the local store
             client.lookup("users", np.arange(start, min(rows, start + 65536), dtype=np.int64))
         for b in batches[:50]:
-            client.lookup("users", b)  # warm-up: channels, buffers
+            client.lookup("users", b, unique=True)  # warm-up: channels, buffers
         seconds = []
         for b in batches[50:]:
             t = time.perf_counter()
-            got = client.lookup("users", b)
+            got = client.lookup("users", b, unique=True)  # distinct ids, as replicas send
             seconds.append(time.perf_counter() - t)
             assert got.version == version and got.found.all()
         service = _stats(seconds)

@@ -15,6 +15,7 @@ table it trains and publishes there (``remote:``)::
       tables:
         - {table: users, mode: read}              # another job's table, frozen
         - {table: merchants, mode: own}           # trained here, published to the service
+      publish_interval_s: 30                      # own tables: a version this often
 
 >>> cfg = RemoteSection.model_validate({"writer": "fraud",
 ...     "service": {"endpoints": ["127.0.0.1:8815"]}, "tables": [{"table": "users"}]})
@@ -33,7 +34,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.embedservice.settings import ClientSettings
+from pipeline.embedservice.settings import ClientSettings, RemoteOwn, RemoteRead, RemoteSpec
 from pipeline.embedservice.shard import ShardSettings
 
 
@@ -98,6 +99,24 @@ class RemoteSection(_Section):
     writer: str = Field(min_length=1, max_length=255, description="this job, as a table owner")
     service: EmbeddingServiceConfig = Field(description="the service")
     tables: list[RemoteTableConfig] = Field(min_length=1, description="the remote tables")
+    publish_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=86_400,
+        description="own: seconds between publications (also when the stream idles and at "
+        "stop); with publish: the job publishes each delta version instead",
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        names = [t.table for t in self.tables]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"remote tables {twice} are listed more than once")
+        for t in self.tables:
+            if t.mode == "own" and t.version is not None:
+                raise ValueError(f"remote table {t.table!r}: version pins a read table only")
+        return self
 
     def read_tables(self) -> dict[str, str]:
         """Model table -> service table, for the tables read frozen."""
@@ -106,6 +125,25 @@ class RemoteSection(_Section):
     def owned_tables(self) -> dict[str, str]:
         """Model table -> service table, for the tables this job owns."""
         return {t.table: t.service_table or t.table for t in self.tables if t.mode == "own"}
+
+    def to_spec(self) -> RemoteSpec:
+        """The frozen :class:`~pipeline.embedservice.settings.RemoteSpec` the job takes."""
+        return RemoteSpec(
+            self.writer,
+            tuple(self.service.endpoints),
+            self.service.client_settings(),
+            tuple(
+                RemoteRead(t.table, t.service_table or t.table, t.version)
+                for t in self.tables
+                if t.mode == "read"
+            ),
+            tuple(
+                RemoteOwn(t.table, t.service_table or t.table)
+                for t in self.tables
+                if t.mode == "own"
+            ),
+            self.publish_interval_s,
+        )
 
 
 class EmbedServeConfig(_Section):

@@ -4,6 +4,11 @@ Each shard owns a tiered store of the ids that hash to it and answers batched lo
 reader) and batched updates (each table's owner) over Arrow Flight; clients route ids by
 hash over ``--num-shards`` shards, listed in shard order. A restarted shard comes back from
 its directory (store checkpoint + write-ahead log). Prints ``grpc://HOST:PORT`` once ready.
+
+Re-sharding (M shards to M'): stop the service, then start each of the M' new shards on an
+empty ``--path`` with ``--num-shards M' --reshard-from OLD_0 ... OLD_{M-1}``; each takes the
+rows that route to it at the newest version every old shard holds (older versions stay
+behind, so readers pinned to them must move on).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import replace
 from types import FrameType
 from typing import Any
@@ -22,11 +28,12 @@ from typing import Any
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
-from configs.embedservice import EmbeddingServiceConfig, EmbedServeConfig, RemoteSection
+from configs.embedservice import EmbeddingServiceConfig, EmbedServeConfig
 from pipeline.embedservice.client import ServiceClient
-from pipeline.embedservice.errors import EmbedServiceError
+from pipeline.embedservice.errors import EmbedServiceError, RemoteTableError
 from pipeline.embedservice.metrics import ClientMetrics
 from pipeline.embedservice.server import ShardServer
+from pipeline.embedservice.settings import RemoteSpec
 from pipeline.embedservice.shard import ServiceShard
 from pipeline.embedservice.tables import ServiceRows, ServiceTable, publish_delta
 from pipeline.features.spec import FeatureSpec
@@ -54,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dram-budget-mb", type=float, help="DRAM tier of the shard's store")
     parser.add_argument("--metrics-port", type=int, help="serve /metrics here (default: off)")
     parser.add_argument("--metrics-addr", help="address /metrics listens on")
+    parser.add_argument(
+        "--reshard-from",
+        nargs="+",
+        metavar="DIR",
+        help="first fill this (empty) shard from every shard directory of a stopped service "
+        "with another --num-shards: the ids that route here, at the newest version all hold",
+    )
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,23 +112,42 @@ def service_rows(
     return ServiceRows(client, tables, config.cache_rows)
 
 
-def remote_sources(remote: RemoteSection) -> tuple[ServiceClient, dict[str, ServiceTable]]:
+def remote_sources(
+    remote: RemoteSpec, dims: Mapping[str, int] | None = None
+) -> tuple[ServiceClient, dict[str, ServiceTable]]:
     """A job's frozen tables from its ``remote:`` section, for ``RoutedStore(store, ...)``.
 
-    The job builds its model over ``RoutedStore(store, sources)``; its own store holds the
-    other tables only.
+    Each table is pinned: at its ``version``, else at the newest version every shard holds
+    now, so the job reads the same rows however the owner publishes on. ``dims`` (model
+    table -> width) is checked against the service's schema. The job builds its model over
+    ``RoutedStore(store, sources)``; its own store holds the other tables only.
     """
-    client = ServiceClient(list(remote.service.endpoints), remote.service.client_settings())
-    sources = {
-        table: ServiceTable(
-            client, name, next(t.version for t in remote.tables if t.table == table)
-        )
-        for table, name in remote.read_tables().items()
-    }
+    client = ServiceClient(list(remote.endpoints), remote.client)
+    sources: dict[str, ServiceTable] = {}
+    try:
+        for read in remote.read:
+            name = read.service_table
+            schema = client.schema(name)
+            want = (dims or {}).get(read.table)
+            if want is not None and want != schema.dim:
+                raise RemoteTableError(
+                    f"remote table {read.table!r}: the service's {name!r} has width "
+                    f"{schema.dim}, the model's table {want}"
+                )
+            version = read.version
+            if version is None:
+                version = min(newest for _, newest in client.versions(name))
+            sources[read.table] = ServiceTable(client, name, version)
+            log.info(
+                "table %r: read frozen from the service's %r at v%d", read.table, name, version
+            )
+    except BaseException:
+        client.close()
+        raise
     return client, sources
 
 
-def publish_owned(client: ServiceClient, remote: RemoteSection, delta: ModelDelta) -> None:
+def publish_owned(client: ServiceClient, remote: RemoteSpec, delta: ModelDelta) -> None:
     """Push a delta's rows of the tables the job owns (``mode: own``) before replicas get it."""
     owned = remote.owned_tables()
     renamed = tuple(replace(t, name=owned[t.name]) for t in delta.tables if t.name in owned)
@@ -133,7 +166,22 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"freshet embed-serve: {err}", file=sys.stderr)
         return 2
-    server = ShardServer(ServiceShard(cfg.shard_settings()), cfg.host, cfg.port)
+    shard = ServiceShard(cfg.shard_settings())
+    if getattr(args, "reshard_from", None):
+        try:
+            shard.open()
+            versions = shard.reshard_from(args.reshard_from)
+        except (OSError, EmbedServiceError) as err:
+            shard.close()
+            print(f"freshet embed-serve: cannot re-shard: {err}", file=sys.stderr)
+            return 2
+        print(
+            f"freshet embed-serve: shard {cfg.shard}/{cfg.num_shards} re-sharded from "
+            f"{len(args.reshard_from)} shard(s): "
+            + ", ".join(f"{t} v{v} ({shard.rows(t)} rows)" for t, v in versions.items()),
+            file=sys.stderr,
+        )
+    server = ShardServer(shard, cfg.host, cfg.port)
     try:
         server.start()
     except (OSError, EmbedServiceError) as err:

@@ -26,8 +26,13 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
+from configs.embedservice import RemoteSection
 from pipeline.cli.config import ConfigFileError, load_job
 from pipeline.cli.dead_letters import summarise, top_reasons
+from pipeline.cli.embed_serve import remote_sources
+from pipeline.embedservice.client import ServiceClient
+from pipeline.embedservice.errors import EmbedServiceError
+from pipeline.embedservice.owner import OwnedTablesPublish
 from pipeline.errors import ConfigError, StoreDiskError
 from pipeline.publishing.operator import DeltaPublish
 from pipeline.publishing.publisher import Publisher
@@ -37,7 +42,9 @@ from pipeline.training.exporter import MetricsExporter
 from pipeline.training.job import Progress, TrainJob
 from pipeline.training.job_operators import ScheduledOperators
 from pipeline.training.launch import Node, launch
+from pipeline.training.models import BatchLayout, model_tables
 from pipeline.training.plugin import JobPlugin
+from pipeline.training.routed import TableSource
 from pipeline.training.spec import JobSpec
 from pipeline.training.world import World
 
@@ -152,6 +159,44 @@ def plugins_for(spec: JobSpec) -> list[JobPlugin]:
     return plugins
 
 
+def remote_tables(
+    spec: JobSpec, section: RemoteSection | None, world: World, plugins: list[JobPlugin]
+) -> tuple[dict[str, TableSource], list[JobPlugin]] | str:
+    """The job's ``remote:`` tables: frozen sources, and the plugins to run; or why not.
+
+    A job owning tables gets the plugin that publishes them (wrapping the delta publisher,
+    whose versions it follows). The reason is one line: the service unreachable, a table
+    missing there or not in the model.
+    """
+    if section is None:
+        return {}, plugins
+    remote = section.to_spec()
+    if world.distributed:
+        return "remote: tables need a one-rank job (--nproc 1)"
+    layout = BatchLayout.from_spec(spec.features)
+    dims = {t.name: t.dim for t in model_tables(spec.model, layout)}
+    unknown = sorted((set(remote.read_tables()) | set(remote.owned_tables())) - set(dims))
+    if unknown:
+        return f"remote: tables {unknown} are not model tables {sorted(dims)}"
+    try:
+        _, sources = remote_sources(remote, dims) if remote.read else (None, {})
+    except EmbedServiceError as err:
+        return f"remote: {err}"
+    if remote.own:
+        deltas = next((p for p in plugins if isinstance(p, DeltaPublish)), None)
+        owner = OwnedTablesPublish(
+            ServiceClient(list(remote.endpoints), remote.client),
+            remote.writer,
+            remote.owned_tables(),
+            interval_s=remote.publish_interval_s,
+            deltas=deltas,
+        )
+        plugins = [owner if p is deltas else p for p in plugins]
+        if deltas is None:
+            plugins.append(owner)
+    return dict(sources), plugins
+
+
 def run_rank(args: argparse.Namespace, world: World, extra: dict[str, Any] | None = None) -> int:
     """Run this rank of the job; rank 0 prints the summary as JSON. The exit status."""
     spec = load_spec(args)
@@ -171,8 +216,19 @@ def run_rank(args: argparse.Namespace, world: World, extra: dict[str, Any] | Non
             " (events: all ranks; metrics: rank 0)" if world.distributed else "",
         )
 
+    plugins = plugins_for(spec)
+    remote = remote_tables(spec, load_job(args.config).remote, world, plugins)
+    if isinstance(remote, str):
+        print(f"freshet train: {remote}", file=sys.stderr)
+        return 2
+    sources, plugins = remote
     job = TrainJob(
-        spec, world=world, plugins=plugins_for(spec), progress=show, progress_every_s=5.0
+        spec,
+        world=world,
+        plugins=plugins,
+        progress=show,
+        progress_every_s=5.0,
+        table_sources=sources,
     )
 
     def stop(signum: int, frame: Any) -> None:
@@ -249,6 +305,9 @@ def run(args: argparse.Namespace) -> int:
         spec = load_spec(args)  # a bad file fails here, once, not in every rank
         if isinstance(spec, str):
             print(f"freshet train: {spec}", file=sys.stderr)
+            return 2
+        if load_job(args.config).remote is not None:
+            print("freshet train: remote: tables need a one-rank job (--nproc 1)", file=sys.stderr)
             return 2
         try:
             node = Node(args.nnodes, args.node_rank, args.master_addr, args.master_port)

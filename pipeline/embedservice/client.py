@@ -103,6 +103,9 @@ class ServiceClient:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._schemas: dict[str, TableSchema] = {}
+        self._call_options = flight.FlightCallOptions(timeout=self.settings.timeout_s)
+        self._publish_options = flight.FlightCallOptions(timeout=self.settings.publish_timeout_s)
+        self._service_rows = self.metrics.rows.labels(source="service")
 
     @property
     def num_shards(self) -> int:
@@ -123,8 +126,7 @@ class ServiceClient:
             conn.close()
 
     def _options(self, publish: bool = False) -> flight.FlightCallOptions:
-        s = self.settings
-        return flight.FlightCallOptions(timeout=s.publish_timeout_s if publish else s.timeout_s)
+        return self._publish_options if publish else self._call_options
 
     def _call(self, i: int, table: str, fn: Callable[[flight.FlightClient], T]) -> T:
         """One call to shard ``i``; Flight errors become ``_Retry`` or the shard's error."""
@@ -147,7 +149,11 @@ class ServiceClient:
             return {i: one(i) for i in shards}
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.num_shards, thread_name_prefix="embed-client")
-        return dict(zip(shards, self._pool.map(one, shards), strict=True))
+        # the first shard on this thread, the others on the pool: one thread hop fewer
+        futures = [(i, self._pool.submit(one, i)) for i in shards[1:]]
+        out = {shards[0]: one(shards[0])}
+        out.update((i, f.result()) for i, f in futures)
+        return out
 
     def _backoff(self, attempt: int) -> None:
         s = self.settings
@@ -219,7 +225,9 @@ class ServiceClient:
         table = update.table
         ids = np.ascontiguousarray(update.ids, np.int64)
         tombs = np.ascontiguousarray(update.tombstones, np.int64)
-        emb = np.ascontiguousarray(update.emb, np.float32).reshape(len(ids), -1)
+        emb = np.ascontiguousarray(update.emb, np.float32)
+        if emb.ndim != 2:  # a flat block; (0, dim) stays as it is (-1 cannot size it)
+            emb = emb.reshape(len(ids), self.schema(table).dim)
         up, down = routing.split(ids, self.num_shards), routing.split(tombs, self.num_shards)
         header = json.dumps(
             {
@@ -247,18 +255,32 @@ class ServiceClient:
         self._retrying(f"publish v{update.version}", table, one)
 
     # -- lookups -------------------------------------------------------------
-    def _get(self, i: int, table: str, ids: I64, version: int | None, dim: int) -> Lookup:
-        ticket = flight.Ticket(wire.lookup_ticket(table, version, ids))
+    def _get(
+        self, i: int, table: str, ids: I64, version: int | None, dim: int, *, unique: bool
+    ) -> Lookup:
+        ticket = flight.Ticket(wire.lookup_ticket(table, version, ids, unique))
 
         def get(conn: flight.FlightClient) -> Lookup:
-            reply = conn.do_get(ticket, self._options()).read_all()
+            reader = conn.do_get(ticket, self._call_options)
+            batches = []
+            while True:  # a shard sends one batch: no Table, no concatenation
+                try:
+                    batches.append(reader.read_chunk().data)
+                except StopIteration:
+                    break
+            reply = batches[0] if len(batches) == 1 else pa.Table.from_batches(batches)
             v, emb, found = wire.parse_rows(reply, dim)
             return Lookup(v, emb, found)
 
         return self._call(i, table, get)
 
-    def lookup(self, table: str, ids: I64, version: int | None = None) -> Lookup:
-        """Rows of ``ids`` at ``version`` (``None``: the newest every shard agrees on)."""
+    def lookup(
+        self, table: str, ids: I64, version: int | None = None, unique: bool = False
+    ) -> Lookup:
+        """Rows of ``ids`` at ``version`` (``None``: the newest every shard agrees on).
+
+        ``unique``: the caller vouches that no id is there twice (shards skip their dedup).
+        """
         t0 = time.perf_counter()
         ids = np.ascontiguousarray(ids, np.int64)
         dim = self.schema(table).dim
@@ -270,7 +292,7 @@ class ServiceClient:
         for attempt in range(self.settings.retries + 1):
             todo = [i for i in involved if i not in got]
             answers = self._map(
-                lambda i, v=target: self._get(i, table, ids[parts[i]], v, dim),  # type: ignore[misc]
+                lambda i, v=target: self._get(i, table, ids[parts[i]], v, dim, unique=unique),  # type: ignore[misc]
                 todo,
             )
             failed = False
@@ -296,12 +318,15 @@ class ServiceClient:
         else:
             self.metrics.failures.inc()
             raise ServiceUnavailableError(f"lookup of {len(ids)} ids in {table!r}", reason)
+        self._service_rows.inc(len(ids))
+        if self.num_shards == 1:  # the reply is already in the caller's order
+            self.metrics.latency.observe(time.perf_counter() - t0)
+            return got[0]
         out_v = next(iter(got.values())).version
         emb = np.empty((len(ids), dim), np.float32)
         found = np.empty(len(ids), np.bool_)
         for i in involved:
             emb[parts[i]], found[parts[i]] = got[i].emb, got[i].found
-        self.metrics.rows.labels(source="service").inc(len(ids))
         self.metrics.latency.observe(time.perf_counter() - t0)
         return Lookup(out_v, emb, found)
 

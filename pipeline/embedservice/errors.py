@@ -17,6 +17,10 @@ class EmbedServiceError(PipelineError):
     """Root of every error the embedding service raises."""
 
 
+class RemoteTableError(EmbedServiceError):
+    """A job's ``remote:`` table does not match what the service holds (its width)."""
+
+
 class UnknownServiceTableError(EmbedServiceError, KeyError):
     """A table the service does not hold."""
 

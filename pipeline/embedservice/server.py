@@ -65,7 +65,9 @@ class _Service(flight.FlightServerBase):  # type: ignore[misc]
         t0 = time.perf_counter()
         try:
             header, ids = wire.parse_ticket(ticket.ticket)
-            got = self.shard.lookup(header["table"], ids, header.get("version"))
+            got = self.shard.lookup(
+                header["table"], ids, header.get("version"), bool(header.get("unique"))
+            )
         except (EmbedServiceError, ValueError, KeyError) as err:
             self.metrics.errors.labels(kind=type(err).__name__).inc()
             raise _flight_error(err) from err

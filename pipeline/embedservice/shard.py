@@ -38,6 +38,7 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ import numpy.typing as npt
 from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
 from embedding_store.initializers import initial_values
 from embedding_store.rows import RowLayout
+from pipeline.embedservice import routing
 from pipeline.embedservice.errors import (
     EmbedServiceError,
     NotOwnerError,
@@ -56,6 +58,7 @@ from pipeline.embedservice.errors import (
     VersionGapError,
     VersionUnavailableError,
 )
+from pipeline.embedservice.idset import IdSet
 from pipeline.publishing.array_bundle import decode_bundle, encode_bundle
 
 I64 = npt.NDArray[np.int64]
@@ -151,7 +154,7 @@ class _Table:
     schema: TableSchema
     version: int = 0
     checkpointed: int = 0
-    members: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    members: IdSet = field(default_factory=IdSet)
     undo: list[_Undo] = field(default_factory=list)
 
     @property
@@ -206,7 +209,7 @@ class ServiceShard:
                     version, base, arrays["undo.ids"], arrays["undo.old"], arrays["undo.existed"]
                 )
                 self._push_undo(table, undo)
-            table.members = self._scan_ids(name)
+            table.members = IdSet(self._scan_ids(name))
         return self
 
     def _open_store(self) -> None:
@@ -340,7 +343,7 @@ class ServiceShard:
     def _undo_record(self, table: _Table, update: RowUpdate) -> _Undo:
         """What reading at the version before ``update`` needs once it is applied."""
         touched = np.union1d(update.ids, update.tombstones)
-        existed, _ = _member(table.members, touched)
+        existed = table.members.contains(touched)
         old = np.zeros((len(touched), table.schema.dim), np.float32)
         if existed.any():
             _, rows = self.store.read_rows(table.schema.name, touched[existed])
@@ -356,13 +359,15 @@ class ServiceShard:
         ids, emb, tombs, version = update.ids, update.emb, update.tombstones, update.version
         if len(tombs):
             store.delete_rows(name, tombs)
-            table.members = np.setdiff1d(table.members, tombs, assume_unique=True)
+            table.members.discard(tombs)
+            if table.members.dead > max(len(table.members), 1 << 16):  # mostly dead: rebuild
+                table.members = IdSet(self._scan_ids(name))
         if len(ids):
             block = RowLayout(table.schema.dim, 0).empty(len(ids))
             block["emb"], block["version"] = emb, version
             block["last_step"], block["last_time"], block["freq"], block["epoch"] = 0, 0.0, 0, 0
             store.import_rows(name, ids, block)
-            table.members = np.union1d(table.members, ids)
+            table.members.add(ids)
         table.version = version
 
     def _wal(self, name: str) -> list[tuple[int, Path]]:
@@ -405,8 +410,14 @@ class ServiceShard:
         os.replace(tmp, self.path / "state.json")
 
     # -- lookups -------------------------------------------------------------
-    def lookup(self, name: str, ids: I64, version: int | None = None) -> Lookup:
-        """Rows of ``ids`` at ``version`` (``None``: the newest); never stores a row."""
+    def lookup(
+        self, name: str, ids: I64, version: int | None = None, unique: bool = False
+    ) -> Lookup:
+        """Rows of ``ids`` at ``version`` (``None``: the newest); never stores a row.
+
+        ``unique``: the caller vouches that ``ids`` holds no id twice (the store skips its
+        dedup pass).
+        """
         with self._lock:
             table = self._table(name)
             v = table.version if version is None else version
@@ -415,12 +426,14 @@ class ServiceShard:
                     name, self.settings.shard, v, table.oldest, table.version
                 )
             ids = np.ascontiguousarray(ids, np.int64)
-            known, _ = _member(table.members, ids)
-            emb = np.empty((len(ids), table.schema.dim), np.float32)
-            if not known.all():
+            known = table.members.contains(ids)
+            if known.all():  # the common case: no masked copies
+                emb = self._stored(name, ids, unique)
+            else:
+                emb = np.empty((len(ids), table.schema.dim), np.float32)
                 emb[~known] = table.schema.initial(ids[~known])
-            if known.any():
-                emb[known] = self.store.lookup(name, ids[known], pin=False).numpy()
+                if known.any():
+                    emb[known] = self._stored(name, ids[known], unique)
             found = known.copy()
             for rec in reversed(table.undo):
                 if rec.version <= v:
@@ -436,6 +449,71 @@ class ServiceShard:
             if self._lookups % _MAINTAIN_EVERY == 0:
                 self.store.end_step()  # rows read into DRAM go back under its budget
             return Lookup(v, emb, found)
+
+    def _stored(self, name: str, ids: I64, unique: bool) -> F32:
+        """Stored rows of ``ids`` (a fresh array; none is pinned or created)."""
+        if unique:
+            return self.store._lookup_unique(name, ids, False)
+        writable = ids if ids.flags.writeable else ids.copy()  # torch wants writable ids
+        out: F32 = self.store.lookup(name, writable, pin=False).numpy()
+        return out
+
+    # -- re-sharding ---------------------------------------------------------
+    def reshard_from(self, sources: Sequence[str | Path]) -> dict[str, int]:
+        """Fill this empty shard with its ids from every shard of a service with another count.
+
+        ``sources``: the directories of all the old service's shards (stopped: their stores
+        are opened here). Each table comes over at the newest version every old shard holds
+        (read through their undo records, so a publication half applied at shutdown is left
+        out), with the rows whose ids route to this shard under its ``num_shards``; older
+        versions do not come over. Returns table -> version.
+        """
+        if self._tables:
+            raise EmbedServiceError(
+                f"re-sharding needs an empty shard directory; {self.path} already serves "
+                f"{sorted(self._tables)}"
+            )
+        olds = [ServiceShard(ShardSettings(str(src))) for src in sources]
+        if not olds:
+            raise EmbedServiceError("re-sharding needs the old service's shard directories")
+        try:
+            for old in olds:
+                old.open()
+            schemas = {sc.name: sc for old in olds for sc in old.schemas()}
+            target = {
+                name: min(old.versions().get(name, (0, 0))[1] for old in olds) for name in schemas
+            }
+            for schema in schemas.values():
+                self.register(schema)
+            with self._lock:
+                for name, version in target.items():
+                    table = self._table(name)
+                    for old in olds:
+                        if name in old._tables:
+                            self._take_rows(old, table, version)
+                    table.version = version
+                self._checkpoint()
+        finally:
+            for old in olds:
+                old.close()
+        return target
+
+    def _take_rows(self, old: ServiceShard, table: _Table, version: int) -> None:
+        """Copy ``old``'s rows of ``table`` at ``version`` that route here (lock held)."""
+        name, me = table.schema.name, self.settings
+        parts = [ids for ids, _ in old.store.export_rows(name)]
+        ids = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+        # ids the old shard deleted after ``version`` are in its undo records, not its store
+        for rec in old._tables[name].undo:
+            if rec.version > version:
+                ids = np.union1d(ids, rec.ids[rec.existed])
+        ids = ids[routing.shard_of(ids, me.num_shards) == me.shard]
+        for start in range(0, len(ids), 65536):
+            chunk = ids[start : start + 65536]
+            got = old.lookup(name, chunk, version, unique=True)
+            keep = chunk[got.found]
+            update = RowUpdate(name, table.schema.owner, version, None, keep, got.emb[got.found])
+            self._write(table, update)
 
     def remove(self) -> None:
         """Delete the shard's directory (closed shards only)."""

@@ -18,12 +18,10 @@ value from the shard and are not cached.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from embedding_store import EmbeddingStore
 from pipeline.embedservice.cache import LfuRowCache
@@ -31,17 +29,15 @@ from pipeline.embedservice.client import ServiceClient
 from pipeline.embedservice.metrics import ClientMetrics
 from pipeline.embedservice.shard import RowUpdate, TableSchema
 from pipeline.publishing.delta import ModelDelta
+from pipeline.training.routed import RoutedStore, TableSource
 
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
 
-
-class TableSource(Protocol):
-    """Rows of one frozen table, by id (unique ids in, ``(n, dim)`` float32 out)."""
-
-    def rows(self, ids: I64) -> F32:
-        """Rows of ``ids``; an id never seen gets the table's initial value."""
-        ...
+__all__ = [
+    "LocalTable", "RoutedStore", "ServiceRows", "ServiceTable", "TableSource",
+    "publish_delta", "store_update",
+]  # fmt: skip
 
 
 class ServiceTable:
@@ -55,7 +51,7 @@ class ServiceTable:
 
     def rows(self, ids: I64) -> F32:
         """Rows of ``ids`` at the pinned version."""
-        got = self.client.lookup(self.table, ids, self.version)
+        got = self.client.lookup(self.table, ids, self.version, unique=True)
         self.last_version = got.version
         return got.emb
 
@@ -75,32 +71,6 @@ class LocalTable:
         if not found.all():
             out[~found] = self.schema.initial(ids[~found])
         return out
-
-
-class RoutedStore:
-    """What a model calls on its store: frozen ``sources`` for some tables, ``local`` for the rest.
-
-    Give it to ``build_model`` and ``OnlineTrainer`` in place of the job's store: the job
-    trains its own tables as before, and reads the others (never training them).
-    """
-
-    def __init__(self, local: EmbeddingStore, sources: Mapping[str, TableSource]) -> None:
-        self.local = local
-        self.sources = dict(sources)
-
-    def _lookup_unique(self, table: str, uniq: I64, pin: bool = True) -> F32:
-        source = self.sources.get(table)
-        if source is None:
-            return self.local._lookup_unique(table, uniq, pin)
-        return source.rows(uniq)
-
-    def register(self, table: str, uniq_ids: I64, weight: torch.Tensor) -> None:
-        """Remember a local table's rows for ``step``; a frozen table's gradient is dropped."""
-        if table not in self.sources:
-            self.local.register(table, uniq_ids, weight)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.local, name)  # step, version, prefetch, ... of the job's store
 
 
 class ServiceRows:
@@ -136,7 +106,7 @@ class ServiceRows:
         hit, rows = cache.get(ids)
         miss = np.flatnonzero(~hit)
         if len(miss):
-            got = self.client.lookup(table, ids[miss], version)
+            got = self.client.lookup(table, ids[miss], version, unique=True)
             rows[miss] = got.emb
             keep = got.found
             cache.put(ids[miss][keep], got.emb[keep])

@@ -25,6 +25,7 @@ raises the same :mod:`~pipeline.embedservice.errors` class the shard did.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from typing import Any
@@ -39,9 +40,12 @@ B = npt.NDArray[np.bool_]
 _LEN = struct.Struct("<I")
 
 
-def lookup_ticket(table: str, version: int | None, ids: I64) -> bytes:
-    """The ticket of one lookup."""
-    header = json.dumps({"table": table, "version": version}).encode()
+def lookup_ticket(table: str, version: int | None, ids: I64, unique: bool = False) -> bytes:
+    """The ticket of one lookup (``unique``: no id twice, the shard skips its dedup)."""
+    ask: dict[str, Any] = {"table": table, "version": version}
+    if unique:
+        ask["unique"] = True
+    header = json.dumps(ask).encode()
     return _LEN.pack(len(header)) + header + np.ascontiguousarray(ids, "<i8").tobytes()
 
 
@@ -62,17 +66,27 @@ def _emb_array(emb: F32) -> pa.FixedSizeListArray:
 
 
 def _emb_numpy(column: Any, dim: int) -> F32:
-    values = column.flatten() if isinstance(column, pa.FixedSizeListArray) else column
+    if isinstance(column, pa.FixedSizeListArray):  # .values skips pyarrow.compute's flatten
+        values = (
+            column.values.slice(0, len(column) * dim) if column.offset == 0 else column.flatten()
+        )
+    else:
+        values = column
     out: F32 = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
     return out
 
 
-def rows_batch(emb: F32, found: B, version: int) -> pa.RecordBatch:
-    """A lookup's reply."""
-    schema = pa.schema(
-        [("emb", pa.list_(pa.float32(), emb.shape[1])), ("found", pa.bool_())],
+@functools.lru_cache(maxsize=256)
+def _rows_schema(dim: int, version: int) -> pa.Schema:
+    return pa.schema(
+        [("emb", pa.list_(pa.float32(), dim)), ("found", pa.bool_())],
         metadata={"version": str(version)},
     )
+
+
+def rows_batch(emb: F32, found: B, version: int) -> pa.RecordBatch:
+    """A lookup's reply (the schema is built once per width and version)."""
+    schema = _rows_schema(int(emb.shape[1]), int(version))
     return pa.RecordBatch.from_arrays([_emb_array(emb), pa.array(found)], schema=schema)
 
 
@@ -82,10 +96,14 @@ def parse_rows(batch: pa.RecordBatch | pa.Table, dim: int) -> tuple[int, F32, B]
     version = int(meta[b"version"])
     emb_col = batch.column(0)
     found_col = batch.column(1)
-    if isinstance(batch, pa.Table):
-        emb_col, found_col = emb_col.combine_chunks(), found_col.combine_chunks()
+    if isinstance(batch, pa.Table):  # a table of one batch: its chunks, no concatenation
+        emb_col, found_col = _one_chunk(emb_col), _one_chunk(found_col)
     found: B = found_col.to_numpy(zero_copy_only=False)
     return version, _emb_numpy(emb_col, dim), found
+
+
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def update_schema(dim: int) -> pa.Schema:

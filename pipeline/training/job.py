@@ -84,6 +84,7 @@ from pipeline.training.checkpoints import JobCheckpoints, Resumed, offsets_to_js
 from pipeline.training.models import BatchLayout, build_model, model_tables
 from pipeline.training.plugin import JobPlugin
 from pipeline.training.prequential import PrequentialMetrics
+from pipeline.training.routed import RoutedStore, TableSource
 from pipeline.training.spec import JobSpec, SourceSpec
 from pipeline.training.trainer import BatchResult, OnlineTrainer
 from pipeline.training.world import World
@@ -211,8 +212,10 @@ class TrainJob:
         plugins: Sequence[JobPlugin] = (),
         progress: Callable[[Progress], None] | None = None,
         progress_every_s: float = 1.0,
+        table_sources: Mapping[str, TableSource] | None = None,
     ) -> None:
         self.spec = spec
+        self.table_sources = dict(table_sources or {})  # tables read frozen, not stored here
         self.world = world if world is not None else World.solo()
         self.plugins = tuple(plugins)
         self.batch_hooks: list[BatchHook] = []  # observers of every trained batch
@@ -273,7 +276,11 @@ class TrainJob:
         )
         self.checkpoints.discard_unchecked(self._store_dir())
         overrides = dict(spec.store.table_overrides)
-        tables = tuple(replace(t, **overrides) for t in model_tables(spec.model, layout))
+        frozen = self.table_sources
+        every = model_tables(spec.model, layout)
+        tables = tuple(replace(t, **overrides) for t in every if t.name not in frozen)
+        if frozen and world.distributed:
+            raise TrainJobError(world.rank, "tables read from elsewhere need a one-rank job")
         store_cfg = StoreConfig(
             spec.store.path,
             tables,
@@ -291,7 +298,9 @@ class TrainJob:
             dense_sync: Any = shared.sync_dense_gradients
         else:
             self.store = self.shared_store = EmbeddingStore(store_cfg).open()
-            self.model = build_model(spec.model, layout, self.store)
+            if frozen:  # the model reads those tables through the sources, never trains them
+                self.shared_store = cast(EmbeddingStore, RoutedStore(self.store, frozen))
+            self.model = build_model(spec.model, layout, self.shared_store)
             dense_sync = None
         self.featurizer = Featurizer(spec.features, spec.feature_state)
         self.trainer = OnlineTrainer(

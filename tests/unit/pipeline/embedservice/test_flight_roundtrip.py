@@ -85,10 +85,22 @@ def test_remote_section_reads_frozen_and_publishes_owned(servers: list[ShardServ
     for v in (1, 2):
         emb = np.full((2, 2), float(v), np.float32)
         delta = ModelDelta(v, v - 1, now, now, v, (TableDelta("users", ids, emb, ids[:0]),))
-        publish_owned(owner, remote, delta)
-    client, sources = remote_sources(remote)
+        publish_owned(owner, remote.to_spec(), delta)
+    client, sources = remote_sources(remote.to_spec())
     assert set(sources) == {"users_read"}
     assert sources["users_read"].rows(ids).tolist() == [[1.0, 1.0], [1.0, 1.0]]  # pinned v1
     assert owner.lookup("ctr_users", ids).version == 2
     client.close()
     owner.close()
+
+
+def test_an_update_without_rows_moves_every_shard_to_its_version(
+    servers: list[ShardServer],
+) -> None:
+    """A publication that changed none of a table's rows still takes it to the version."""
+    client = _client(servers)
+    client.register(TableSchema("users", 2, owner="ctr"))
+    none = np.empty(0, np.int64)
+    client.publish(RowUpdate("users", "ctr", 1, 0, none, np.empty((0, 2), np.float32)))
+    assert client.versions("users") == [(0, 1), (0, 1)]
+    client.close()
