@@ -31,6 +31,7 @@ import torch
 from embedding_store import EmbeddingStore
 from operators.checkpoint.dense_state import DenseArray
 from operators.checkpoint.format import CheckpointManifest
+from operators.checkpoint.patches import split_layers
 from operators.checkpoint.reader import CheckpointReader
 from operators.checkpoint.store_schema import table_config_from_json
 from operators.errors import IncompatibleCheckpointError, StoreNotEmptyError
@@ -50,6 +51,8 @@ class RestoredState:
     config_hash: str
     extra: Mapping[str, Any]
     store_state: Mapping[str, Any]
+    patches: tuple[Mapping[str, npt.NDArray[Any]], ...] = ()
+    """The chain's patch layers, base first (:mod:`operators.checkpoint.patches`)."""
 
     def dense_tensors(self) -> dict[str, torch.Tensor]:
         """The dense arrays as torch tensors of the dtypes they were saved from."""
@@ -122,7 +125,11 @@ def restore_chain(
                 store.load_sightings(t.name, readers[-1].sightings(seen))
         store.load_state(tip.store_state)
         store.flush()
-    dense = readers[-1].dense()
+    layers: list[dict[str, npt.NDArray[Any]]] = []
+    for reader in readers[:-1]:  # one link's arrays at a time: keep only its patch layers
+        layers.extend({k: v.array for k, v in layer.items()} for layer in _layers(reader))
+    dense, tip_layers = split_layers(readers[-1].dense())
+    layers.extend({k: v.array for k, v in layer.items()} for layer in tip_layers)
     return RestoredState(
         checkpoint=tip.id,
         version=tip.version,
@@ -132,4 +139,9 @@ def restore_chain(
         config_hash=tip.config_hash,
         extra=tip.extra,
         store_state=tip.store_state,
+        patches=tuple(layers),
     )
+
+
+def _layers(reader: CheckpointReader) -> list[dict[str, DenseArray]]:
+    return split_layers(reader.dense())[1]

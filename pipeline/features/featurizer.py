@@ -694,17 +694,18 @@ class Featurizer:
         return {name: agg.mark() for name, agg in self._aggs.items()}
 
     def forget_before(self, mark: Mapping[str, int]) -> None:
-        """Release what only deltas from before ``mark`` needed (the keys dropped since)."""
+        """Release what only deltas from before ``mark`` needed (nothing now; kept for callers)."""
         for name, agg in self._aggs.items():
             agg.forget_before(mark[name])
 
     def dirty_state_since(self, mark: Mapping[str, int]) -> dict[str, npt.NDArray[np.generic]]:
-        """The state changed after ``mark``: entities updated (whole rows) and keys dropped.
+        """The state changed after ``mark``: each aggregate's rows written since, with places.
 
-        Named arrays like :meth:`state_dict`'s (``agg.<name>.keys``, ...), plus the moments and
-        ``events_seen`` (small, whole). Its bytes grow with the entities changed since
+        Named arrays like :meth:`state_dict`'s (``agg.<name>.keys``, ``agg.<name>.rows``, ...),
+        plus the moments, ``events_seen`` and the entity states (whole: they have no
+        incremental form yet). The aggregates' bytes grow with the entities changed since
         ``mark``, not with the entities kept. :meth:`load_state_delta` applies it to the state
-        at ``mark``.
+        at ``mark``, so that :meth:`state_dict` then equals this one's exactly.
         """
         out: dict[str, npt.NDArray[np.generic]] = {
             f"moments.{k}": v for k, v in self.moments.state_dict().items()
@@ -712,6 +713,8 @@ class Featurizer:
         for name, agg in self._aggs.items():
             delta = agg.dirty_state_since(mark[name])
             out.update({f"agg.{name}.{k}": v for k, v in delta.items()})
+        for name, state in self._states.items():
+            out.update({f"entity.{name}.{k}": v for k, v in state.state_dict().items()})
         out["events_seen"] = np.array([self.events_seen], dtype=np.int64)
         return out
 
@@ -723,6 +726,11 @@ class Featurizer:
         for name, agg in self._aggs.items():
             prefix = f"agg.{name}."
             agg.load_state_delta(
+                {k.removeprefix(prefix): v for k, v in delta.items() if k.startswith(prefix)}
+            )
+        for name, entity in self._states.items():
+            prefix = f"entity.{name}."
+            entity.load_state_dict(
                 {k.removeprefix(prefix): v for k, v in delta.items() if k.startswith(prefix)}
             )
         self.events_seen = int(delta["events_seen"][0])
