@@ -11,10 +11,10 @@ its part at the same step, rank 0 commits ``world.json`` with the offsets of eve
 
 A checkpoint holds the rows, the dense parameters and optimizer state, the source offsets,
 ``events_trained`` (the lineage's events, for ``max_events``) and, with one rank, the
-featurizer state (with N ranks each rank's featurizer state is its own and is not saved).
-The featurizer state is a patch layer (:mod:`pipeline.training.featurizer_patches`): whole in
-a full checkpoint, only the entities changed since the base in an increment; a restore
-applies the chain's layers in order.
+featurizer state: a patch layer (:mod:`pipeline.training.featurizer_patches`), whole in a
+full checkpoint, only the entities changed since the base in an increment; a restore applies
+the chain's layers in order. With N ranks each rank's featurizer state is its own and goes in
+its own part: restoring with the same world size loads it, a re-shard starts it empty.
 
 >>> import tempfile
 >>> with tempfile.TemporaryDirectory() as d:
@@ -156,9 +156,8 @@ class JobCheckpoints:
         self.patches: FeaturizerPatches | None = None
 
     def attach(self, featurizer: Featurizer) -> None:
-        """Save ``featurizer``'s state as patch layers (one rank; call before :meth:`open`)."""
-        if self.layout == "solo":
-            self.patches = FeaturizerPatches(featurizer)
+        """Save ``featurizer``'s state as patch layers (call before :meth:`open`)."""
+        self.patches = FeaturizerPatches(featurizer)
 
     # -- life cycle ----------------------------------------------------------
     def open(self) -> JobCheckpoints:
@@ -183,6 +182,7 @@ class JobCheckpoints:
                 full_every=self.spec.max_chain_length or 8,
                 watermarks=self.watermarks,
                 file_hook=self.file_hook,
+                patches=self.patches,
             )
         return self
 
@@ -263,7 +263,14 @@ class JobCheckpoints:
                 log.info("no world checkpoint under %s: starting fresh", self.spec.dir)
                 return None
             got = self.coordinated.restore(store, self.world.size, clear=True)
-            layers = ()
+            layers = got.patches
+            if got.resharded and self.patches is not None:
+                log.warning(
+                    "rank %d: re-sharded world v%d: this rank's featurizer state starts empty "
+                    "(it is per rank and follows no re-shard)",
+                    self.world.rank,
+                    got.version,
+                )
             hash_, extra = got.checkpoint.config_hash, got.extra
             dense, offsets, version = got.dense_tensors(), got.offsets, got.version
             checkpoint, resharded = f"world v{got.version}", got.resharded
