@@ -11,9 +11,10 @@ grow with the entities changed, not with the entities kept::
     capture v=200 (incr.)  layer: kind=delta, dirty_since(mark[100]) mark[200] = ...
     restore                load_state_dict(layer 0), load_state_delta(layer 1), ...
 
-An increment whose base mark this process does not have (its base was written by a process
-that died before restoring it, which the manager does not allow; or a lost mark) carries the
-whole state instead: a layer says which it is.
+An increment whose base mark this process does not have carries the whole state instead (a
+layer says which it is): after restoring a checkpoint with no featurizer layers (written
+before them, with the state in its dense tree; or a re-shard), the next increment's layer is
+whole, so a restore of that chain never starts from a delta.
 
 >>> from pipeline.features.featurizer import Featurizer
 >>> from pipeline.features.spec import AggregateSpec, DenseSpec, FeatureSpec
@@ -91,7 +92,10 @@ class FeaturizerPatches:
                 raise ValueError("the first featurizer layer of a chain is a delta, not the state")
             else:
                 feat.load_state_delta(state)
-        self.reset(version)
+        if layers:
+            self.reset(version)
+        else:  # a checkpoint without layers (older format, a re-shard): the next one is whole
+            self._marks = {}
 
     def reset(self, version: int) -> None:
         """Forget every mark; the featurizer as it is now is the state at ``version``."""

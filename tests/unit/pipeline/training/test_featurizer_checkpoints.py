@@ -168,3 +168,16 @@ def test_increments_grow_with_entities_changed_and_restore_exactly(
         assert state_equal(twin.state_dict(), at_tip)
     finally:
         again.close(clean=False)
+
+
+def test_after_a_checkpoint_without_layers_the_next_increment_is_whole(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path)
+    feat = Featurizer(spec.features, spec.feature_state)
+    patches = FeaturizerPatches(feat)
+    patches.restore(5, [])  # an older checkpoint (state in its dense tree) or a re-shard
+    feat.transform(events(np.arange(30), day=0, seed=3))
+    layer = patches.capture(6, 5)
+    assert int(layer["patch.kind"][0]) == 0 and len(layer["agg.cust_30d.keys"]) == 30
+    feat.transform(events(np.arange(30, 35), day=1, seed=4))
+    layer = patches.capture(7, 6)  # from here on, deltas
+    assert int(layer["patch.kind"][0]) == 1 and len(layer["agg.cust_30d.keys"]) == 5
