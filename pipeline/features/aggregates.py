@@ -24,8 +24,9 @@ Budget and expiry (both decided by the data alone, so a restarted job evicts wha
 uninterrupted one did): after each :meth:`WindowedAggregate.update`, an entity whose newest
 bucket is more than ``ttl_buckets`` behind the newest bucket seen is dropped, and when a
 batch's new entities would take the count past ``max_entities`` the least recently updated
-ones (not of this batch) make room. Kept rows above the new end fill the holes, the others do
-not move, and the key index is rebuilt only once it holds as many dropped keys as live ones.
+ones (not of this batch) make room: the new entities take their places. After an expiry
+the kept rows above the new end fill the holes; otherwise rows do not move. The key index is
+rebuilt only once it holds as many dropped keys as live ones.
 ``ttl_buckets >= window + delay`` drops nothing an in-order event could still read. Every row
 carries the update that last changed it (for the eviction order) and the update that last
 wrote its place (changed, created or moved into a hole), so
@@ -300,7 +301,8 @@ class WindowedAggregate:
         assert self.max_entities is not None
         n = self.entities
         rows = self._rows(keys)
-        fresh = len(np.unique(keys[rows < 0]))
+        fresh_keys = np.unique(keys[rows < 0])
+        fresh = len(fresh_keys)
         if n + fresh <= self.max_entities:
             return
         target = max(0, self.max_entities - fresh)
@@ -309,9 +311,37 @@ class WindowedAggregate:
         priority[rows[rows >= 0]] = np.iinfo(np.int64).max
         victims = np.argpartition(priority, n - target - 1)[: n - target]
         victims = victims[priority[victims] < np.iinfo(np.int64).max]
-        keep = np.ones(n, dtype=np.bool_)
-        keep[victims] = False
-        self._drop(keep)
+        victims = np.sort(victims)
+        # more victims than new keys only when already over the cap (an earlier batch had more
+        # keys than it): the extra ones are dropped after the others are taken
+        victims, extra = victims[:fresh], victims[fresh:]
+        # the new keys take the victims' places: nothing moves, so a delta carries the
+        # changed rows only
+        taken = fresh_keys[: len(victims)]
+        gone = self._keys[victims].copy()
+        self._bucket[victims] = EMPTY
+        self._stats[victims] = 0.0
+        self._newest[victims] = EMPTY
+        self._changed[victims] = 0
+        self._touched[victims] = self.generation
+        self._keys[victims] = taken
+        self._index.map_keys_to_values(gone, np.full(len(gone), -1, dtype=np.int64))
+        self._index.map_keys_to_values(taken, victims.astype(np.int64))
+        self._tombstones += len(gone)
+        self._rebuild_index_if_stale()
+        self.evicted += len(gone)
+        if len(extra):
+            keep = np.ones(n, dtype=np.bool_)
+            keep[extra] = False
+            self._drop(keep)
+
+    def _rebuild_index_if_stale(self) -> None:
+        m = self.entities
+        if self._tombstones > max(m, 1024):
+            self._index = int64_map(max(len(self._keys), 16))
+            if m:
+                self._index.map_keys_to_values(self._keys[:m], np.arange(m, dtype=np.int64))
+            self._tombstones = 0
 
     def _drop(self, keep: npt.NDArray[np.bool_]) -> None:
         """Keep only the rows where ``keep`` (over the first ``entities``)."""
@@ -333,11 +363,7 @@ class WindowedAggregate:
         self._index.map_keys_to_values(gone, np.full(len(gone), -1, dtype=np.int64))
         self._index.map_keys_to_values(self._keys[holes], holes.astype(np.int64))
         self._tombstones += len(gone)
-        if self._tombstones > max(m, 1024):
-            self._index = int64_map(max(len(self._keys), 16))
-            if m:
-                self._index.map_keys_to_values(self._keys[:m], np.arange(m, dtype=np.int64))
-            self._tombstones = 0
+        self._rebuild_index_if_stale()
         self.evicted += len(gone)
 
     def _clear(self, start: int, stop: int) -> None:
@@ -403,11 +429,7 @@ class WindowedAggregate:
             self._tombstones += int((~np.isin(displaced, keys)).sum())
         if len(keys):
             self._index.map_keys_to_values(keys, rows)
-        if self._tombstones > max(n, 1024):
-            self._index = int64_map(max(len(self._keys), 16))
-            if n:
-                self._index.map_keys_to_values(self._keys[:n], np.arange(n, dtype=np.int64))
-            self._tombstones = 0
+        self._rebuild_index_if_stale()
         self.generation, self.newest_bucket, self.evicted = generation, newest_bucket, evicted
 
     # -- checkpoints ---------------------------------------------------------

@@ -11,7 +11,8 @@ events alone (a restarted job drops what the uninterrupted one drops):
 - ``ttl_seconds``: after an update, a row whose newest event time is more than this behind
   the newest time seen is dropped (only for rows updated with times).
 
-Dropped rows leave holes that the kept rows above the new end fill; the others do not move.
+Rows evicted for room are taken by the new keys in place; rows dropped by the expiry leave
+holes that the kept rows above the new end fill; the others do not move.
 Every row carries the update that last changed it (the eviction order) and the update that
 last wrote its place, so :meth:`EntityRows.dirty_state_since` gives the places written since
 a mark and :meth:`EntityRows.load_state_delta` rebuilds the same rows in the same places::
@@ -33,7 +34,7 @@ a mark and :meth:`EntityRows.load_state_delta` rebuilds the same rows in the sam
 >>> twin.load_state_dict({"keys": np.array([7, 9]), "last": np.array([1.0, 2.0])})
 >>> twin.load_state_delta(rows.dirty_state_since(mark))
 >>> twin.keys().tolist() == rows.keys().tolist(), twin.columns["last"][:2].tolist()
-(True, [2.0, 3.0])
+(True, [3.0, 2.0])
 """
 
 from __future__ import annotations
@@ -171,17 +172,34 @@ class EntityRows:
         assert self.max_entities is not None
         n = self.entities
         rows = self.rows(keys)
-        fresh = int((rows < 0).sum())
+        fresh_keys = np.sort(keys[rows < 0])
+        fresh = len(fresh_keys)
         if n + fresh <= self.max_entities:
             return
         target = max(0, self.max_entities - fresh)
         priority = self._changed[:n].copy()
         priority[rows[rows >= 0]] = np.iinfo(np.int64).max  # this update's own keys stay
         victims = np.argpartition(priority, n - target - 1)[: n - target]
-        victims = victims[priority[victims] < np.iinfo(np.int64).max]
-        keep = np.ones(n, dtype=np.bool_)
-        keep[victims] = False
-        self.drop(keep)
+        victims = np.sort(victims[priority[victims] < np.iinfo(np.int64).max])
+        # the new keys take the victims' places (nothing moves); more victims than new keys
+        # only when already over the cap: the extra ones are dropped after
+        victims, extra = victims[:fresh], victims[fresh:]
+        taken = fresh_keys[: len(victims)]
+        gone = self._keys[victims].copy()
+        self._clear_rows(victims)
+        self._touched[victims] = self.generation
+        self._keys[victims] = taken
+        self._index.map_keys_to_values(gone, np.full(len(gone), -1, dtype=np.int64))
+        self._index.map_keys_to_values(taken, victims.astype(np.int64))
+        self._tombstones += len(gone)
+        self._maybe_rebuild()
+        self.evicted += len(gone)
+        if self.report_drops:
+            self._dropped.append(gone)
+        if len(extra):
+            keep = np.ones(n, dtype=np.bool_)
+            keep[extra] = False
+            self.drop(keep)
 
     def drop(self, keep: npt.NDArray[np.bool_]) -> I64:
         """Keep only the rows where ``keep`` (over the kept rows); the keys dropped."""
@@ -213,11 +231,14 @@ class EntityRows:
         return out
 
     def _clear(self, start: int, stop: int) -> None:
-        self._newest[start:stop] = NO_TIME
-        self._changed[start:stop] = 0
+        self._clear_rows(slice(start, stop))
         self._touched[start:stop] = 0
+
+    def _clear_rows(self, rows: Any) -> None:
+        self._newest[rows] = NO_TIME
+        self._changed[rows] = 0
         for name, (_, fill) in self.spec.items():
-            self.columns[name][start:stop] = fill
+            self.columns[name][rows] = fill
 
     def _maybe_rebuild(self) -> None:
         n = self.entities

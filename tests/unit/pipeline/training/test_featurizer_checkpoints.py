@@ -136,8 +136,8 @@ def test_increments_grow_with_entities_changed_and_restore_exactly(
             rest.add(sizes[k] - customers)  # terminals, moments, clocks: the same every time
             if budget_mb is None:
                 assert rows == k
-            else:  # at the budget each new customer evicts one, whose place a moved row fills
-                assert k <= rows <= 2 * k
+            else:  # at the budget each new customer takes the place of one it evicts
+                assert rows == k
         assert len(rest) == 1, rest
         kept = len(job.featurizer.state_dict()["agg.cust_30d.keys"])
         cap = job.featurizer.budget.entity_caps(job.featurizer.spec.aggregates)["cust_30d"]
