@@ -12,9 +12,10 @@ in batches of ``--batch`` events, in this process. It records:
 - Every ``--checkpoint-every`` batches, a real checkpoint on disk (a
   :class:`~operators.checkpoint.manager.CheckpointManager` under a temporary directory, the
   featurizer as its patch source, as a 1-rank job writes it; the store holds no rows): the
-  first full, then increments. Per checkpoint: the customers its featurizer layer carries,
-  the bytes of its dense file (the featurizer layer and nothing else here) against the whole
-  state's. Target: an increment's bytes follow the entities changed, not those kept.
+  first full, then increments. Per checkpoint: the customers and terminals its featurizer
+  layer carries, the bytes of its dense file (the featurizer layer and nothing else here),
+  and a full checkpoint's at the end. Target: an increment's bytes follow the entities
+  changed, not those kept.
 
 Prints one JSON object.
 """
@@ -107,11 +108,13 @@ def main(argv: list[str] | None = None) -> None:
             reader = CheckpointReader(manager.root, info)
             layer = reader.dense()
             changed = len(layer[f"{PATCH_PREFIX}0000/agg.cust_30d.keys"].array)
+            terminals = len(layer[f"{PATCH_PREFIX}0000/agg.term_7d.keys"].array)
             deltas.append(
                 {
                     "events": done,
                     "kind": info.kind.value,
                     "customers_in_layer": changed,
+                    "terminals_in_layer": terminals,
                     "dense_file_bytes": os.path.getsize(os.path.join(reader.path, DENSE_FILE)),
                     "checkpoint_bytes": info.bytes,
                     "state_bytes": feat.state_nbytes(),
