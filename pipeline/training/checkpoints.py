@@ -302,7 +302,7 @@ class JobCheckpoints:
         """The dense arrays (copies) and their skeleton at the store's version (cached)."""
         version = store.version
         if self._dense_cache is None or self._dense_cache[0] != version:
-            # one rank: the featurizer travels as a patch layer (the manager asks at capture)
+            # an attached featurizer travels as a patch layer (the manager asks at capture)
             with_featurizer = self.layout == "solo" and self.patches is None
             arrays, skeleton = flatten_tree(state.dense_tree(featurizer=with_featurizer))
             # copies: a background checkpoint must not see later steps' in-place updates
