@@ -22,6 +22,11 @@ background thread with ``submit_*``, or inline with ``write_*`` (a synchronous f
 streams rows to disk inside the boundary instead of copying them, so memory stays bounded).
 One write is in flight at a time: the next one waits, because its parent must be committed.
 
+A ``patches`` source (:mod:`operators.checkpoint.patches`) is asked at each capture for a
+layer of dense arrays that changes in part (a featurizer's per-entity state): the whole for a
+full checkpoint, the changes since the base for an increment. A restore returns the chain's
+layers in order; a compaction keeps them all.
+
 After a commit the store's write log is truncated up to the checkpoint's version (through
 :class:`~operators.checkpoint.write_log.WriteLogWatermarks`, shared with other consumers of
 the log).

@@ -4,6 +4,8 @@
 
     empty store ◄── import base parts ◄── delete tombstones 1, import rows 1 ◄── ... ◄── k
                 └── sightings and load_state(version, LFU epochs) of checkpoint k, flush
+    dense arrays: checkpoint k's; patch layers: every checkpoint's, base first (the caller
+    applies them: :mod:`operators.checkpoint.patches`)
 
 The target store must hold no rows (open it on an empty directory), or ``clear=True`` deletes
 what it holds first. Rows are imported in blocks, so memory stays bounded by the block size.
