@@ -10,6 +10,7 @@ trains on exactly as the uninterrupted job.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 
 from configs.features import FeatureStateConfig
 from configs.job import JobConfig
+from operators.checkpoint.distributed import WORLD_FILE
 from operators.checkpoint.manager import CheckpointManager
 from operators.checkpoint.patches import PATCH_PREFIX, chain_layers
 from operators.checkpoint.reader import CheckpointReader
@@ -181,3 +183,32 @@ def test_after_a_checkpoint_without_layers_the_next_increment_is_whole(tmp_path:
     feat.transform(events(np.arange(30, 35), day=1, seed=4))
     layer = patches.capture(7, 6)  # from here on, deltas
     assert int(layer["patch.kind"][0]) == 1 and len(layer["agg.cust_30d.keys"]) == 5
+
+
+def test_world_checkpoints_keep_the_ranks_featurizer_state(tmp_path: Path) -> None:
+    """A world-layout job (as N ranks write; here one rank) restores its featurizer state."""
+    spec = spec_for(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / WORLD_FILE).write_text(json.dumps({"checkpoints": []}))
+    job = TrainJob(spec).open()
+    try:
+        assert job.checkpoints is not None and job.checkpoints.layout == "world"
+        assert job.featurizer is not None
+        train(job, events(np.arange(500), day=0, seed=1))
+        job.checkpoint(full=True)
+        train(job, events(np.arange(500, 520), day=1, seed=2))
+        job.checkpoint()
+        want = job.featurizer.state_dict()
+    finally:
+        job.close(clean=False)
+    part = tmp_path / "ckpt" / "rank-0000"
+    tip = CheckpointManager(str(part)).latest_complete()
+    assert tip is not None and tip.index == 1  # an increment: the 20 new customers only
+    patch = CheckpointReader(str(part), tip).dense()
+    assert len(patch[f"{PATCH_PREFIX}0000/agg.cust_30d.keys"].array) == 20
+    again = TrainJob(spec).open()
+    try:
+        assert again.featurizer is not None and again.resumed is not None
+        assert state_equal(again.featurizer.state_dict(), want)
+    finally:
+        again.close(clean=False)
