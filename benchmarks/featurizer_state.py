@@ -9,9 +9,13 @@ in batches of ``--batch`` events, in this process. It records:
   the end, and the featurizer's own array bytes (``Featurizer.state_nbytes``). Target: RSS
   growth from the start <= 1.1 x the configured budget (without a budget every customer
   costs ~1.7 KB in its 4 aggregates, for ever).
-- Every ``--checkpoint-every`` batches, the bytes of ``dirty_state_since(mark)`` (what an
-  incremental checkpoint of the featurizer writes) against the entities changed since the
-  mark, and the bytes of the whole ``state_dict`` (what it wrote before).
+- Every ``--checkpoint-every`` batches, a real checkpoint on disk (a
+  :class:`~operators.checkpoint.manager.CheckpointManager` under a temporary directory, the
+  featurizer as its patch source, as a 1-rank job writes it; the store holds no rows): the
+  first full, then increments. Per checkpoint: the customers and terminals its featurizer
+  layer carries, the bytes of its dense file (the featurizer layer and nothing else here),
+  and a full checkpoint's at the end. Target: an increment's bytes follow the entities
+  changed, not those kept.
 
 Prints one JSON object.
 """
@@ -20,14 +24,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from configs.job import JobConfig
+from embedding_store import EmbeddingStore, StoreConfig, TableConfig
+from operators.checkpoint.dense_state import DENSE_FILE
+from operators.checkpoint.manager import CheckpointManager
+from operators.checkpoint.patches import PATCH_PREFIX
+from operators.checkpoint.reader import CheckpointReader
 from pipeline.features.featurizer import Featurizer
 from pipeline.features.state_budget import StateBudget
+from pipeline.training.featurizer_patches import FeaturizerPatches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     done, batches, warm_rss, warm_state = 0, 0, 0, 0
     deltas: list[dict[str, int]] = []
     checkpoints = args.checkpoint_every <= args.entities // args.batch
-    mark = feat.state_mark() if checkpoints else {}  # a mark keeps the dropped keys for a delta
+    tmp = tempfile.TemporaryDirectory(prefix="featurizer-state-")
+    store = EmbeddingStore(StoreConfig(tmp.name + "/store", (TableConfig("t", 1),), 1)).open()
+    manager = CheckpointManager(tmp.name + "/ckpt", retention=1, patches=FeaturizerPatches(feat))
     warm = Featurizer(spec_t, budget)  # imports, allocator pools: not the state measured
     warm.transform(events(-args.batch, args.batch, rng, t0 - args.batch))
     del warm
@@ -82,25 +96,38 @@ def main(argv: list[str] | None = None) -> None:
         n = min(args.batch, args.entities - done)
         batch = events(done, n, rng, t0 + done * 0.5)
         feat.transform(batch)
+        store.end_step()  # a training step: checkpoints are taken at step boundaries
         done += n
         batches += 1
         peak_rss = max(peak_rss, rss_bytes())
         if batches == 20:
             warm_rss, warm_state = rss_bytes(), feat.state_nbytes()
         if checkpoints and batches % args.checkpoint_every == 0:
-            delta = feat.dirty_state_since(mark)
-            changed = len(delta["agg.cust_30d.keys"])
+            has_base = manager.has_base(store)
+            info = (manager.write_incremental if has_base else manager.write_full)(store)
+            reader = CheckpointReader(manager.root, info)
+            layer = reader.dense()
+            changed = len(layer[f"{PATCH_PREFIX}0000/agg.cust_30d.keys"].array)
+            terminals = len(layer[f"{PATCH_PREFIX}0000/agg.term_7d.keys"].array)
             deltas.append(
                 {
                     "events": done,
-                    "changed_customers": changed,
-                    "delta_bytes": int(sum(v.nbytes for v in delta.values())),
+                    "kind": info.kind.value,
+                    "customers_in_layer": changed,
+                    "terminals_in_layer": terminals,
+                    "dense_file_bytes": os.path.getsize(os.path.join(reader.path, DENSE_FILE)),
+                    "checkpoint_bytes": info.bytes,
                     "state_bytes": feat.state_nbytes(),
                 }
             )
-            del delta  # written and gone, as after a checkpoint
-            feat.forget_before(mark)
-            mark = feat.state_mark()
+            del layer
+    whole = 0
+    if checkpoints:  # what every checkpoint wrote before: the whole state, as a full one now
+        info = manager.write_full(store)
+        whole = os.path.getsize(os.path.join(CheckpointReader(manager.root, info).path, DENSE_FILE))
+    manager.close()
+    store.close()
+    tmp.cleanup()
     end_rss = rss_bytes()
     out = {
         "entities": args.entities,
@@ -118,10 +145,19 @@ def main(argv: list[str] | None = None) -> None:
         "state_bytes_warmup": warm_state,
         "state_bytes_end": feat.state_nbytes(),
         "customers_kept": len(feat.state_dict()["agg.cust_30d.keys"]),
-        "deltas": deltas[-3:],
-        "delta_bytes_per_changed_customer": round(
-            float(np.median([d["delta_bytes"] / max(1, d["changed_customers"]) for d in deltas]))
-            if deltas
+        "checkpoints": deltas[:1] + deltas[-3:],
+        "full_checkpoint_bytes_at_end": whole,
+        "incremental_bytes_per_changed_customer": round(
+            float(
+                np.median(
+                    [
+                        d["dense_file_bytes"] / max(1, d["customers_in_layer"])
+                        for d in deltas
+                        if d["kind"] == "incremental"
+                    ]
+                )
+            )
+            if len(deltas) > 1
             else 0.0,
             1,
         ),

@@ -242,7 +242,7 @@ class DenseConfig(_Section):
 
 
 class FeatureStateConfig(_Section):
-    """``features.state``: how much per-entity aggregate state to keep, and for how long.
+    """``features.state``: how much per-entity state to keep, and for how long.
 
     See :mod:`pipeline.features.state_budget`; without it, every entity is kept for ever.
     """
@@ -251,7 +251,9 @@ class FeatureStateConfig(_Section):
         default=None,
         gt=0,
         le=1_048_576,
-        description="MiB all aggregates keep together; least recently updated entities go first",
+        description=(
+            "MiB all aggregates and entity states keep together; least recently updated go first"
+        ),
     )
     ttl_seconds: float | None = Field(
         default=None, gt=0, description="drop an entity not updated for this long (event time)"

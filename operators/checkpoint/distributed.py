@@ -5,7 +5,8 @@ Every rank writes its own rows with its own :class:`~operators.checkpoint.manage
 the union of the source offsets in ``world.json`` (the commit point)::
 
     <root>/world.json          {"checkpoints": [{version, world_size, parts, offsets}, ...]}
-    <root>/rank-0000/          rank 0's chains (dense parameters live in rank 0's part only)
+    <root>/rank-0000/          rank 0's chains (dense parameters live in rank 0's part only;
+                               each rank's patch layers, if any, in its own part)
     <root>/rank-0001/          rank 1's chains
     write (every rank, same step):
       part = manager.write_full / write_incremental(local store, offsets of this rank)
@@ -13,8 +14,9 @@ the union of the source offsets in ``world.json`` (the commit point)::
       all_reduce(committed flag) ─► every rank returns the entry (or raises)
 
 Restoring into M ranks: with M equal to the world that wrote it, rank r restores its own
-part. Otherwise rank r reads every part and keeps the rows it owns under the new world
-(``owner_of(id, M) == r``), so each row lands exactly once, on its owner::
+part (with its patch layers, :mod:`operators.checkpoint.patches`). Otherwise rank r reads
+every part and keeps the rows it owns under the new world (``owner_of(id, M) == r``), so
+each row lands exactly once, on its owner (patch layers are per rank: none follow)::
 
     old rank 0 part ─┬─ ids owned by new rank 0 ─► new rank 0 local store
                      └─ ids owned by new rank 1 ─► new rank 1 local store
@@ -50,6 +52,7 @@ from operators.checkpoint.chain import load_index
 from operators.checkpoint.dense_state import DenseArray, DenseValue
 from operators.checkpoint.durable_io import json_bytes, replace_atomically
 from operators.checkpoint.manager import CheckpointManager
+from operators.checkpoint.patches import PatchSource, split_layers
 from operators.checkpoint.reader import CheckpointReader
 from operators.checkpoint.restore import check_compatible, ensure_empty
 from operators.checkpoint.write_log import WriteLogWatermarks
@@ -128,6 +131,8 @@ class WorldRestored:
     rows: Mapping[str, int]
     dense: Mapping[str, DenseArray]
     extra: Mapping[str, Any]
+    patches: tuple[Mapping[str, npt.NDArray[Any]], ...] = ()
+    """This rank's patch layers (same world size only; a re-shard starts without them)."""
 
     @property
     def version(self) -> int:
@@ -190,6 +195,7 @@ class WorldCheckpoints:
         keep: int = 16,
         watermarks: WriteLogWatermarks | None = None,
         file_hook: FileHook | None = None,
+        patches: PatchSource | None = None,
     ) -> None:
         self.root = os.path.abspath(root)
         self.rank = rank
@@ -201,6 +207,7 @@ class WorldCheckpoints:
             retention=retention,
             watermarks=watermarks,
             file_hook=file_hook,
+            patches=patches,  # each rank's own, in its own part
         )
         self._since_full = 0
 
@@ -336,7 +343,7 @@ class WorldCheckpoints:
                 if self.rank != 0
                 else {k: DenseArray(v, state.dense_dtypes.get(k)) for k, v in state.dense.items()}
             )
-            return WorldRestored(entry, False, rows, dense, entry.extra)
+            return WorldRestored(entry, False, rows, dense, entry.extra, state.patches)
         return restore_rank(
             self.root, local, self.rank, world_size, entry, verify=verify, clear=clear
         )
@@ -366,7 +373,7 @@ def _readers(root: str, part: WorldPart, verify: bool) -> list[CheckpointReader]
 
 def _dense_of(root: str, entry: WorldCheckpoint) -> dict[str, DenseArray]:
     part0 = next(p for p in entry.parts if p.rank == 0)
-    return _readers(root, part0, verify=False)[-1].dense()
+    return split_layers(_readers(root, part0, verify=False)[-1].dense())[0]
 
 
 def _count_rows(local: EmbeddingStore, table: str) -> int:
@@ -419,7 +426,7 @@ def restore_rank(
                 sightings.setdefault(table.name, []).append(seen)
             if part.rank == 0:
                 state = tip.store_state
-                dense = readers[-1].dense()
+                dense = split_layers(readers[-1].dense())[0]
         if state is None:
             raise WorldCheckpointError(0, f"world v{entry.version} has no part of rank 0")
         for name, blocks in sightings.items():
@@ -429,7 +436,8 @@ def restore_rank(
     for name in rows:
         rows[name] = _count_rows(local, name)
     log.info(
-        "rank %d of %d: re-sharded world v%d (%d parts): %s",
+        "rank %d of %d: re-sharded world v%d (%d parts; patch layers are per rank and not "
+        "carried over): %s",
         rank,
         world_size,
         entry.version,

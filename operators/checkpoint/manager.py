@@ -22,6 +22,11 @@ background thread with ``submit_*``, or inline with ``write_*`` (a synchronous f
 streams rows to disk inside the boundary instead of copying them, so memory stays bounded).
 One write is in flight at a time: the next one waits, because its parent must be committed.
 
+A ``patches`` source (:mod:`operators.checkpoint.patches`) is asked at each capture for a
+layer of dense arrays that changes in part (a featurizer's per-entity state): the whole for a
+full checkpoint, the changes since the base for an increment. A restore returns the chain's
+layers in order; a compaction keeps them all.
+
 After a commit the store's write log is truncated up to the checkpoint's version (through
 :class:`~operators.checkpoint.write_log.WriteLogWatermarks`, shared with other consumers of
 the log).
@@ -83,6 +88,7 @@ from operators.checkpoint.chain_merge import merge_table
 from operators.checkpoint.chain_recovery import chain_dirs, rebuild_index
 from operators.checkpoint.dense_state import DenseValue
 from operators.checkpoint.format import CheckpointKind
+from operators.checkpoint.patches import PatchSource, chain_layers, split_layers, with_layers
 from operators.checkpoint.reader import CheckpointReader, VerificationProblem
 from operators.checkpoint.restore import RestoredState, restore_chain
 from operators.checkpoint.snapshot import (
@@ -155,6 +161,8 @@ class CheckpointManager:
         rows_per_file: int = 1 << 20,
         watermarks: WriteLogWatermarks | None = None,
         file_hook: FileHook | None = None,
+        *,
+        patches: PatchSource | None = None,
     ) -> None:
         if retention < 1:
             raise ValueError(f"retention must be >= 1, got {retention}")
@@ -165,6 +173,7 @@ class CheckpointManager:
         self.rows_per_file = rows_per_file
         self.watermarks = watermarks if watermarks is not None else WriteLogWatermarks()
         self.file_hook = file_hook
+        self.patches = patches
         self._base: _Base | None = None
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
@@ -291,8 +300,8 @@ class CheckpointManager:
             snap = self._capture_full(store, dense, offsets, config_hash, extra, materialize=True)
         return self._submit(snap, None, store)
 
-    @staticmethod
     def _capture_full(
+        self,
         store: EmbeddingStore,
         dense: Mapping[str, DenseValue] | None,
         offsets: Mapping[str, Any] | None,
@@ -304,7 +313,7 @@ class CheckpointManager:
         """Every row and the small state (call inside the step boundary)."""
         return capture_full(
             store,
-            dense or {},
+            self._with_patch(store, dense, None),
             offsets or {},
             config_hash=config_hash,
             extra=extra or {},
@@ -352,12 +361,23 @@ class CheckpointManager:
             snap = capture_incremental(
                 store,
                 base.info.version,
-                dense or {},
+                self._with_patch(store, dense, base.info.version),
                 offsets or {},
                 config_hash=config_hash,
                 extra=extra or {},
             )
         return snap, base.info
+
+    def _with_patch(
+        self,
+        store: EmbeddingStore,
+        dense: Mapping[str, DenseValue] | None,
+        base_version: int | None,
+    ) -> Mapping[str, DenseValue]:
+        """``dense`` plus the patch source's layer for this capture (inside the boundary)."""
+        if self.patches is None:
+            return dense or {}
+        return with_layers(dense or {}, [self.patches.capture(store.version, base_version)])
 
     def _submit(
         self, snap: CheckpointSnapshot, parent: CheckpointInfo | None, store: EmbeddingStore
@@ -635,6 +655,9 @@ class CheckpointManager:
 
 def _compacted_snapshot(readers: builtins.list[CheckpointReader]) -> CheckpointSnapshot:
     tip = readers[-1].manifest()
+    plain, _ = split_layers(readers[-1].dense())
+    # every link's patch layers, in order: the compacted checkpoint restores to the same state
+    dense = with_layers(plain, chain_layers(r.dense() for r in readers))
     tables = []
     for entry in tip.tables:
         layout = RowLayout(entry.dim, entry.state_dim)
@@ -650,7 +673,7 @@ def _compacted_snapshot(readers: builtins.list[CheckpointReader]) -> CheckpointS
         store_state=tip.store_state,
         store_schema=tip.store_schema,
         tables=tuple(tables),
-        dense=readers[-1].dense(),
+        dense=dense,
         offsets=tip.offsets,
         config_hash=tip.config_hash,
         extra=tip.extra,

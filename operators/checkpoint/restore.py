@@ -4,6 +4,8 @@
 
     empty store ◄── import base parts ◄── delete tombstones 1, import rows 1 ◄── ... ◄── k
                 └── sightings and load_state(version, LFU epochs) of checkpoint k, flush
+    dense arrays: checkpoint k's; patch layers: every checkpoint's, base first (the caller
+    applies them: :mod:`operators.checkpoint.patches`)
 
 The target store must hold no rows (open it on an empty directory), or ``clear=True`` deletes
 what it holds first. Rows are imported in blocks, so memory stays bounded by the block size.
@@ -31,6 +33,7 @@ import torch
 from embedding_store import EmbeddingStore
 from operators.checkpoint.dense_state import DenseArray
 from operators.checkpoint.format import CheckpointManifest
+from operators.checkpoint.patches import split_layers
 from operators.checkpoint.reader import CheckpointReader
 from operators.checkpoint.store_schema import table_config_from_json
 from operators.errors import IncompatibleCheckpointError, StoreNotEmptyError
@@ -50,6 +53,8 @@ class RestoredState:
     config_hash: str
     extra: Mapping[str, Any]
     store_state: Mapping[str, Any]
+    patches: tuple[Mapping[str, npt.NDArray[Any]], ...] = ()
+    """The chain's patch layers, base first (:mod:`operators.checkpoint.patches`)."""
 
     def dense_tensors(self) -> dict[str, torch.Tensor]:
         """The dense arrays as torch tensors of the dtypes they were saved from."""
@@ -122,7 +127,11 @@ def restore_chain(
                 store.load_sightings(t.name, readers[-1].sightings(seen))
         store.load_state(tip.store_state)
         store.flush()
-    dense = readers[-1].dense()
+    layers: list[dict[str, npt.NDArray[Any]]] = []
+    for reader in readers[:-1]:  # one link's arrays at a time: keep only its patch layers
+        layers.extend({k: v.array for k, v in layer.items()} for layer in _layers(reader))
+    dense, tip_layers = split_layers(readers[-1].dense())
+    layers.extend({k: v.array for k, v in layer.items()} for layer in tip_layers)
     return RestoredState(
         checkpoint=tip.id,
         version=tip.version,
@@ -132,4 +141,9 @@ def restore_chain(
         config_hash=tip.config_hash,
         extra=tip.extra,
         store_state=tip.store_state,
+        patches=tuple(layers),
     )
+
+
+def _layers(reader: CheckpointReader) -> list[dict[str, DenseArray]]:
+    return split_layers(reader.dense())[1]

@@ -28,6 +28,7 @@ import numpy as np
 from embedding_store import EmbeddingStore
 from embedding_store.errors import EmbeddingStoreError
 from operators.checkpoint.manager import CheckpointManager
+from operators.checkpoint.patches import with_layers
 from operators.checkpoint.store_schema import store_config_from_json
 from operators.errors import (
     ChainManifestError,
@@ -147,7 +148,9 @@ def _restore(manager: CheckpointManager, args: argparse.Namespace) -> int:
     except (CheckpointError, NoCompleteCheckpointError, EmbeddingStoreError) as err:
         return _failed(str(err))
     if args.dense_out:
-        arrays: dict[str, Any] = dict(state.dense)
+        # the chain's patch layers (e.g. the featurizer state: whole, then each increment's
+        # changes) under their ``patch/NNNN/<name>`` names
+        arrays: dict[str, Any] = with_layers(state.dense, state.patches)
         np.savez(args.dense_out, allow_pickle=False, **arrays)
     summary: dict[str, Any] = {
         "checkpoint": state.checkpoint,
@@ -157,6 +160,7 @@ def _restore(manager: CheckpointManager, args: argparse.Namespace) -> int:
         "offsets": dict(state.offsets),
         "config_hash": state.config_hash,
         "dense": sorted(state.dense),
+        "patch_layers": len(state.patches),
     }
     print(json.dumps(summary, indent=1))
     return OK

@@ -24,12 +24,15 @@ Budget and expiry (both decided by the data alone, so a restarted job evicts wha
 uninterrupted one did): after each :meth:`WindowedAggregate.update`, an entity whose newest
 bucket is more than ``ttl_buckets`` behind the newest bucket seen is dropped, and when a
 batch's new entities would take the count past ``max_entities`` the least recently updated
-ones (not of this batch) make room. Kept rows above the new end fill the holes, the others do
-not move, and the key index is rebuilt only once it holds as many dropped keys as live ones.
+ones (not of this batch) make room: the new entities take their places. After an expiry
+the kept rows above the new end fill the holes; otherwise rows do not move. The key index is
+rebuilt only once it holds as many dropped keys as live ones.
 ``ttl_buckets >= window + delay`` drops nothing an in-order event could still read. Every row
-carries the update that last changed it, so :meth:`WindowedAggregate.dirty_state_since` gives
-only what changed since a mark (and the keys dropped since), and
-:meth:`WindowedAggregate.load_state_delta` applies it.
+carries the update that last changed it (for the eviction order) and the update that last
+wrote its place (changed, created or moved into a hole), so
+:meth:`WindowedAggregate.dirty_state_since` gives only the places written since a mark, with
+their positions, and :meth:`WindowedAggregate.load_state_delta` rebuilds the same rows in the
+same places: a state restored from deltas evicts exactly what the uninterrupted one does.
 
 >>> agg = WindowedAggregate(window=2, delay=0)
 >>> keys = np.array([7, 7, 8, 7], dtype=np.int64)
@@ -46,6 +49,7 @@ only what changed since a mark (and the keys dropped since), and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -116,27 +120,26 @@ class WindowedAggregate:
         self._stats: F64 = np.zeros((capacity, 3, self.ring), dtype=np.float64)
         self._newest: I64 = np.full(capacity, EMPTY, dtype=np.int64)  # newest bucket per row
         self._changed: I64 = np.zeros(capacity, dtype=np.int64)  # update that last changed it
+        self._touched: I64 = np.zeros(capacity, dtype=np.int64)  # update that last wrote its place
         self.entities = 0
         self.generation = 0  # updates applied so far
         self.newest_bucket = int(EMPTY)
         self.evicted = 0  # entities dropped by budget or expiry, ever
         self._tombstones = 0  # dropped keys still in the index (mapped to -1)
-        self._drops: list[tuple[int, I64]] = []  # (generation, keys), kept once marked
-        self._track_drops = False
 
     @staticmethod
     def bytes_per_entity(window: int, delay: int = 0) -> int:
         """Bytes one kept entity costs: ring slots, row bookkeeping and its index entry.
 
         >>> WindowedAggregate.bytes_per_entity(30)
-        1032
+        1040
         """
         ring = window + delay
-        return 8 * ring + 24 * ring + 3 * 8 + _INDEX_BYTES  # bucket, stats, 3 ints, index
+        return 8 * ring + 24 * ring + 4 * 8 + _INDEX_BYTES  # bucket, stats, 4 ints, index
 
     def nbytes(self) -> int:
         """Bytes held by the arrays (capacity, not only the kept entities)."""
-        arrays = (self._keys, self._bucket, self._stats, self._newest, self._changed)
+        arrays = (self._keys, self._bucket, self._stats, self._newest, self._changed, self._touched)
         return sum(a.nbytes for a in arrays) + _INDEX_BYTES * len(self._keys)
 
     # -- rows ----------------------------------------------------------------
@@ -178,8 +181,10 @@ class WindowedAggregate:
         newest[:cap] = self._newest
         changed = np.zeros(new_cap, dtype=np.int64)
         changed[:cap] = self._changed
+        touched = np.zeros(new_cap, dtype=np.int64)
+        touched[:cap] = self._touched
         self._keys, self._bucket, self._stats = keys, bucket, stats
-        self._newest, self._changed = newest, changed
+        self._newest, self._changed, self._touched = newest, changed, touched
 
     # -- reading -------------------------------------------------------------
     def query(
@@ -263,6 +268,7 @@ class WindowedAggregate:
         rows = self._rows_create(keys)
         np.maximum.at(self._newest, rows, buckets)
         self._changed[rows] = self.generation
+        self._touched[rows] = self.generation
         self.newest_bucket = max(self.newest_bucket, int(buckets.max()))
         slot = buckets % self.ring
         pair = rows * self.ring + slot
@@ -295,7 +301,8 @@ class WindowedAggregate:
         assert self.max_entities is not None
         n = self.entities
         rows = self._rows(keys)
-        fresh = len(np.unique(keys[rows < 0]))
+        fresh_keys = np.unique(keys[rows < 0])
+        fresh = len(fresh_keys)
         if n + fresh <= self.max_entities:
             return
         target = max(0, self.max_entities - fresh)
@@ -304,9 +311,37 @@ class WindowedAggregate:
         priority[rows[rows >= 0]] = np.iinfo(np.int64).max
         victims = np.argpartition(priority, n - target - 1)[: n - target]
         victims = victims[priority[victims] < np.iinfo(np.int64).max]
-        keep = np.ones(n, dtype=np.bool_)
-        keep[victims] = False
-        self._drop(keep)
+        victims = np.sort(victims)
+        # more victims than new keys only when already over the cap (an earlier batch had more
+        # keys than it): the extra ones are dropped after the others are taken
+        victims, extra = victims[:fresh], victims[fresh:]
+        # the new keys take the victims' places: nothing moves, so a delta carries the
+        # changed rows only
+        taken = fresh_keys[: len(victims)]
+        gone = self._keys[victims].copy()
+        self._bucket[victims] = EMPTY
+        self._stats[victims] = 0.0
+        self._newest[victims] = EMPTY
+        self._changed[victims] = 0
+        self._touched[victims] = self.generation
+        self._keys[victims] = taken
+        self._index.map_keys_to_values(gone, np.full(len(gone), -1, dtype=np.int64))
+        self._index.map_keys_to_values(taken, victims.astype(np.int64))
+        self._tombstones += len(gone)
+        self._rebuild_index_if_stale()
+        self.evicted += len(gone)
+        if len(extra):
+            keep = np.ones(n, dtype=np.bool_)
+            keep[extra] = False
+            self._drop(keep)
+
+    def _rebuild_index_if_stale(self) -> None:
+        m = self.entities
+        if self._tombstones > max(m, 1024):
+            self._index = int64_map(max(len(self._keys), 16))
+            if m:
+                self._index.map_keys_to_values(self._keys[:m], np.arange(m, dtype=np.int64))
+            self._tombstones = 0
 
     def _drop(self, keep: npt.NDArray[np.bool_]) -> None:
         """Keep only the rows where ``keep`` (over the first ``entities``)."""
@@ -321,75 +356,81 @@ class WindowedAggregate:
         movers = m + np.flatnonzero(keep[m:])
         for arr in (self._keys, self._bucket, self._stats, self._newest, self._changed):
             arr[holes] = arr[movers]
-        self._bucket[m:n] = EMPTY
-        self._stats[m:n] = 0.0
-        self._newest[m:n] = EMPTY
-        self._changed[m:n] = 0
+        self._touched[holes] = self.generation
+        self._clear(m, n)
         self.entities = m
         # the index cannot delete: a dropped key maps to -1 (unknown) until the next rebuild
         self._index.map_keys_to_values(gone, np.full(len(gone), -1, dtype=np.int64))
         self._index.map_keys_to_values(self._keys[holes], holes.astype(np.int64))
         self._tombstones += len(gone)
-        if self._tombstones > max(m, 1024):
-            self._index = int64_map(max(len(self._keys), 16))
-            if m:
-                self._index.map_keys_to_values(self._keys[:m], np.arange(m, dtype=np.int64))
-            self._tombstones = 0
+        self._rebuild_index_if_stale()
         self.evicted += len(gone)
-        if self._track_drops:
-            self._drops.append((self.generation, gone.copy()))
+
+    def _clear(self, start: int, stop: int) -> None:
+        """Empty the places ``start:stop`` (above the kept entities)."""
+        self._bucket[start:stop] = EMPTY
+        self._stats[start:stop] = 0.0
+        self._newest[start:stop] = EMPTY
+        self._changed[start:stop] = 0
+        self._touched[start:stop] = 0
 
     # -- incremental state ---------------------------------------------------
     def mark(self) -> int:
-        """A point to take :meth:`dirty_state_since` from (and start remembering drops)."""
-        self._track_drops = True
+        """A point to take :meth:`dirty_state_since` from."""
         return self.generation
 
     def forget_before(self, mark: int) -> None:
-        """Release the dropped keys recorded at or before ``mark`` (no delta needs them)."""
-        self._drops = [(g, k) for g, k in self._drops if g > mark]
+        """Nothing to release: a delta is read from the rows themselves (kept for the API)."""
 
     def dirty_state_since(self, mark: int) -> dict[str, npt.NDArray[np.generic]]:
-        """The entities changed after ``mark`` (whole rows) and the keys dropped since.
+        """The places written after ``mark`` (whole rows, with their positions) and the clock.
 
-        Its size is proportional to what changed, not to what is kept; apply it to a state at
-        ``mark`` with :meth:`load_state_delta`.
+        Its size is proportional to the entities changed, created or moved since ``mark``,
+        not to those kept; apply it to the state at ``mark`` with :meth:`load_state_delta`.
+        Dropped entities need no record: the delta's entity count ends the kept rows, and
+        every place below it that was not written holds what it held at ``mark``.
         """
         n = self.entities
-        rows = np.flatnonzero(self._changed[:n] > mark)
-        dropped = [k for g, k in self._drops if g > mark]
+        rows = np.flatnonzero(self._touched[:n] > mark)
         return {
+            "rows": rows.astype(np.int64),
             "keys": self._keys[rows].copy(),
             "bucket": self._bucket[rows].copy(),
             "stats": self._stats[rows].copy(),
             "newest": self._newest[rows].copy(),
             "changed": self._changed[rows].copy(),
-            "dropped": np.concatenate(dropped) if dropped else np.empty(0, dtype=np.int64),
-            "clock": np.array([self.generation, self.newest_bucket, self.evicted], np.int64),
+            "clock": np.array(
+                [self.generation, self.newest_bucket, self.evicted, n], dtype=np.int64
+            ),
         }
 
-    def load_state_delta(self, delta: dict[str, npt.NDArray[np.generic]]) -> None:
-        """Apply :meth:`dirty_state_since`'s output: drop its dropped keys, upsert its rows."""
-        dropped = np.asarray(delta["dropped"], dtype=np.int64)
-        if len(dropped) and self.entities:
-            rows = self._rows(dropped)
-            keep = np.ones(self.entities, dtype=np.bool_)
-            keep[rows[rows >= 0]] = False
-            track, self._track_drops = self._track_drops, False
-            evicted = self.evicted
-            self._drop(keep)
-            self._track_drops, self.evicted = track, evicted
+    def load_state_delta(self, delta: Mapping[str, npt.NDArray[np.generic]]) -> None:
+        """Apply :meth:`dirty_state_since`'s output to the state at its mark (same places)."""
+        rows = np.asarray(delta["rows"], dtype=np.int64)
         keys = np.asarray(delta["keys"], dtype=np.int64)
+        generation, newest_bucket, evicted, n = (int(c) for c in np.asarray(delta["clock"]))
+        old = self.entities
+        if len(rows) and (rows.min() < 0 or rows.max() >= n):
+            raise ValueError(f"delta rows outside the {n} entities it keeps")
+        self._grow(n)
+        # keys whose place is overwritten or above the new end: moved (written again below) or gone
+        displaced = np.concatenate([self._keys[rows[rows < old]], self._keys[n:old]])
+        if n < old:
+            self._clear(n, old)
+        self._keys[rows] = keys
+        self._bucket[rows] = np.asarray(delta["bucket"], dtype=np.int64)
+        self._stats[rows] = np.asarray(delta["stats"], dtype=np.float64)
+        self._newest[rows] = np.asarray(delta["newest"], dtype=np.int64)
+        self._changed[rows] = np.asarray(delta["changed"], dtype=np.int64)
+        self._touched[rows] = generation
+        self.entities = n
+        if len(displaced):
+            self._index.map_keys_to_values(displaced, np.full(len(displaced), -1, np.int64))
+            self._tombstones += int((~np.isin(displaced, keys)).sum())
         if len(keys):
-            if self.max_entities is not None:  # a delta never holds more than the budget
-                self._grow(self.entities + len(keys))
-            rows = self._rows_create(keys)
-            self._bucket[rows] = np.asarray(delta["bucket"], dtype=np.int64)
-            self._stats[rows] = np.asarray(delta["stats"], dtype=np.float64)
-            self._newest[rows] = np.asarray(delta["newest"], dtype=np.int64)
-            self._changed[rows] = np.asarray(delta["changed"], dtype=np.int64)
-        clock = np.asarray(delta["clock"], dtype=np.int64)
-        self.generation, self.newest_bucket, self.evicted = (int(c) for c in clock)
+            self._index.map_keys_to_values(keys, rows)
+        self._rebuild_index_if_stale()
+        self.generation, self.newest_bucket, self.evicted = generation, newest_bucket, evicted
 
     # -- checkpoints ---------------------------------------------------------
     def state_dict(self) -> dict[str, npt.NDArray[np.generic]]:

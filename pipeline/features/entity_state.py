@@ -2,8 +2,9 @@
 
 Both read only the past (earlier batches, then earlier events of the same batch; an event
 never sees itself) and are vectorised over a batch: one stable sort by entity, then
-shifts and cumulative sums, with a vectorised int64 map (``embedding_store.hash_index``)
-from entity (or entity-value pair) to its row.
+shifts and cumulative sums, with a hash table from entity (or entity-value pair) to its row
+(:class:`~pipeline.features.entity_rows.EntityRows`: bounded by a cap and an expiry like the
+window aggregates, with incremental deltas).
 
 ::
 
@@ -26,19 +27,22 @@ from entity (or entity-value pair) to its row.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-from embedding_store.hash_index import int64_map
+from pipeline.features.entity_rows import ROW_BYTES, EntityRows
 from pipeline.features.hashing import cross_ids
 
-__all__ = ["DistinctCount", "SincePrevious"]
+__all__ = ["PAIRS_PER_ENTITY", "DistinctCount", "SincePrevious"]
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 _PAIR_SALT: Final = "distinct/pair"
+PAIRS_PER_ENTITY: Final = 4
+"""(entity, value) pairs a :class:`DistinctCount` keeps per entity of its cap."""
 
 
 def _previous_in_group(keys: I64) -> tuple[I64, I64]:
@@ -56,33 +60,28 @@ def _previous_in_group(keys: I64) -> tuple[I64, I64]:
     return order, prev
 
 
-class _Table:
-    """Key -> row with growing value arrays (a vectorised int64 map, see ``hash_index``)."""
-
-    def __init__(self) -> None:
-        self.index = int64_map(16)
-        self.keys: I64 = np.empty(0, dtype=np.int64)
-
-    def rows(self, keys: I64) -> I64:
-        if len(self.keys) == 0 or len(keys) == 0:
-            return np.full(len(keys), -1, dtype=np.int64)
-        return np.asarray(self.index.lookup(keys), dtype=np.int64)
-
-    def add(self, fresh: I64) -> I64:
-        """Rows for keys not yet in the table (``fresh`` unique); returns their rows."""
-        start = len(self.keys)
-        slots = np.arange(start, start + len(fresh), dtype=np.int64)
-        self.index.map_keys_to_values(fresh, slots)
-        self.keys = np.concatenate([self.keys, fresh])
-        return slots
-
-
 class SincePrevious:
-    """Seconds since each entity's previous event (NaN for an entity's first event)."""
+    """Seconds since each entity's previous event (NaN for an entity's first event).
 
-    def __init__(self) -> None:
-        self._table = _Table()
-        self._last: F64 = np.empty(0, dtype=np.float64)
+    ``max_entities`` and ``ttl_seconds`` bound the entities kept
+    (:mod:`pipeline.features.entity_rows`); a dropped entity's next event reads as its first.
+    """
+
+    def __init__(
+        self, *, max_entities: int | None = None, ttl_seconds: float | None = None
+    ) -> None:
+        self._rows = EntityRows(
+            {"last": (np.float64, -np.inf)}, max_entities=max_entities, ttl_seconds=ttl_seconds
+        )
+
+    @staticmethod
+    def bytes_per_entity() -> int:
+        """Bytes one kept entity costs (its row, bookkeeping and index entry)."""
+        return ROW_BYTES + 8
+
+    def nbytes(self) -> int:
+        """Bytes held by the arrays."""
+        return self._rows.nbytes()
 
     def query(self, keys: I64, times: F64) -> F64:
         """Seconds since the previous event of each event's entity."""
@@ -92,10 +91,10 @@ class SincePrevious:
         before[inside] = times[prev[inside]]
         first = ~inside
         if first.any():
-            rows = self._table.rows(keys[first])
+            rows = self._rows.rows(keys[first])
             known = rows >= 0
             got = np.full(len(rows), np.nan)
-            got[known] = self._last[rows[known]]
+            got[known] = self._rows.columns["last"][rows[known]]
             before[first] = got
         out: F64 = times - before
         return out
@@ -107,32 +106,63 @@ class SincePrevious:
         uniq, inv = np.unique(keys, return_inverse=True)
         newest = np.full(len(uniq), -np.inf)
         np.maximum.at(newest, inv, times)
-        rows = self._table.rows(uniq)
-        fresh = rows < 0
-        if fresh.any():
-            rows[fresh] = self._table.add(uniq[fresh])
-            self._last = np.concatenate([self._last, np.full(int(fresh.sum()), -np.inf)])
-        self._last[rows] = np.maximum(self._last[rows], newest)
+        rows = self._rows.touch(uniq, newest)
+        last = self._rows.columns["last"]
+        last[rows] = np.maximum(last[rows], newest)
+        self._rows.expire()
+
+    def mark(self) -> int:
+        """A point to take :meth:`dirty_state_since` from."""
+        return self._rows.mark()
+
+    def dirty_state_since(self, mark: int) -> dict[str, npt.NDArray[np.generic]]:
+        """The entities written since ``mark`` (see :class:`EntityRows`)."""
+        return self._rows.dirty_state_since(mark)
+
+    def load_state_delta(self, delta: Mapping[str, npt.NDArray[np.generic]]) -> None:
+        """Apply :meth:`dirty_state_since`'s output to the state at its mark."""
+        self._rows.load_state_delta(delta)
 
     def state_dict(self) -> dict[str, npt.NDArray[np.generic]]:
         """Plain arrays for a checkpoint."""
-        return {"keys": self._table.keys.copy(), "last": self._last.copy()}
+        return self._rows.state_dict()
 
-    def load_state_dict(self, state: dict[str, npt.NDArray[np.generic]]) -> None:
+    def load_state_dict(self, state: Mapping[str, npt.NDArray[np.generic]]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        self.__init__()  # type: ignore[misc]
-        keys = np.asarray(state["keys"], dtype=np.int64)
-        self._table.add(keys)
-        self._last = np.asarray(state["last"], dtype=np.float64).copy()
+        self._rows.load_state_dict(state)
 
 
 class DistinctCount:
-    """How many distinct values each entity had before each event (exact, all time)."""
+    """How many distinct values each entity had before each event (exact, all time).
 
-    def __init__(self) -> None:
-        self._entities = _Table()
-        self._counts: F64 = np.empty(0, dtype=np.float64)
-        self._pairs = _Table()
+    With ``max_entities`` (and ``ttl_seconds``) at most that many entities are kept, and
+    :data:`PAIRS_PER_ENTITY` times as many (entity, value) pairs; a dropped entity goes with its
+    pairs and counts from zero when it comes back. A pair dropped for room while its entity
+    stays counts again if it comes back (the count is then an overestimate).
+    """
+
+    def __init__(
+        self, *, max_entities: int | None = None, ttl_seconds: float | None = None
+    ) -> None:
+        self._entities = EntityRows(
+            {"counts": (np.float64, 0.0)},
+            max_entities=max_entities,
+            ttl_seconds=ttl_seconds,
+            report_drops=True,
+        )
+        pairs = None if max_entities is None else PAIRS_PER_ENTITY * max_entities
+        self._pairs = EntityRows(
+            {"entity": (np.int64, -1)}, max_entities=pairs, ttl_seconds=ttl_seconds
+        )
+
+    @staticmethod
+    def bytes_per_entity() -> int:
+        """Bytes one kept entity costs, with room for :data:`PAIRS_PER_ENTITY` pairs."""
+        return (ROW_BYTES + 8) * (1 + PAIRS_PER_ENTITY)
+
+    def nbytes(self) -> int:
+        """Bytes held by the arrays."""
+        return self._entities.nbytes() + self._pairs.nbytes()
 
     def _new_pairs(self, keys: I64, values: I64) -> tuple[I64, npt.NDArray[np.bool_]]:
         """Pair ids, and which events bring a pair seen neither before nor earlier here."""
@@ -157,40 +187,75 @@ class DistinctCount:
         rows = self._entities.rows(keys)
         known = rows >= 0
         stored = np.zeros(len(keys), dtype=np.float64)
-        stored[known] = self._counts[rows[known]]
+        stored[known] = self._entities.columns["counts"][rows[known]]
         out: F64 = stored + within
         return out
 
-    def update(self, keys: I64, values: I64, valid: npt.NDArray[np.bool_] | None = None) -> None:
-        """Count the batch's new (entity, value) pairs."""
+    def update(
+        self,
+        keys: I64,
+        values: I64,
+        valid: npt.NDArray[np.bool_] | None = None,
+        times: F64 | None = None,
+    ) -> None:
+        """Count the batch's new (entity, value) pairs (``times``: for the expiry)."""
         if valid is not None:
             keys, values = keys[valid], values[valid]
+            times = times[valid] if times is not None else None
         if not len(keys):
             return
         pairs, new = self._new_pairs(keys, values)
-        if not new.any():
-            return
-        self._pairs.add(pairs[new])
-        uniq, inv = np.unique(keys[new], return_inverse=True)
-        adds = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
-        rows = self._entities.rows(uniq)
-        fresh = rows < 0
-        if fresh.any():
-            rows[fresh] = self._entities.add(uniq[fresh])
-            self._counts = np.concatenate([self._counts, np.zeros(int(fresh.sum()))])
-        self._counts[rows] += adds
+        uniq, inv = np.unique(keys, return_inverse=True)
+        newest = None
+        if times is not None:
+            newest = np.full(len(uniq), -np.inf)
+            np.maximum.at(newest, inv, times)
+        rows = self._entities.touch(uniq, newest)
+        self._entities.columns["counts"][rows] += np.bincount(inv[new], minlength=len(uniq))
+        upairs, first_at, pinv = np.unique(pairs, return_index=True, return_inverse=True)
+        pair_newest = None
+        if times is not None:
+            pair_newest = np.full(len(upairs), -np.inf)
+            np.maximum.at(pair_newest, pinv, times)
+        prow = self._pairs.touch(upairs, pair_newest)
+        self._pairs.columns["entity"][prow] = keys[first_at]
+        self._pairs.expire()
+        self._entities.expire()
+        gone = self._entities.take_dropped()
+        if len(gone):  # a dropped entity's pairs go with it
+            n = self._pairs.entities
+            self._pairs.drop(~np.isin(self._pairs.columns["entity"][:n], gone))
+
+    def mark(self) -> int:
+        """A point to take :meth:`dirty_state_since` from (both tables step together)."""
+        return self._entities.mark()
+
+    def dirty_state_since(self, mark: int) -> dict[str, npt.NDArray[np.generic]]:
+        """The entities and pairs written since ``mark`` (pairs' arrays prefixed ``pair_``)."""
+        out = self._entities.dirty_state_since(mark)
+        out.update({f"pair_{k}": v for k, v in self._pairs.dirty_state_since(mark).items()})
+        return out
+
+    def load_state_delta(self, delta: Mapping[str, npt.NDArray[np.generic]]) -> None:
+        """Apply :meth:`dirty_state_since`'s output to the state at its mark."""
+        mine = {k: v for k, v in delta.items() if not k.startswith("pair_")}
+        self._entities.load_state_delta(mine)
+        self._pairs.load_state_delta(
+            {k.removeprefix("pair_"): v for k, v in delta.items() if k.startswith("pair_")}
+        )
 
     def state_dict(self) -> dict[str, npt.NDArray[np.generic]]:
-        """Plain arrays for a checkpoint."""
-        return {
-            "keys": self._entities.keys.copy(),
-            "counts": self._counts.copy(),
-            "pairs": self._pairs.keys.copy(),
-        }
+        """Plain arrays for a checkpoint: ``keys``, ``counts``, ``pairs`` (and ``pair_*``)."""
+        out = self._entities.state_dict()
+        for k, v in self._pairs.state_dict(key_name="pairs").items():
+            out[k if k == "pairs" else f"pair_{k}"] = v
+        return out
 
-    def load_state_dict(self, state: dict[str, npt.NDArray[np.generic]]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.__init__()  # type: ignore[misc]
-        self._entities.add(np.asarray(state["keys"], dtype=np.int64))
-        self._counts = np.asarray(state["counts"], dtype=np.float64).copy()
-        self._pairs.add(np.asarray(state["pairs"], dtype=np.int64))
+    def load_state_dict(self, state: Mapping[str, npt.NDArray[np.generic]]) -> None:
+        """Restore what :meth:`state_dict` returned (pairs' owners unknown in old states)."""
+        self._entities.load_state_dict(
+            {k: v for k, v in state.items() if k != "pairs" and not k.startswith("pair_")}
+        )
+        pairs = {k.removeprefix("pair_"): v for k, v in state.items() if k.startswith("pair_")}
+        pairs["pairs"] = state["pairs"]
+        self._pairs.load_state_dict(pairs, key_name="pairs")

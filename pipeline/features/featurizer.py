@@ -336,7 +336,7 @@ class Featurizer:
     def __init__(self, spec: FeatureSpec, budget: StateBudget | None = None) -> None:
         self.spec = spec
         self.budget = budget or StateBudget()
-        caps = self.budget.entity_caps(spec.aggregates)
+        caps = self.budget.entity_caps(spec.aggregates, spec.entity_states)
         self._aggs: dict[str, WindowedAggregate] = {
             a.name: WindowedAggregate(
                 a.window,
@@ -347,7 +347,9 @@ class Featurizer:
             for a in spec.aggregates
         }
         self._states: dict[str, SincePrevious | DistinctCount] = {
-            e.name: SincePrevious() if e.kind == "since_previous" else DistinctCount()
+            e.name: (SincePrevious if e.kind == "since_previous" else DistinctCount)(
+                max_entities=caps[e.name], ttl_seconds=self.budget.ttl_seconds
+            )
             for e in spec.entity_states
         }
         self._std_cols = np.array([d.standardize for d in spec.dense], dtype=np.bool_)
@@ -535,7 +537,7 @@ class Featurizer:
         valid = ~missing
         out = state.query(keys, values, valid)
         if update:
-            state.update(keys, values, valid)
+            state.update(keys, values, valid, times)
         return out
 
     def _aggregate(
@@ -690,21 +692,24 @@ class Featurizer:
 
     # -- incremental state ---------------------------------------------------
     def state_mark(self) -> dict[str, int]:
-        """A point to take :meth:`dirty_state_since` from: each aggregate's update count."""
-        return {name: agg.mark() for name, agg in self._aggs.items()}
+        """A point to take :meth:`dirty_state_since` from: each aggregate's and state's updates."""
+        mark = {name: agg.mark() for name, agg in self._aggs.items()}
+        mark.update({f"entity.{name}": state.mark() for name, state in self._states.items()})
+        return mark
 
     def forget_before(self, mark: Mapping[str, int]) -> None:
-        """Release what only deltas from before ``mark`` needed (the keys dropped since)."""
+        """Release what only deltas from before ``mark`` needed (nothing now; kept for callers)."""
         for name, agg in self._aggs.items():
             agg.forget_before(mark[name])
 
     def dirty_state_since(self, mark: Mapping[str, int]) -> dict[str, npt.NDArray[np.generic]]:
-        """The state changed after ``mark``: entities updated (whole rows) and keys dropped.
+        """The state changed after ``mark``: each aggregate's rows written since, with places.
 
-        Named arrays like :meth:`state_dict`'s (``agg.<name>.keys``, ...), plus the moments and
-        ``events_seen`` (small, whole). Its bytes grow with the entities changed since
-        ``mark``, not with the entities kept. :meth:`load_state_delta` applies it to the state
-        at ``mark``.
+        Named arrays like :meth:`state_dict`'s (``agg.<name>.keys``, ``agg.<name>.rows``, ...),
+        plus the entity states' rows written since (``entity.<name>.rows``, ...), the moments
+        and ``events_seen``. Its bytes grow with the entities changed since ``mark``, not with
+        the entities kept. :meth:`load_state_delta` applies it to the state
+        at ``mark``, so that :meth:`state_dict` then equals this one's exactly.
         """
         out: dict[str, npt.NDArray[np.generic]] = {
             f"moments.{k}": v for k, v in self.moments.state_dict().items()
@@ -712,6 +717,9 @@ class Featurizer:
         for name, agg in self._aggs.items():
             delta = agg.dirty_state_since(mark[name])
             out.update({f"agg.{name}.{k}": v for k, v in delta.items()})
+        for name, state in self._states.items():
+            delta = state.dirty_state_since(mark[f"entity.{name}"])
+            out.update({f"entity.{name}.{k}": v for k, v in delta.items()})
         out["events_seen"] = np.array([self.events_seen], dtype=np.int64)
         return out
 
@@ -725,8 +733,14 @@ class Featurizer:
             agg.load_state_delta(
                 {k.removeprefix(prefix): v for k, v in delta.items() if k.startswith(prefix)}
             )
+        for name, entity in self._states.items():
+            prefix = f"entity.{name}."
+            entity.load_state_delta(
+                {k.removeprefix(prefix): v for k, v in delta.items() if k.startswith(prefix)}
+            )
         self.events_seen = int(delta["events_seen"][0])
 
     def state_nbytes(self) -> int:
-        """Bytes the aggregates' arrays hold (what the budget bounds)."""
-        return sum(agg.nbytes() for agg in self._aggs.values())
+        """Bytes the aggregates' and entity states' arrays hold (what the budget bounds)."""
+        aggs = sum(agg.nbytes() for agg in self._aggs.values())
+        return aggs + sum(state.nbytes() for state in self._states.values())

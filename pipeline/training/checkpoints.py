@@ -11,7 +11,10 @@ its part at the same step, rank 0 commits ``world.json`` with the offsets of eve
 
 A checkpoint holds the rows, the dense parameters and optimizer state, the source offsets,
 ``events_trained`` (the lineage's events, for ``max_events``) and, with one rank, the
-featurizer state (with N ranks each rank's featurizer state is its own and is not saved).
+featurizer state: a patch layer (:mod:`pipeline.training.featurizer_patches`), whole in a
+full checkpoint, only the entities changed since the base in an increment; a restore applies
+the chain's layers in order. With N ranks each rank's featurizer state is its own and goes in
+its own part: restoring with the same world size loads it, a re-shard starts it empty.
 
 >>> import tempfile
 >>> with tempfile.TemporaryDirectory() as d:
@@ -41,6 +44,8 @@ from operators.checkpoint.distributed import WORLD_FILE, WorldCheckpoints
 from operators.checkpoint.manager import CheckpointManager
 from operators.checkpoint.write_log import WriteLogWatermarks
 from pipeline.errors import PipelineError
+from pipeline.features.featurizer import Featurizer
+from pipeline.training.featurizer_patches import FeaturizerPatches
 from pipeline.training.spec import CheckpointSpec
 from pipeline.training.world import World
 
@@ -148,6 +153,11 @@ class JobCheckpoints:
         self._own_group: str | None = None  # a 1-rank gloo group for world checkpoints
         self._dense_cache: tuple[int, dict[str, DenseValue], Any] | None = None
         self.last_version: int | None = None
+        self.patches: FeaturizerPatches | None = None
+
+    def attach(self, featurizer: Featurizer) -> None:
+        """Save ``featurizer``'s state as patch layers (call before :meth:`open`)."""
+        self.patches = FeaturizerPatches(featurizer)
 
     # -- life cycle ----------------------------------------------------------
     def open(self) -> JobCheckpoints:
@@ -161,6 +171,7 @@ class JobCheckpoints:
                 self.spec.rows_per_file,
                 watermarks=self.watermarks,
                 file_hook=self.file_hook,
+                patches=self.patches,
             )
         else:
             self.coordinated = WorldCheckpoints(
@@ -171,6 +182,7 @@ class JobCheckpoints:
                 full_every=self.spec.max_chain_length or 8,
                 watermarks=self.watermarks,
                 file_hook=self.file_hook,
+                patches=self.patches,
             )
         return self
 
@@ -239,6 +251,7 @@ class JobCheckpoints:
                 log.info("no complete checkpoint under %s: starting fresh", self.spec.dir)
                 return None
             restored = self.manager.restore(store, clear=True)
+            layers = restored.patches
             hash_, extra = restored.config_hash, restored.extra
             dense, offsets, version = restored.dense_tensors(), restored.offsets, restored.version
             checkpoint, resharded = restored.checkpoint, False
@@ -250,6 +263,14 @@ class JobCheckpoints:
                 log.info("no world checkpoint under %s: starting fresh", self.spec.dir)
                 return None
             got = self.coordinated.restore(store, self.world.size, clear=True)
+            layers = got.patches
+            if got.resharded and self.patches is not None:
+                log.warning(
+                    "rank %d: re-sharded world v%d: this rank's featurizer state starts empty "
+                    "(it is per rank and follows no re-shard)",
+                    self.world.rank,
+                    got.version,
+                )
             hash_, extra = got.checkpoint.config_hash, got.extra
             dense, offsets, version = got.dense_tensors(), got.offsets, got.version
             checkpoint, resharded = f"world v{got.version}", got.resharded
@@ -263,6 +284,8 @@ class JobCheckpoints:
         skeleton = extra.get("dense_skeleton")
         if skeleton is not None:
             state.load_dense_tree(unflatten_tree(dense, skeleton))
+        if self.patches is not None:  # after the tree: checkpoints before patches held it there
+            self.patches.restore(version, layers)
         self.last_version = version
         return Resumed(
             offsets=offsets_from_json(dict(offsets)),
@@ -279,7 +302,9 @@ class JobCheckpoints:
         """The dense arrays (copies) and their skeleton at the store's version (cached)."""
         version = store.version
         if self._dense_cache is None or self._dense_cache[0] != version:
-            arrays, skeleton = flatten_tree(state.dense_tree(featurizer=self.layout == "solo"))
+            # an attached featurizer travels as a patch layer (the manager asks at capture)
+            with_featurizer = self.layout == "solo" and self.patches is None
+            arrays, skeleton = flatten_tree(state.dense_tree(featurizer=with_featurizer))
             # copies: a background checkpoint must not see later steps' in-place updates
             self._dense_cache = (version, {k: _copy(v) for k, v in arrays.items()}, skeleton)
         return self._dense_cache[1], self._dense_cache[2]

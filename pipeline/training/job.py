@@ -303,6 +303,7 @@ class TrainJob:
             self.model = build_model(spec.model, layout, self.shared_store)
             dense_sync = None
         self.featurizer = Featurizer(spec.features, spec.feature_state)
+        self.checkpoints.attach(self.featurizer)
         self.trainer = OnlineTrainer(
             self.model,
             cast(EmbeddingStore, self.shared_store),

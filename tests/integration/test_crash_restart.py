@@ -22,10 +22,13 @@ import numpy as np
 import pytest
 import yaml
 
+from configs.job import JobConfig
 from embedding_store import EmbeddingStore, StoreConfig
 from operators.checkpoint.manager import CheckpointManager
 from pipeline.events.generators import generate
 from pipeline.events.replay import replay
+from pipeline.features.featurizer import Featurizer
+from pipeline.training.featurizer_patches import FeaturizerPatches
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -96,6 +99,13 @@ def final_state(root: Path, tables: tuple) -> dict[str, np.ndarray]:
             out[f"{table.name}:emb"] = rows["emb"][order]
             if table.state_dim:
                 out[f"{table.name}:state"] = rows["state"][order]
+        # the featurizer state: the chain's patch layers (whole, then the increments' changes)
+        spec = JobConfig.from_yaml(root.parent / f"{root.name}.yaml").to_spec()
+        featurizer = Featurizer(spec.features, spec.feature_state)
+        FeaturizerPatches(featurizer).restore(restored.version, restored.patches)
+        assert restored.patches, "no featurizer state in the checkpoint"
+        for k, v in featurizer.state_dict().items():
+            out[f"featurizer:{k}"] = np.asarray(v)
         out["offsets"] = np.array(sorted(restored.offsets.values()))
         out["events"] = np.array([restored.extra["events_trained"]])
         out["version"] = np.array([restored.version])
