@@ -340,3 +340,18 @@ def test_a_file_numpy_cannot_load(
     with pytest.raises(CorruptCheckpointError) as err:
         reader.dense()
     assert (err.value.file, what(err.value).split(":")[0]) == (dense_file, "cannot be loaded")
+
+
+def test_a_dense_array_the_bundle_lacks(
+    chain: tuple[CheckpointManager, list[CheckpointInfo]],
+) -> None:
+    manager, infos = chain
+
+    def ghost(doc: dict) -> None:  # type: ignore[type-arg]
+        doc["dense"] = [dict(d, name="ghost") for d in doc["dense"]]
+
+    info = rewrite_manifest(manager, infos[0], ghost)
+    reader = reader_of(manager, info)
+    with pytest.raises(CorruptCheckpointError) as err:
+        reader.dense()
+    assert what(err.value) == "has no array 'ghost'"
