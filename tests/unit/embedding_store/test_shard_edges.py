@@ -102,3 +102,50 @@ def test_smallest_partitions_at_the_nth_value(seed: int) -> None:
     n = int(rng.integers(1, size - 2))
     picked = smallest(values, n)
     assert sorted(picked.tolist()) == sorted(np.argsort(values)[:n].tolist())
+
+
+def test_a_row_in_slot_zero_is_unpinned_after_its_prefetch_and_deleted(tmp_path: Path) -> None:
+    """The first row a tier holds sits in slot 0: it must be treated as stored everywhere."""
+    with _store(tmp_path, hot_rows=100) as store:
+        one = np.array([5], dtype=np.int64)
+        _train(store, [5])  # the only row in DRAM: slot 0
+        store.import_rows("t", np.array([6], np.int64), store.read_rows("t", one)[1])  # on disk
+        # 5 is in DRAM: pinned, then unpinned; with 6 the prefetch also reads RocksDB
+        for batch, rows in ((one, 1), (np.array([5, 6], dtype=np.int64), 2)):
+            ticket = store.prefetch([{"t": batch}])
+            assert ticket.wait(timeout=20) >= 0.0
+            assert store.demote("t", 10) == 0  # pinned while the ticket is held
+            ticket.release()
+            assert store.demote("t", 10) == rows  # and free to go once released
+            _train(store, [5])  # back in DRAM, slot 0 again
+        store.delete_rows("t", one)
+        assert not store.read_rows("t", one)[0][0]
+        assert store.stats("t").hot_rows == 0
+
+
+def test_the_eviction_counter_counts_rows_demoted(tmp_path: Path) -> None:
+    with _store(tmp_path, hot_rows=100) as store:
+        _train(store, list(range(12)))
+        assert store.demote("t", 5) == 5
+        assert store.demote("t", 100) == 7
+        assert store.stats("t").evicted == 12
+
+
+def test_a_row_used_after_it_was_marked_for_eviction_stays(tmp_path: Path) -> None:
+    from embedding_store.rocks import RocksShard
+    from embedding_store.shard import ShardTable
+
+    db = RocksShard(str(tmp_path / "db"), ["t"])
+    db.open()
+    try:
+        st_ = ShardTable(TableConfig("t", 2, hot_rows=4), db, 4, 0.5)
+        ids = np.arange(6, dtype=np.int64)
+        _, slots = st_.fetch(ids, step=1, now=0.0, pin=False)  # 6 rows over a budget of 4
+        assert st_.start_eviction(0.0) == 2
+        marked = np.flatnonzero(st_.hot.evicting[slots])
+        _, again = st_.fetch(ids[marked], step=2, now=0.0, pin=False)  # used again: unmarked
+        assert not st_.hot.evicting[again].any()
+        assert st_.finish_eviction() == 0
+        assert st_.hot.count() == 6
+    finally:
+        db.close()
