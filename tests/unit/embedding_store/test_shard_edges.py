@@ -149,3 +149,29 @@ def test_a_row_used_after_it_was_marked_for_eviction_stays(tmp_path: Path) -> No
         assert st_.hot.count() == 6
     finally:
         db.close()
+
+
+def test_an_import_replaces_a_row_held_in_slot_zero(tmp_path: Path) -> None:
+    with _store(tmp_path, hot_rows=100) as store:
+        one = np.array([5], dtype=np.int64)
+        _train(store, [5])  # the only row in DRAM: slot 0
+        rows = store.read_rows("t", one)[1]
+        rows["emb"] = [[7.0, -7.0]]
+        store.import_rows("t", one, rows)
+        np.testing.assert_array_equal(store.read_rows("t", one)[1]["emb"], [[7.0, -7.0]])
+        np.testing.assert_array_equal(store.lookup_stored("t", one).numpy(), [[7.0, -7.0]])
+
+
+def test_migration_promotes_the_most_used_of_many_cold_rows(tmp_path: Path) -> None:
+    """More cold candidates than twice the budget: the scan keeps the most used, not the least."""
+    with _store(tmp_path, hot_rows=4) as store:
+        for i in range(20):  # id i used i + 1 times
+            for _ in range(i + 1):
+                store.lookup("t", np.array([i], np.int64))
+                store.end_step()
+        store.demote("t", 100)
+        assert store.stats("t").hot_rows == 0
+        assert store.migrate().promoted == 4
+        before = store.stats("t").hits
+        store.lookup("t", np.array([16, 17, 18, 19], np.int64))
+        assert store.stats("t").hits - before == 4  # all four were in DRAM
