@@ -175,3 +175,20 @@ def test_migration_promotes_the_most_used_of_many_cold_rows(tmp_path: Path) -> N
         before = store.stats("t").hits
         store.lookup("t", np.array([16, 17, 18, 19], np.int64))
         assert store.stats("t").hits - before == 4  # all four were in DRAM
+
+
+def test_one_row_over_the_budget_is_marked_for_eviction(tmp_path: Path) -> None:
+    from embedding_store.rocks import RocksShard
+    from embedding_store.shard import ShardTable
+
+    db = RocksShard(str(tmp_path / "db"), ["t"])
+    db.open()
+    try:
+        st_ = ShardTable(TableConfig("t", 2, hot_rows=4), db, 4, 0.5)
+        st_.fetch(np.arange(5, dtype=np.int64), step=1, now=0.0, pin=False)
+        assert st_.start_eviction(0.0) == 1
+        assert st_.start_eviction(0.0) == 0  # already marked
+        assert st_.finish_eviction() == 1
+        assert st_.hot.count() == 4
+    finally:
+        db.close()
