@@ -192,3 +192,15 @@ def test_one_row_over_the_budget_is_marked_for_eviction(tmp_path: Path) -> None:
         assert st_.hot.count() == 4
     finally:
         db.close()
+
+
+def test_rows_written_at_the_base_version_are_not_written_since(tmp_path: Path) -> None:
+    """Past 64 entries the write log folds into one chunk: the rows' versions must filter it."""
+    with _store(tmp_path) as store:
+        _train(store, [1])  # version 1
+        base = store.version
+        for _ in range(70):
+            _train(store, [2])
+        ids, rows = store.written_since("t", base)
+        assert ids.tolist() == [2]
+        assert rows["version"].tolist() == [store.version]
