@@ -315,6 +315,7 @@ def run(args: argparse.Namespace) -> int:
         "job": args.job,
         "new_ids": args.new_ids,
         "rate": args.rate,
+        "warmup": args.warmup,
         "schedules_s": dict(SCHEDULES),
         "retention": RETENTION,
     }
@@ -438,7 +439,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     axes[2].plot(t, [s["snapshots"] for s in samples], label="snapshots")
     axes[2].axhline(result["retention"], color="grey", ls=":", label="retention")
     axes[2].set_ylabel("on disk")
-    warm = result["minutes"] * 0.25
+    warm = result["minutes"] * result.get("warmup", 0.25)
     for ax in axes:
         ax.axvline(warm, color="grey", ls="--", lw=0.8)
         ax.set_xlabel("minutes")

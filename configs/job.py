@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +43,7 @@ from configs.serving import PublishConfig, ServeConfig
 from embedding_store.config import SstConfig
 from pipeline.events.schema import EventSchema
 from pipeline.training.spec import (
+    DEFAULT_CHECKPOINT_DIR,
     CheckpointSpec,
     JobSpec,
     MetricsSpec,
@@ -396,7 +398,7 @@ class JobConfig(BaseSettings):
             if ops.checkpoint is not None:
                 ck = ops.checkpoint
                 checkpoint = CheckpointSpec(
-                    ck.dir,
+                    ck.dir if ck.dir is not None else os.path.join(st.path, DEFAULT_CHECKPOINT_DIR),
                     retention=ck.retention,
                     max_chain_length=ck.max_chain_length,
                     rows_per_file=ck.rows_per_file,

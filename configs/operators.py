@@ -8,7 +8,7 @@ an :class:`operators.scheduler.OperatorScheduler` wired to its operators.
 
     operators:
       checkpoint:
-        dir: ./freshet-data/checkpoints
+        dir: ./freshet-data/checkpoints  # default: <store.path>/checkpoints
         retention: 3                 # chains kept
         max_chain_length: 24         # then a new full checkpoint
         background: true             # write files off the training thread
@@ -117,7 +117,12 @@ class ScheduleConfig(_Section):
 class CheckpointConfig(_Section):
     """Where checkpoints go and how many are kept."""
 
-    dir: str = Field(min_length=1, max_length=4096, description="checkpoint root directory")
+    dir: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="checkpoint root directory (default: <store.path>/checkpoints)",
+    )
     retention: int = Field(default=3, ge=1, le=1000, description="chains kept on disk")
     max_chain_length: int | None = Field(
         default=24, ge=1, le=10000, description="checkpoints per chain before a new full one"
@@ -132,7 +137,9 @@ class CheckpointConfig(_Section):
     )
 
     def to_manager(self) -> CheckpointManager:
-        """A :class:`CheckpointManager` (constructing it does no I/O)."""
+        """A :class:`CheckpointManager` (constructing it does no I/O; needs ``dir``)."""
+        if self.dir is None:
+            raise ValueError("checkpoint.dir is not set (a job puts it under its store path)")
         return CheckpointManager(self.dir, self.retention, self.rows_per_file)
 
 
@@ -167,7 +174,7 @@ class OperatorsConfig(_Section):
         if len(set(names)) != len(names):
             raise ValueError(f"each operator may be scheduled once, got {names}")
         if self.checkpoint is None and set(names) & set(CHECKPOINT_OPERATORS):
-            raise ValueError("checkpoint operators are scheduled but checkpoint.dir is not set")
+            raise ValueError("checkpoint operators are scheduled without a checkpoint section")
         return self
 
     def to_schedules(self) -> tuple[OperatorSchedule, ...]:

@@ -131,49 +131,51 @@ def flatten_tree(tree: Mapping[str, Any], sep: str = "/") -> tuple[dict[str, Den
     """Split a nested state into ``(arrays by path, JSON skeleton)``.
 
     Leaves may be tensors, arrays, ints, floats, bools, strings or None; containers dicts
-    (string or int keys), lists and tuples.
+    (string or int keys), lists and tuples. No reference cycle is left behind: ``arrays``
+    (and the state it points at) goes as soon as the caller drops it, not at the next
+    collection of the cyclic garbage collector (a recursive closure would keep it).
     """
     arrays: dict[str, DenseValue] = {}
+    return arrays, _flatten(tree, "", sep, arrays)
 
-    def walk(obj: Any, path: str) -> Any:
-        if isinstance(obj, torch.Tensor | np.ndarray):
-            arrays[path] = obj
-            return {"$array": path}
-        if isinstance(obj, Mapping):
-            items = []
-            for k, v in obj.items():
-                if not isinstance(k, str | int) or isinstance(k, bool):
-                    raise DenseStateError(path, f"key {k!r} is neither str nor int")
-                items.append([k, walk(v, f"{path}{sep}{k}" if path else str(k))])
-            return {"$dict": items}
-        if isinstance(obj, list | tuple):
-            kind = "$list" if isinstance(obj, list) else "$tuple"
-            return {kind: [walk(v, f"{path}{sep}{i}") for i, v in enumerate(obj)]}
-        if isinstance(obj, float) and not math.isfinite(obj):
-            return {"$float": repr(obj)}
-        if obj is None or isinstance(obj, bool | int | float | str):
-            return obj
-        raise DenseStateError(path, f"cannot store a {type(obj).__name__} without pickle")
 
-    return arrays, walk(tree, "")
+def _flatten(obj: Any, path: str, sep: str, arrays: dict[str, DenseValue]) -> Any:
+    if isinstance(obj, torch.Tensor | np.ndarray):
+        arrays[path] = obj
+        return {"$array": path}
+    if isinstance(obj, Mapping):
+        items = []
+        for k, v in obj.items():
+            if not isinstance(k, str | int) or isinstance(k, bool):
+                raise DenseStateError(path, f"key {k!r} is neither str nor int")
+            items.append([k, _flatten(v, f"{path}{sep}{k}" if path else str(k), sep, arrays)])
+        return {"$dict": items}
+    if isinstance(obj, list | tuple):
+        kind = "$list" if isinstance(obj, list) else "$tuple"
+        return {kind: [_flatten(v, f"{path}{sep}{i}", sep, arrays) for i, v in enumerate(obj)]}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"$float": repr(obj)}
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise DenseStateError(path, f"cannot store a {type(obj).__name__} without pickle")
 
 
 def unflatten_tree(arrays: Mapping[str, DenseValue], skeleton: Any) -> Any:
     """Rebuild what :func:`flatten_tree` split (numpy arrays become tensors)."""
+    return _unflatten(skeleton, arrays)
 
-    def build(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$array" in node:
-                value = arrays[node["$array"]]
-                return torch.from_numpy(np.array(value)) if isinstance(value, np.ndarray) else value
-            if "$dict" in node:
-                return {k: build(v) for k, v in node["$dict"]}
-            if "$list" in node:
-                return [build(v) for v in node["$list"]]
-            if "$tuple" in node:
-                return tuple(build(v) for v in node["$tuple"])
-            if "$float" in node:
-                return float(node["$float"])
-        return node
 
-    return build(skeleton)
+def _unflatten(node: Any, arrays: Mapping[str, DenseValue]) -> Any:
+    if isinstance(node, dict):
+        if "$array" in node:
+            value = arrays[node["$array"]]
+            return torch.from_numpy(np.array(value)) if isinstance(value, np.ndarray) else value
+        if "$dict" in node:
+            return {k: _unflatten(v, arrays) for k, v in node["$dict"]}
+        if "$list" in node:
+            return [_unflatten(v, arrays) for v in node["$list"]]
+        if "$tuple" in node:
+            return tuple(_unflatten(v, arrays) for v in node["$tuple"])
+        if "$float" in node:
+            return float(node["$float"])
+    return node

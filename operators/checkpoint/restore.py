@@ -90,18 +90,23 @@ def check_compatible(store: EmbeddingStore, manifest: CheckpointManifest) -> Non
 
 
 def ensure_empty(store: EmbeddingStore, checkpoint: str, clear: bool) -> None:
-    """Raise unless every table is empty; with ``clear``, delete every row first."""
+    """Raise unless every table is empty; with ``clear``, delete every row first.
+
+    The rows counted are distinct ids: a row in DRAM is often on disk too (written back, or
+    promoted and not changed since), and adding the two tiers' counts would name it twice.
+    """
     for t in store.tables:
         stats = store.stats(t.name, count_cold=True)
-        rows = stats.hot_rows + (stats.cold_rows or 0)
-        if not rows:
+        if not stats.hot_rows + (stats.cold_rows or 0):
             continue
+        # export_rows flushes DRAM first, so every row is among the ids it gives, once
+        blocks = [block_ids for block_ids, _ in store.export_rows(t.name)]
+        ids = np.unique(np.concatenate(blocks)) if blocks else np.empty(0, np.int64)
         if not clear:
-            raise StoreNotEmptyError(checkpoint, t.name, rows)
-        ids = [block_ids for block_ids, _ in store.export_rows(t.name)]
-        if ids:
-            store.delete_rows(t.name, np.concatenate(ids))
-        log.info("cleared %d rows of table %r before restoring %s", rows, t.name, checkpoint)
+            raise StoreNotEmptyError(checkpoint, t.name, len(ids))
+        if len(ids):
+            store.delete_rows(t.name, ids)
+        log.info("cleared %d rows of table %r before restoring %s", len(ids), t.name, checkpoint)
 
 
 def restore_chain(

@@ -209,18 +209,13 @@ def test_store_sst_layout_reaches_the_store_config() -> None:
 
 
 @pytest.mark.parametrize("name", ["ctr.yaml", "fraud.yaml"])
-def test_the_commented_operators_block_is_valid_when_uncommented(name: str) -> None:
-    text = (REPO / "configs" / name).read_text()
-    lines = text.splitlines()
-    start = lines.index("# operators:")
-    block = []
-    for line in lines[start:]:
-        if not line.startswith("#"):
-            break
-        block.append(line[2:])
-    raw = yaml.safe_load(text)
-    raw.update(yaml.safe_load("\n".join(block)))
+def test_shipped_configs_checkpoint_on_a_schedule_under_their_store(name: str) -> None:
+    """Issue 17 #3: the shipped jobs checkpoint on a schedule (the block used to be commented
+    out, so a restart re-trained everything); the checkpoints follow the store path, so a job
+    (or a test) that moves its store never resumes from another store's checkpoints."""
+    raw = yaml.safe_load((REPO / "configs" / name).read_text())
     config = JobConfig.model_validate(raw)
+    assert config.operators is not None
     names = [s.operator for s in config.operators.schedules]
     assert names == [
         "tier_migration",
@@ -229,7 +224,13 @@ def test_the_commented_operators_block_is_valid_when_uncommented(name: str) -> N
         "metrics_report",
     ]
     assert config.operators.checkpoint is not None
-    assert config.operators.checkpoint.dir == f"./freshet-data/{name.split('.')[0]}/checkpoints"
+    assert config.operators.checkpoint.dir is None
+    spec = config.to_spec()
+    assert spec.checkpoint is not None
+    assert spec.checkpoint.dir == os.path.join(raw["store"]["path"], "checkpoints")
+    assert (spec.checkpoint.retention, spec.checkpoint.background) == (3, True)
+    moved = config.model_copy(update={"store": config.store.model_copy(update={"path": "/s"})})
+    assert moved.to_spec().checkpoints().dir == "/s/checkpoints"
     compose = yaml.safe_load((REPO / "deploy" / "docker-compose.yml").read_text())
     deployed = compose["services"]["trainer"]["environment"]["FRESHET_OPERATORS__SCHEDULES"]
     assert raw["operators"]["schedules"] == json.loads(deployed)  # what deploy/ runs

@@ -71,3 +71,30 @@ def test_values_needing_pickle_are_refused(value: object) -> None:
 def test_unstorable_leaves_are_refused() -> None:
     with pytest.raises(DenseStateError, match="set"):
         flatten_tree({"x": {1, 2}})
+
+
+def test_flatten_and_unflatten_leave_no_cycle_holding_the_state() -> None:
+    """Issue 17 #10: every checkpoint flattens a fresh copy of the featurizer state (tens of
+    MB); a recursive closure kept each copy in a reference cycle until a rare full garbage
+    collection, and the trainer's RSS grew by ~1 GiB a minute with checkpoints every 3 s."""
+    import gc
+    import weakref
+
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        alive: list[weakref.ref[object]] = []
+        for step in range(20):  # like 20 checkpoints, each of a new copy of the state
+            state = np.full(1000, float(step))
+            param = torch.full((4,), float(step))
+            alive += [weakref.ref(state), weakref.ref(param)]
+            arrays, skeleton = flatten_tree({"featurizer": {"n": state}, "model": {"w": param}})
+            back = unflatten_tree(arrays, skeleton)
+            assert float(back["featurizer"]["n"][0]) == step
+            del state, param, arrays, skeleton, back
+        held = sum(r() is not None for r in alive)
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert held == 0

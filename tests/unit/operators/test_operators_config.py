@@ -102,7 +102,7 @@ def test_a_file_without_the_section_schedules_nothing(tmp_path: Path) -> None:
                     {"operator": "full_checkpoint", "trigger": {"type": "interval", "seconds": 1}}
                 ]
             },
-            "checkpoint.dir is not set",
+            "without a checkpoint section",
         ),
         ({"checkpoint": {"dir": "x", "retention": 0}}, "greater than or equal to 1"),
         ({"checkpoint": {"dir": "x", "colour": "red"}}, "Extra inputs are not permitted"),

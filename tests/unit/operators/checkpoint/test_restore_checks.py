@@ -74,3 +74,24 @@ def test_rows_only_on_disk_or_only_in_a_later_table_make_a_store_non_empty(tmp_p
         assert sorted(np.concatenate([b[0] for b in other.export_rows("t")]).tolist()) == list(
             range(6)
         )
+
+
+def test_a_row_in_dram_and_on_disk_is_counted_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Flushed rows stay in DRAM and are on disk too: 5 rows, not hot 5 + cold 5 = 10."""
+    manager = _checkpoint(tmp_path)
+    with EmbeddingStore(_cfg(tmp_path / "o", TableConfig("t", 2, SGD))) as other:
+        train_step(other, "t", np.arange(100, 105, dtype=np.int64))
+        other.end_step()
+        other.flush()
+        stats = other.stats("t", count_cold=True)
+        assert (stats.hot_rows, stats.cold_rows) == (5, 5)
+        with pytest.raises(StoreNotEmptyError, match="table 't' holds 5 rows;"):
+            manager.restore(other)
+        with caplog.at_level("INFO", logger="operators.checkpoint.restore"):
+            manager.restore(other, clear=True)
+        assert "cleared 5 rows of table 't'" in caplog.text
+        assert sorted(np.concatenate([b[0] for b in other.export_rows("t")]).tolist()) == list(
+            range(6)
+        )
