@@ -52,12 +52,12 @@ from pipeline.features.entity_state import DistinctCount, SincePrevious
 from pipeline.features.errors import FeatureValueError
 from pipeline.features.hashing import (
     MISSING_BASE,
+    StringHasher,
     base_values,
     cross_ids,
     hash_bases,
     hash_column,
     salt64,
-    text_bases,
 )
 from pipeline.features.moments import RunningMoments
 from pipeline.features.spec import (
@@ -408,6 +408,7 @@ class Featurizer:
     def _plan(self) -> None:
         """What every batch needs from the spec, worked out once (no per-batch setup)."""
         spec = self.spec
+        self._hasher = StringHasher()  # string categories' hashes, looked up vectorised
         simple = [s for s in spec.sparse if not isinstance(s, CrossSpec | MultiHotSpec)]
         self._simple = simple
         self._simple_salts = np.array([self._salt(s) for s in simple], dtype=np.uint64)[:, None]
@@ -477,7 +478,7 @@ class Featurizer:
             else:
                 bases[i] = got
         if text_rows:
-            flat = text_bases(text_values, self._strings)
+            flat = self._hasher.strings(text_values)
             if flat is not None:
                 bases[text_rows] = flat.reshape(len(text_rows), n)
             else:  # some value is not a string: each column hashes its own str() of it
