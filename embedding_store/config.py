@@ -201,6 +201,9 @@ class StoreConfig:
     ``block_cache_bytes`` is one LRU block cache they share, ``memtable_budget_bytes`` caps
     their memtables (RocksDB flushes early to stay under it; ``None``: only the per-column-family
     ``write_buffer_bytes``, up to two of them each). ``sst`` is the layout of its table files.
+    ``parallel_shards`` runs the shards' parts of a lookup or update on a thread pool, but
+    only for calls of at least ``parallel_min_rows`` unique ids: below that, handing work to
+    threads costs more than the work (``freshet bench batches``; benchmarks/results/HISTORY.md).
     """
 
     path: str
@@ -210,6 +213,7 @@ class StoreConfig:
     lfu_decay: float = 0.5
     evict_slack: float = 0.05
     parallel_shards: bool = True
+    parallel_min_rows: int = 1024
     write_buffer_bytes: int = 16 << 20
     sync_writes: bool = False
     block_cache_bytes: int = 32 << 20
@@ -230,6 +234,8 @@ class StoreConfig:
             raise ConfigError(f"lfu_decay must be in (0, 1], got {self.lfu_decay}")
         if not 0.0 <= self.evict_slack < 1.0:
             raise ConfigError(f"evict_slack must be in [0, 1), got {self.evict_slack}")
+        if self.parallel_min_rows < 0:
+            raise ConfigError(f"parallel_min_rows must be >= 0, got {self.parallel_min_rows}")
         if self.block_cache_bytes < 0:
             raise ConfigError(f"block_cache_bytes must be >= 0, got {self.block_cache_bytes}")
         if self.memtable_budget_bytes is not None and self.memtable_budget_bytes < 1 << 20:

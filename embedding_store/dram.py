@@ -61,11 +61,11 @@ class DramTier:
         """The slot of each id, or -1."""
         self._check()
         slots = self._index.lookup(ids)
-        hit = slots >= 0
-        cand = slots[hit]
-        ok = self.live[cand] & (self.ids[cand] == ids[hit])
-        bad = np.flatnonzero(hit)[~ok]
-        slots[bad] = -1
+        # -1 reads the last slot here: whatever it holds, the first test has ruled it out
+        ok = slots >= 0
+        ok &= self.live[slots]
+        ok &= self.ids[slots] == ids
+        slots[~ok] = -1
         return slots
 
     def insert(

@@ -130,22 +130,30 @@ class ShardTable:
     ) -> tuple[FloatArray, SlotArray]:
         """Embeddings of unique ``ids`` and their DRAM slots (-1: not admitted, not stored)."""
         with self.lock:
-            slots = self.hot.find(ids)
+            hot = self.hot
+            slots = hot.find(ids)
             miss = np.flatnonzero(slots < 0)
             self.counters.hits += len(ids) - len(miss)
             self.counters.misses += len(miss)
+            stored: npt.NDArray[np.bool_] | None = None  # None: every id has a row
             if len(miss):
                 slots[miss] = self._load(ids[miss], step, now)
-            stored = slots >= 0
-            out = np.empty((len(ids), self.table.dim), dtype=np.float32)
-            s = slots[stored]
-            self.counters.created += int(self.hot.provisional[s].sum())
+                stored = slots >= 0
+                if stored.all():
+                    stored = None
+            s = slots if stored is None else slots[stored]
+            created = hot.provisional[s]
+            if created.any():
+                self.counters.created += int(created.sum())
             self._touch(s, step, now)
             if pin:
-                self.hot.pins[s] += 1
-            out[stored] = self.hot.rows["emb"][s]
-            if not stored.all():
-                out[~stored] = self._unadmitted_values(ids[~stored])
+                hot.pins[s] += 1
+            emb: FloatArray = hot.rows["emb"][s]
+            if stored is None:
+                return emb, slots
+            out = np.empty((len(ids), self.table.dim), dtype=np.float32)
+            out[stored] = emb
+            out[~stored] = self._unadmitted_values(ids[~stored])
             return out, slots
 
     def _load(self, ids: IdArray, step: int, now: float) -> SlotArray:
@@ -186,7 +194,10 @@ class ShardTable:
 
     def _touch(self, slots: SlotArray, step: int, now: float) -> None:
         rows = self.hot.rows
-        rows["freq"][slots] = self.effective_freq(slots) + np.float32(1.0)
+        freq = rows["freq"][slots]
+        if (rows["epoch"][slots] != self.epoch).any():  # else every count is as it was
+            freq = self.effective_freq(slots)
+        rows["freq"][slots] = freq + np.float32(1.0)
         rows["epoch"][slots] = self.epoch
         rows["last_step"][slots] = step
         rows["last_time"][slots] = now
@@ -214,13 +225,17 @@ class ShardTable:
                 slots[miss] = self._load(ids[miss], step, now)
                 ok = slots[miss] >= 0
                 self._touch(slots[miss][ok], step, now)
-            keep = slots >= 0
-            s = slots[keep]
-            if not len(s):
+                keep = slots >= 0
+                s, ids, grads = slots[keep], ids[keep], grads[keep]
+                if not len(s):
+                    return 0
+            elif not len(slots):
                 return 0
-            prov = s[self.hot.provisional[s]]
-            if len(prov):  # prefetched ahead but never looked up: make them real now
-                self._touch(prov, step, now)
+            else:
+                s = slots
+            prov = self.hot.provisional[s]
+            if prov.any():  # prefetched ahead but never looked up: make them real now
+                self._touch(s[prov], step, now)
             rows = self.hot.rows
             emb = rows["emb"][s]
             # gather the state column alone, not whole structured rows
@@ -229,13 +244,13 @@ class ShardTable:
                 if self.layout.state_dim
                 else np.zeros((len(s), 0), dtype=np.float32)
             )
-            new_emb, new_state = optimizers.update(emb, state, grads[keep], self.table.optimizer)
+            new_emb, new_state = optimizers.update(emb, state, grads, self.table.optimizer)
             rows["emb"][s] = new_emb
             if self.layout.state_dim:
                 rows["state"][s] = new_state
             rows["version"][s] = version
             self.hot.dirty[s] = True
-            self._log_written(ids[keep], version)
+            self._log_written(ids, version)
             return len(s)
 
     def _log_written(self, ids: IdArray, version: int) -> None:

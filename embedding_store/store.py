@@ -123,6 +123,8 @@ class _Pending:
 class _StepState:
     pins: list[tuple[ShardTable, SlotArray]] = field(default_factory=list)
     pending: list[_Pending] = field(default_factory=list)
+    # the shard split of the ids each table's lookup read this step, reused by its gradients
+    splits: dict[str, tuple[IdArray, list[SlotArray]]] = field(default_factory=dict)
 
 
 class EmbeddingStore:
@@ -386,10 +388,25 @@ class EmbeddingStore:
         bounds = np.cumsum(np.bincount(shard, minlength=n))[:-1]
         return list(np.split(order, bounds))
 
-    def _map(self, fn: Callable[[int], Any], n: int) -> list[Any]:
-        if self._pool is None:
+    def _map(self, fn: Callable[[int], Any], n: int, rows: int | None = None) -> list[Any]:
+        """``fn`` of every shard: inline, or on the shard pool for ``rows`` >= the threshold.
+
+        Handing a shard's work to a thread costs more than a small batch's work itself
+        (``StoreConfig.parallel_min_rows``); ``rows=None`` (maintenance) always may use it.
+        """
+        if self._pool is None or (rows is not None and rows < self.config.parallel_min_rows):
             return [fn(i) for i in range(n)]
         return list(self._pool.map(fn, range(n)))
+
+    def _split_unique(self, table: str, uniq: IdArray) -> list[SlotArray]:
+        """``_split(uniq)``, shared by a table's lookup and its gradients in the same step."""
+        step = self._step
+        cached = step.splits.get(table)
+        if cached is not None and cached[0] is uniq:
+            return cached[1]
+        parts = self._split(uniq)
+        step.splits[table] = (uniq, parts)
+        return parts
 
     # -- training ------------------------------------------------------------
     def lookup(self, table: str, ids: object, pin: bool = True) -> torch.Tensor:
@@ -406,7 +423,7 @@ class EmbeddingStore:
         sts = self._shard_tables(table)
         dim = sts[0].table.dim
         out = np.empty((len(uniq), dim), dtype=np.float32)
-        parts = self._split(uniq)
+        parts = self._split_unique(table, uniq) if pin else self._split(uniq)
         step, now = self._version + 1, self.clock()
 
         def one(i: int) -> tuple[int, SlotArray]:
@@ -415,9 +432,10 @@ class EmbeddingStore:
             out[pos] = emb
             return i, slots
 
-        for i, slots in self._map(one, len(sts)):
+        pins = self._step.pins
+        for i, slots in self._map(one, len(sts), len(uniq)):
             if pin:
-                self._step.pins.append((sts[i], slots))
+                pins.append((sts[i], slots))
         return out
 
     def apply_gradients(self, table: str, ids: object, grads: object) -> int:
@@ -446,14 +464,14 @@ class EmbeddingStore:
 
     def _apply_unique(self, table: str, uniq: IdArray, grads: FloatArray) -> int:
         sts = self._shard_tables(table)
-        parts = self._split(uniq)
+        parts = self._split_unique(table, uniq)
         version, now = self._version + 1, self.clock()
 
         def one(i: int) -> int:
             pos = parts[i]
             return sts[i].apply(uniq[pos], grads[pos], version, version, now)
 
-        return int(sum(self._map(one, len(sts))))
+        return int(sum(self._map(one, len(sts), len(uniq))))
 
     def register(self, table: str, uniq_ids: IdArray, weight: torch.Tensor) -> None:
         """Remember a leaf tensor of rows whose ``.grad`` ``step()`` will apply (for modules)."""

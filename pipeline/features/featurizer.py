@@ -52,12 +52,12 @@ from pipeline.features.entity_state import DistinctCount, SincePrevious
 from pipeline.features.errors import FeatureValueError
 from pipeline.features.hashing import (
     MISSING_BASE,
+    StringHasher,
     base_values,
     cross_ids,
     hash_bases,
     hash_column,
     salt64,
-    text_bases,
 )
 from pipeline.features.moments import RunningMoments
 from pipeline.features.spec import (
@@ -330,6 +330,45 @@ def bucket_of(x: F64, spec: BucketizeSpec) -> I64:
     return out
 
 
+def log_buckets(x: F64, steps: F64) -> I64:
+    """:func:`bucket_of` of several ``log_step`` features at once: row ``i`` by ``steps[i]``.
+
+    >>> s = BucketizeSpec("b", "t", "x", log_step=0.5)
+    >>> x = np.array([[0.5, 3.0, np.nan], [-2.0, 0.0, 1e9]])
+    >>> rows = log_buckets(x, np.array([0.5, 0.5]))
+    >>> rows.tolist() == [bucket_of(x[0], s).tolist(), bucket_of(x[1], s).tolist()]
+    True
+    """
+    nan = np.isnan(x)
+    clean = np.nan_to_num(x)
+    b = np.floor(np.sign(x) * np.log1p(np.abs(clean)) / steps[:, None])
+    out: I64 = np.where(nan, -(1 << 62), np.nan_to_num(b)).astype(np.int64)
+    return out
+
+
+def _memo(col: Column) -> Column:
+    """``col``, reading each field once (sparse and dense features often share fields)."""
+    seen: dict[str, list[Any]] = {}
+
+    def read(name: str) -> list[Any]:
+        got = seen.get(name)
+        if got is None:
+            got = seen[name] = col(name)
+        return got
+
+    return read
+
+
+def _numeric_rows(col: Column, fields: Sequence[str]) -> F64:
+    """Several numeric fields as the rows of one (fields, events) array."""
+    try:
+        return np.asarray([col(f) for f in fields], dtype=np.float64)
+    except (TypeError, ValueError):
+        for f in fields:  # name the field that is not numeric
+            numeric(col(f), f)
+        raise
+
+
 class Featurizer:
     """Stateful feature computation for one :class:`FeatureSpec` (see the module docstring)."""
 
@@ -366,6 +405,41 @@ class Featurizer:
         # sparse ids and times of batches seen by sparse_ids(), for their transform() later
         self._ahead: OrderedDict[int, tuple[Sequence[Any], dict[str, SparseIds], F64 | None]]
         self._ahead = OrderedDict()
+        self._plan()
+
+    def _plan(self) -> None:
+        """What every batch needs from the spec, worked out once (no per-batch setup)."""
+        spec = self.spec
+        self._hasher = StringHasher()  # string categories' hashes, looked up vectorised
+        simple = [s for s in spec.sparse if not isinstance(s, CrossSpec | MultiHotSpec)]
+        self._simple = simple
+        self._simple_salts = np.array([self._salt(s) for s in simple], dtype=np.uint64)[:, None]
+        # log-step buckets of all features in one vectorised pass
+        logb = [
+            (i, s)
+            for i, s in enumerate(simple)
+            if isinstance(s, BucketizeSpec) and not s.boundaries
+        ]
+        self._log_rows = np.array([i for i, _ in logb], dtype=np.intp)
+        self._log_fields = [s.field for _, s in logb]
+        self._log_steps = np.array(
+            [1.0 if s.log_step is None else s.log_step for _, s in logb], dtype=np.float64
+        )
+        self._per_feature = [i for i in range(len(simple)) if i not in set(self._log_rows.tolist())]
+        position = {s.name: i for i, s in enumerate(simple)}
+        self._table_rows: dict[str, npt.NDArray[np.intp] | None] = {
+            t: (
+                np.array([position[n] for n in spec.table_features(t)], dtype=np.intp)
+                if all(n in position for n in spec.table_features(t)) and not spec.is_jagged(t)
+                else None
+            )
+            for t in spec.tables
+        }
+        self._sparse_names = {t: spec.table_features(t) for t in spec.tables}
+        self._dense_names = spec.dense_names
+        raw_dense = [j for j, d in enumerate(spec.dense) if d.aggregate is None]
+        self._raw_dense = np.array(raw_dense, dtype=np.intp)
+        self._raw_fields = [str(spec.dense[j].field) for j in raw_dense]
 
     # -- sparse (stateless) --------------------------------------------------
     def _bases(
@@ -388,12 +462,16 @@ class Featurizer:
         blake2b per distinct string of the batch), so a batch's fixed cost does not grow
         with a hash call per feature.
         """
-        simple = [s for s in self.spec.sparse if not isinstance(s, CrossSpec | MultiHotSpec)]
+        simple = self._simple
         n = len(col(self.spec.label))
         bases = np.empty((len(simple), n), dtype=np.uint64)
         text_rows: list[int] = []
         text_values: list[Any] = []
-        for i, spec in enumerate(simple):
+        if len(self._log_rows):
+            x = _numeric_rows(col, self._log_fields)
+            bases[self._log_rows] = log_buckets(x, self._log_steps).view(np.uint64)
+        for i in self._per_feature:
+            spec = simple[i]
             got = self._bases(spec, col, times, hashed)
             if got is None:
                 assert isinstance(spec, CategoricalSpec)
@@ -402,15 +480,20 @@ class Featurizer:
             else:
                 bases[i] = got
         if text_rows:
-            flat = text_bases(text_values, self._strings)
+            flat = self._hasher.strings(text_values)
             if flat is not None:
                 bases[text_rows] = flat.reshape(len(text_rows), n)
             else:  # some value is not a string: each column hashes its own str() of it
                 for k, i in enumerate(text_rows):
                     part = text_values[k * n : (k + 1) * n]
                     bases[i] = base_values(part, "str", "category", self._strings)[0]
-        salts = np.array([self._salt(s) for s in simple], dtype=np.uint64)
-        ids = splitmix64(bases ^ salts[:, None]).view(np.int64)
+        ids = splitmix64(bases ^ self._simple_salts).view(np.int64)
+        out: dict[str, SparseIds] = {}
+        if len(simple) == len(self.spec.sparse):  # every table a grid of simple features
+            for table, rows in self._table_rows.items():
+                assert rows is not None
+                out[table] = np.ascontiguousarray(ids[rows].T)
+            return out
         done: dict[str, SparseIds] = {s.name: ids[i] for i, s in enumerate(simple)}
         for other in self.spec.sparse:
             if isinstance(other, CrossSpec):
@@ -420,7 +503,6 @@ class Featurizer:
                 )
             elif isinstance(other, MultiHotSpec):
                 done[other.name] = self._multi_hot(other, col)
-        out: dict[str, SparseIds] = {}
         for table in self.spec.tables:
             names = self.spec.table_features(table)
             if self.spec.is_jagged(table):
@@ -468,7 +550,7 @@ class Featurizer:
         takes that same batch (the last ``AHEAD_KEPT`` batches): a batch looked at ahead for
         prefetching is not hashed twice.
         """
-        col = event_columns(events)
+        col = _memo(event_columns(events))
         times = self._times(col) if self._needs_time() else None
         sparse = self._sparse(col, times, _hashed(events))
         if isinstance(events, tuple | ColumnarEvents):
@@ -605,11 +687,12 @@ class Featurizer:
             for e in self.spec.entity_states
         }
         raw = np.empty((len(self.spec.dense), n), dtype=np.float64)
+        if len(self._raw_dense):
+            raw[self._raw_dense] = _numeric_rows(col, self._raw_fields)
         for j, d in enumerate(self.spec.dense):
             if d.aggregate is None:
-                assert d.field is not None
-                raw[j] = numeric(col(d.field), d.field)
-            elif d.aggregate in states:
+                continue
+            if d.aggregate in states:
                 raw[j] = states[d.aggregate]
             else:
                 stats, values = results[d.aggregate]
@@ -645,7 +728,7 @@ class Featurizer:
         """
         if alone and update:
             raise ValueError("alone=True reads the state only; it needs update=False")
-        col = event_columns(events)
+        col = _memo(event_columns(events))
         labels = numeric(col(self.spec.label), self.spec.label).astype(np.float32)
         sparse, times = self._sparse_and_times(events, col)
         dense = self._dense(col, times, labels, update, alone)
@@ -655,8 +738,8 @@ class Featurizer:
             labels=labels,
             dense=dense,
             sparse=sparse,
-            dense_names=self.spec.dense_names,
-            sparse_names={t: self.spec.table_features(t) for t in self.spec.tables},
+            dense_names=self._dense_names,
+            sparse_names=self._sparse_names,
             timestamps=times,
         )
 

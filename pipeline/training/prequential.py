@@ -132,13 +132,18 @@ class PrequentialMetrics:
         self.window = window
         self.record_every = record_every
         self.exact_limit = exact_limit
-        self._scores: list[F64] | None = []
-        self._labels: list[npt.NDArray[np.bool_]] | None = []
+        # exact history: the first `_kept` entries of growing buffers (doubled when full, so
+        # an append costs its own events); None once past exact_limit
+        self._scores: F64 | None = np.empty(1024, dtype=np.float64)
+        self._labels: npt.NDArray[np.bool_] | None = np.empty(1024, dtype=np.bool_)
+        self._kept = 0
         self._ring_s = np.zeros(window, dtype=np.float64)
         self._ring_y = np.zeros(window, dtype=np.bool_)
         self._ring_at = 0
-        self._hist_pos = np.zeros(_BINS, dtype=np.int64)
-        self._hist_neg = np.zeros(_BINS, dtype=np.int64)
+        # built from the exact history when it ends (2 x 2**17 counts: too big to touch on
+        # every small batch while nothing reads them)
+        self._hist_pos: npt.NDArray[np.int64] | None = None
+        self._hist_neg: npt.NDArray[np.int64] | None = None
         self._loss_sum = 0.0
         self._positives = 0
         self.events = 0
@@ -151,21 +156,16 @@ class PrequentialMetrics:
         y = np.asarray(labels).reshape(-1).astype(bool)
         if len(s) != len(y):
             raise ValueError(f"{len(s)} scores but {len(y)} labels")
-        bins = _score_bins(s)
-        self._hist_pos += np.bincount(bins[y], minlength=_BINS)
-        self._hist_neg += np.bincount(bins[~y], minlength=_BINS)
         self._push_window(s, y)
         self._loss_sum += log_loss(s, y) * len(y) if len(y) else 0.0
         self._positives += int(y.sum())
         self.events += len(y)
-        if self._scores is not None and self._labels is not None:
-            if self.events > self.exact_limit:
-                self._scores = self._labels = None  # from now on: the histogram
-            else:
-                self._scores.append(s)
-                self._labels.append(y)
-                if len(self._scores) > 64:
-                    self._compact()
+        if self._scores is not None and self.events <= self.exact_limit:
+            self._keep(s, y)
+        else:
+            if self._scores is not None:  # from now on: the histogram
+                self._start_histogram()
+            self._count(s, y)
         if self.record_every and self.events >= self._next_record:
             self.curve.append(self.point())
             while self._next_record <= self.events:
@@ -183,10 +183,37 @@ class PrequentialMetrics:
         self._ring_y[: len(s) - first] = y[first:]
         self._ring_at += len(s)
 
-    def _compact(self) -> None:
-        if self._scores and self._labels:
-            self._scores = [np.concatenate(self._scores)]
-            self._labels = [np.concatenate(self._labels)]
+    def _keep(self, s: F64, y: npt.NDArray[np.bool_]) -> None:
+        assert self._scores is not None and self._labels is not None
+        end = self._kept + len(s)
+        if end > len(self._scores):
+            size = max(end, min(2 * len(self._scores), self.exact_limit))
+            self._scores = np.resize(self._scores, size)
+            self._labels = np.resize(self._labels, size)
+        self._scores[self._kept : end] = s
+        self._labels[self._kept : end] = y
+        self._kept = end
+
+    def _start_histogram(self) -> None:
+        self._hist_pos = np.zeros(_BINS, dtype=np.int64)
+        self._hist_neg = np.zeros(_BINS, dtype=np.int64)
+        s, y = self._exact()
+        self._count(s, y)
+        self._scores = self._labels = None
+
+    def _count(self, s: F64, y: npt.NDArray[np.bool_]) -> None:
+        assert self._hist_pos is not None and self._hist_neg is not None
+        bins = _score_bins(s)
+        if len(bins) * 64 < _BINS:  # a small batch: add its events, not 2**17 counts
+            np.add.at(self._hist_pos, bins[y], 1)
+            np.add.at(self._hist_neg, bins[~y], 1)
+        else:
+            self._hist_pos += np.bincount(bins[y], minlength=_BINS)
+            self._hist_neg += np.bincount(bins[~y], minlength=_BINS)
+
+    def _exact(self) -> tuple[F64, npt.NDArray[np.bool_]]:
+        assert self._scores is not None and self._labels is not None
+        return self._scores[: self._kept], self._labels[: self._kept]
 
     @property
     def auc_is_exact(self) -> bool:
@@ -202,12 +229,12 @@ class PrequentialMetrics:
 
     def auc(self) -> float:
         """Cumulative AUC over every event so far."""
-        if self._scores is None or self._labels is None:
+        if self._scores is None:
+            assert self._hist_pos is not None and self._hist_neg is not None
             return histogram_auc(self._hist_pos, self._hist_neg)
-        if not self._scores:
+        if not self._kept:
             return math.nan
-        self._compact()
-        return auc(self._scores[0], self._labels[0])
+        return auc(*self._exact())
 
     def window_auc(self) -> float:
         """AUC over the last ``window`` events."""

@@ -139,6 +139,7 @@ class OnlineTrainer:
         self.batches = 0
         self.seconds = 0.0
         self.featurize_seconds = 0.0
+        self._mode: bool | None = None  # what _set_mode last set
 
     # -- inputs --------------------------------------------------------------
     def featurize(self, batch: Batch | Sequence[Any]) -> Batch:
@@ -159,8 +160,13 @@ class OnlineTrainer:
 
     # -- scoring and training ------------------------------------------------
     def _set_mode(self, training: bool) -> None:
-        if isinstance(self.model, nn.Module):
+        # nn.Module.train walks every submodule: only when the mode changes (or someone else
+        # changed the model's own flag)
+        if isinstance(self.model, nn.Module) and (
+            self._mode is not training or self.model.training is not training
+        ):
             self.model.train(training)
+            self._mode = training
 
     def score(self, batch: Batch | Sequence[Any]) -> F32:
         """Probabilities for a batch without training (events are featurised without update).
@@ -201,7 +207,7 @@ class OnlineTrainer:
         if scores is None:
             scores = torch.sigmoid(logits.detach())
         loss = F.binary_cross_entropy_with_logits(logits, labels, reduction=self.reduction)
-        scores_np = scores.numpy().astype(np.float32)
+        scores_np = scores.numpy().astype(np.float32, copy=False)  # a fresh tensor
         n = len(b)
         if n:
             self.metrics.update(scores_np, b.labels)

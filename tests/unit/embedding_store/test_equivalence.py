@@ -58,9 +58,10 @@ def train_store(
     shards: int,
     hot_rows: int | None,
     slab_rows: int | None = None,
+    parallel_min_rows: int = 1024,
 ):
     table = TableConfig("t", DIM, opt, seed=3, hot_rows=hot_rows, slab_rows=slab_rows)
-    cfg = StoreConfig(str(path), (table,), num_shards=shards)
+    cfg = StoreConfig(str(path), (table,), num_shards=shards, parallel_min_rows=parallel_min_rows)
     data = stream()
     offsets = torch.arange(0, BATCH * BAG, BAG)
     tower = Tower()
@@ -146,3 +147,16 @@ def test_store_matches_plain_torch(tmp_path: Path, name: str) -> None:
     assert np.array_equal(weight[untouched], init)
     for a, b in zip(dense, ref_dense, strict=True):
         assert (a - b).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["adagrad", "ftrl"])
+def test_shard_work_inline_or_on_the_pool_is_the_same(tmp_path: Path, name: str) -> None:
+    """Small calls run the shards inline, large ones on the pool: the same rows either way."""
+    opt = OPTIMIZERS[name]
+    pooled = train_store(tmp_path / "pool", opt, shards=4, hot_rows=100, parallel_min_rows=0)
+    inline = train_store(tmp_path / "inline", opt, shards=4, hot_rows=100, parallel_min_rows=10**9)
+    assert np.array_equal(pooled[0], inline[0])
+    for f in ("emb", "state", "version", "last_step", "freq", "epoch"):  # bit for bit
+        assert np.array_equal(pooled[1][f], inline[1][f]), f
+    for a, b in zip(pooled[2], inline[2], strict=True):
+        assert torch.equal(a, b)

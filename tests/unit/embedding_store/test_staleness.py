@@ -20,11 +20,15 @@ def test_no_worker_reads_more_than_s_steps_behind(tmp_path: Path, staleness: int
     steps, workers = 15, 3
     leads: list[int] = []
     errors: list[BaseException] = []
+    # every worker joins the clock before any steps: one that joined after another's first
+    # step would start at that clock (the slowest), not at 0
+    joined = threading.Barrier(workers)
     with EmbeddingStore(cfg) as store:
 
         def trainer(seed: int) -> None:
             rng = random.Random(seed)
             w = store.register_worker()
+            joined.wait(timeout=30)
             try:
                 for _ in range(steps):
                     lead = store.begin_step(w, timeout=30)

@@ -114,3 +114,46 @@ def test_window_ring_handles_batches_larger_than_the_window() -> None:
     s, _ = m.recent()
     assert sorted(s.tolist()) == [0.4, 0.5, 0.9]
     assert m.recent()[0].tolist() == [0.4, 0.9, 0.5]  # oldest first
+
+
+@pytest.mark.parametrize("exact_limit", [0, 1_000, 5_000])
+def test_histogram_counts_every_event_whatever_the_batch_sizes(exact_limit: int) -> None:
+    """Past ``exact_limit``, the histogram holds the bins of all events, earlier ones too.
+
+    Small batches add their events one by one and large ones a whole bincount; the history
+    kept before the switch is binned when it ends: the counts are those of one bincount of
+    every event, and the AUC is the histogram AUC of those counts.
+    """
+    from pipeline.training.prequential import _BINS, _score_bins, histogram_auc
+
+    rng = np.random.default_rng(3)
+    m = PrequentialMetrics(window=100, exact_limit=exact_limit)
+    all_s, all_y = [], []
+    for size in [16, 64, 3000, 1, 700, 16, 5000, 64]:
+        y = rng.random(size) < 0.2
+        s = rng.random(size)
+        m.update(s, y)
+        all_s.append(s)
+        all_y.append(y)
+    s_all, y_all = np.concatenate(all_s), np.concatenate(all_y)
+    bins = _score_bins(s_all)
+    pos = np.bincount(bins[y_all], minlength=_BINS)
+    neg = np.bincount(bins[~y_all], minlength=_BINS)
+    if exact_limit >= len(s_all):
+        assert m.auc_is_exact and m.auc() == auc(s_all, y_all)
+    else:
+        assert not m.auc_is_exact
+        assert m._hist_pos is not None and m._hist_neg is not None
+        assert (m._hist_pos == pos).all() and (m._hist_neg == neg).all()
+        assert m.auc() == histogram_auc(pos, neg)
+
+
+def test_exact_history_grows_by_doubling_up_to_the_limit() -> None:
+    m = PrequentialMetrics(exact_limit=3_000)
+    s = np.linspace(0.0, 1.0, 16)
+    y = np.arange(16) % 2 == 0
+    for _ in range(180):  # 2,880 events
+        m.update(s, y)
+    assert m.auc_is_exact and m.events == 2_880
+    assert m._scores is not None and len(m._scores) == 3_000  # capped at the limit, not 4,096
+    assert m.auc() == auc(np.tile(s, 180), np.tile(y, 180))
