@@ -43,7 +43,7 @@ from operators.checkpoint.dense_state import DenseArray, DenseValue, snapshot_de
 from operators.checkpoint.format import CheckpointKind
 from operators.checkpoint.store_schema import store_config_to_json
 
-Blocks = Iterable[tuple[IdArray, RowBlock]]
+Blocks = Iterable[tuple[IdArray, RowBlock]]  # pragma: no mutate
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ class TableSnapshot:
     dim: int
     state_dim: int
     blocks: Blocks
-    tombstones: IdArray | None = None
-    sightings: SightingBlock | None = None
+    tombstones: IdArray | None = None  # pragma: no mutate
+    sightings: SightingBlock | None = None  # pragma: no mutate
 
     @property
     def rows(self) -> int:

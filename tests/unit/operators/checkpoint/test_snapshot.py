@@ -47,6 +47,8 @@ def test_table_snapshot_defaults_and_row_counts() -> None:
     assert (snap.rows, snap.capture_seconds) == (8, 0.0)
     assert dataclasses.replace(snap, tables=(listed, streaming)).rows == -1
     assert dataclasses.replace(snap, tables=()).rows == 0
+    empty = TableSnapshot("t", 2, 0, [])
+    assert empty.rows == 0 and dataclasses.replace(snap, tables=(empty, listed)).rows == 4
     with pytest.raises(dataclasses.FrozenInstanceError):
         snap.version = 2  # type: ignore[misc]
 
@@ -123,3 +125,22 @@ def test_an_expiry_at_the_base_boundary_is_a_tombstone_of_the_next_increment(
             inc = capture_incremental(store, base, {}, {}, config_hash="h", extra={})
         (table,) = inc.tables
         assert table.tombstones is not None and sorted(table.tombstones.tolist()) == [1, 2]
+
+
+def test_ids_expired_before_the_base_are_not_tombstones_again(tmp_path: Path) -> None:
+    with store_at(tmp_path / "s") as store:
+        train_step(store, "t", np.array([1, 2], dtype=np.int64))
+        store.end_step()
+        for _ in range(3):
+            train_step(store, "t", np.array([7], dtype=np.int64))
+            store.end_step()
+        assert sorted(store.expire()["t"].tolist()) == [1, 2]
+        train_step(store, "t", np.array([7], dtype=np.int64))
+        store.end_step()
+        base = full(store).version  # the base already lacks 1 and 2
+        train_step(store, "t", np.array([7], dtype=np.int64))
+        store.end_step()
+        with store.step_boundary():
+            inc = capture_incremental(store, base, {}, {}, config_hash="h", extra={})
+        (table,) = inc.tables
+        assert table.tombstones is not None and table.tombstones.tolist() == []
