@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     """Start the broker, print its bootstrap address and wait for Ctrl-C."""
     broker = EmbeddedBroker(host=args.host, port=args.port, log_path=args.log_file)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # a shell starts background jobs with SIGINT ignored, and Python keeps that: Ctrl-C / kill
+    # -INT must stop the broker however it was started
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         broker.start()
         if args.topics:
@@ -75,3 +78,4 @@ def run(args: argparse.Namespace) -> int:
     finally:
         broker.stop()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)

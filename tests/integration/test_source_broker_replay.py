@@ -126,8 +126,11 @@ def test_replay_command_with_a_generator(
         decode("transaction", r.value)  # the generator speaks the event schema
 
 
-def test_broker_command_runs_until_interrupted() -> None:
-    code = (
+@pytest.mark.parametrize("started_with_sigint_ignored", [False, True])
+def test_broker_command_runs_until_interrupted(started_with_sigint_ignored: bool) -> None:
+    """Ctrl-C stops it, also when started as a shell's background job (SIGINT ignored)."""
+    ignore = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    code = (ignore if started_with_sigint_ignored else "") + (
         "import argparse, sys; from pipeline.cli import broker as broker_cmd; "
         "p = argparse.ArgumentParser(); broker_cmd.add_arguments(p); "
         "sys.exit(broker_cmd.run(p.parse_args(['--topic', 'events:2'])))"
