@@ -1,0 +1,165 @@
+"""CheckpointManager: its arguments, background writes, the base per store, what a commit
+records and logs, the rebuilt index, and compaction that lost the race to a newer chain."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
+from operators.checkpoint.chain import CHAINS_FILE
+from operators.checkpoint.format import CheckpointKind
+from operators.checkpoint.manager import WRITE_LOG_CONSUMER, CheckpointManager
+from operators.errors import CheckpointError, NoBaseCheckpointError
+from tests.unit.operators.conftest import train_step
+
+TABLES = (TableConfig("t", 2, OptimizerConfig("sgd", lr=0.1)),)
+
+
+def store_at(path: Path) -> EmbeddingStore:
+    return EmbeddingStore(StoreConfig(str(path), TABLES, num_shards=2))
+
+
+def step(store: EmbeddingStore, ids: list[int]) -> None:
+    train_step(store, "t", np.array(ids, dtype=np.int64))
+    store.end_step()
+
+
+def test_arguments_and_their_defaults(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as err:
+        CheckpointManager(str(tmp_path), retention=0)
+    assert str(err.value) == "retention must be >= 1, got 0"
+    with pytest.raises(ValueError) as err:
+        CheckpointManager(str(tmp_path), rows_per_file=0)
+    assert str(err.value) == "rows_per_file must be >= 1, got 0"
+    smallest = CheckpointManager(str(tmp_path), retention=1, rows_per_file=1)
+    assert (smallest.retention, smallest.rows_per_file) == (1, 1)
+    default = CheckpointManager(str(tmp_path / "d"))
+    assert (default.retention, default.rows_per_file) == (3, 1 << 20)
+    assert default.root == os.path.abspath(tmp_path / "d") and not os.path.exists(default.root)
+    assert WRITE_LOG_CONSUMER == "checkpoint"
+
+
+def test_a_background_write_is_busy_until_committed(tmp_path: Path) -> None:
+    gate = threading.Event()
+    seen: list[str] = []
+
+    def hold(path: str) -> None:
+        seen.append(threading.current_thread().name)
+        gate.wait(30)
+
+    manager = CheckpointManager(str(tmp_path / "c"), file_hook=hold)
+    with store_at(tmp_path / "s") as store:
+        step(store, [1, 2, 3])
+        handle = manager.submit_full(store, {"w": np.zeros(2, np.float32)}, {"p": 1}, "h")
+        assert (handle.kind, handle.version, handle.rows) == (
+            CheckpointKind.FULL,
+            store.version,
+            3,
+        )
+        assert handle.capture_seconds > 0.0
+        assert manager.busy and not handle.done()
+        gate.set()
+        manager.wait()
+        assert not manager.busy and handle.done()
+        info = handle.result()
+        assert seen and all(name.startswith("checkpoint") for name in seen)
+        assert manager.base == info and manager.has_base(store)
+        # the record's bytes are every file of the checkpoint, the manifest included
+        path = os.path.join(manager.root, info.relpath)
+        assert info.bytes == sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path))
+        manager.close()
+        assert manager._executor is None
+        # a closed manager writes again (a new writer thread)
+        again = manager.submit_full(store, {}, {"p": 2}, "h").result(30)
+        assert again.index == 0 and again.chain == info.chain + 1
+        manager.close()
+
+
+def test_an_increment_needs_a_base_of_the_same_store(tmp_path: Path) -> None:
+    manager = CheckpointManager(str(tmp_path / "c"))
+    with store_at(tmp_path / "a") as a, store_at(tmp_path / "b") as b:
+        step(a, [1])
+        step(b, [1])
+        with pytest.raises(NoBaseCheckpointError):
+            manager.write_incremental(a, {}, {}, "h")
+        manager.write_full(a, {}, {}, "h")
+        assert manager.has_base(a) and not manager.has_base(b)
+        with pytest.raises(NoBaseCheckpointError):
+            manager.write_incremental(b, {}, {}, "h")
+        step(a, [2])
+        inc = manager.write_incremental(a, {}, {}, "h")
+        assert inc.kind is CheckpointKind.INCREMENTAL and inc.rows == 1
+    manager.close()
+
+
+def test_a_commit_is_logged_and_advances_the_write_log_watermark(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = CheckpointManager(str(tmp_path / "c"))
+    with store_at(tmp_path / "s") as store:
+        step(store, [1, 2])
+        with caplog.at_level(logging.INFO, logger="operators.checkpoint.manager"):
+            info = manager.write_full(store, {}, {}, "h")
+        (line,) = [r.getMessage() for r in caplog.records if "committed" in r.getMessage()]
+        assert line.startswith(
+            f"checkpoint {info.id} committed: full, version {info.version}, 2 rows, "
+            f"0 tombstones, {info.bytes} bytes, captured in "
+        )
+        assert manager.watermarks.mark(WRITE_LOG_CONSUMER) == info.version
+    manager.close()
+
+
+def test_a_lost_chain_manifest_is_rebuilt_and_said_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "c"
+    manager = CheckpointManager(str(root))
+    with store_at(tmp_path / "s") as store:
+        step(store, [1])
+        first = manager.write_full(store, {}, {}, "h")
+        step(store, [2])
+        second = manager.write_incremental(store, {}, {}, "h")
+    manager.close()
+    os.unlink(root / CHAINS_FILE)
+    fresh = CheckpointManager(str(root))
+    with caplog.at_level(logging.WARNING, logger="operators.checkpoint.manager"):
+        assert [i.id for i in fresh.list()] == [first.id, second.id]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == (
+        f"{root / CHAINS_FILE}: missing; rebuilt from the checkpoint directories that verify: "
+        f"{[first.id, second.id]}"
+    )
+    assert (root / CHAINS_FILE).exists()  # written back
+    caplog.clear()
+    (root / CHAINS_FILE).write_text("{trunc", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="operators.checkpoint.manager"):
+        assert [i.id for i in CheckpointManager(str(root)).list()] == [first.id, second.id]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"{root / CHAINS_FILE}: ") and "missing" not in line.split(";")[0]
+    # an empty root is just empty: no warning, nothing written
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="operators.checkpoint.manager"):
+        assert CheckpointManager(str(tmp_path / "empty")).list() == ()
+    assert caplog.records == [] and not (tmp_path / "empty").exists()
+
+
+def test_a_chain_no_longer_the_newest_is_not_compacted(tmp_path: Path) -> None:
+    manager = CheckpointManager(str(tmp_path / "c"))
+    with store_at(tmp_path / "s") as store:
+        step(store, [1])
+        old = manager.write_full(store, {}, {}, "h")
+        step(store, [2])
+        manager.write_incremental(store, {}, {}, "h")
+        step(store, [3])
+        manager.write_full(store, {}, {}, "h")  # chain 2 is the newest now
+        with pytest.raises(CheckpointError) as err:
+            manager.compact(old.chain)
+        assert str(err.value).endswith("is no longer the newest; not compacting it")
+        assert len(manager.chains()) == 2
+    manager.close()
