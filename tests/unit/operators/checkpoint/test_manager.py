@@ -163,3 +163,36 @@ def test_a_chain_no_longer_the_newest_is_not_compacted(tmp_path: Path) -> None:
         assert str(err.value).endswith("is no longer the newest; not compacting it")
         assert len(manager.chains()) == 2
     manager.close()
+
+
+def test_defaults_of_a_write_and_increments_after_a_compaction(tmp_path: Path) -> None:
+    manager = CheckpointManager(str(tmp_path / "c"))
+    with store_at(tmp_path / "s") as store:
+        step(store, [1])
+        base = manager.write_full(store)
+        assert manager.reader(base.id).manifest().config_hash == ""
+        assert manager.reader(base.id).manifest().offsets == {}
+        step(store, [2])
+        tip = manager.write_incremental(store)
+        assert manager.reader(tip.id).manifest().config_hash == ""
+        compacted = manager.compact()
+        assert (compacted.kind, compacted.compacted_from) == (CheckpointKind.FULL, tip.id)
+        step(store, [3])
+        # the next increment goes on the compaction, which holds the same state as its tip
+        after = manager.write_incremental(store)
+        assert (after.chain, after.index, after.parent) == (compacted.chain, 1, compacted.id)
+
+
+def test_an_increment_whose_base_was_superseded_elsewhere_is_refused(tmp_path: Path) -> None:
+    root = str(tmp_path / "c")
+    manager = CheckpointManager(root)
+    with store_at(tmp_path / "s") as store, store_at(tmp_path / "other") as other:
+        step(store, [1])
+        manager.write_full(store)
+        step(other, [5])
+        CheckpointManager(root).write_full(other)  # another writer starts a newer chain
+        step(store, [2])
+        with pytest.raises(CheckpointError):
+            manager.write_incremental(store)
+        assert manager.base is None and not manager.has_base(store)
+    manager.close()
