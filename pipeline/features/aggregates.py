@@ -57,6 +57,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedding_store.hash_index import int64_map
+from pipeline.features.entity_rows import least_recent
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -306,12 +307,8 @@ class WindowedAggregate:
         if n + fresh <= self.max_entities:
             return
         target = max(0, self.max_entities - fresh)
-        # least recently updated first; this batch's own keys stay (O(n): a partition, no sort)
-        priority = self._changed[:n].copy()
-        priority[rows[rows >= 0]] = np.iinfo(np.int64).max
-        victims = np.argpartition(priority, n - target - 1)[: n - target]
-        victims = victims[priority[victims] < np.iinfo(np.int64).max]
-        victims = np.sort(victims)
+        # least recently updated first; this batch's own keys stay
+        victims = least_recent(self._changed, rows[rows >= 0], n, target)
         # more victims than new keys only when already over the cap (an earlier batch had more
         # keys than it): the extra ones are dropped after the others are taken
         victims, extra = victims[:fresh], victims[fresh:]

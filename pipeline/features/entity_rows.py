@@ -56,6 +56,21 @@ ROW_BYTES: Final = 8 * 4 + INDEX_BYTES
 """Bytes a row costs besides its columns: key, newest time, changed, touched, index entry."""
 
 
+def least_recent(changed: I64, own: I64, n: int, target: int) -> I64:
+    """Places (sorted) of the ``n - target`` least recently changed of the first ``n`` rows.
+
+    ``changed`` holds each row's last update; rows in ``own`` (this update's keys) are never
+    chosen, so fewer may come back. O(n): a partition, no sort of the whole.
+
+    >>> least_recent(np.array([5, 1, 9, 3]), np.array([1]), 4, 2).tolist()
+    [0, 3]
+    """
+    priority = changed[:n].copy()
+    priority[own] = np.iinfo(np.int64).max
+    victims = np.argpartition(priority, n - target - 1)[: n - target]
+    return np.sort(victims[priority[victims] < np.iinfo(np.int64).max])
+
+
 class EntityRows:
     """Keyed rows with named value columns (see the module docstring). Does no I/O."""
 
@@ -177,10 +192,7 @@ class EntityRows:
         if n + fresh <= self.max_entities:
             return
         target = max(0, self.max_entities - fresh)
-        priority = self._changed[:n].copy()
-        priority[rows[rows >= 0]] = np.iinfo(np.int64).max  # this update's own keys stay
-        victims = np.argpartition(priority, n - target - 1)[: n - target]
-        victims = np.sort(victims[priority[victims] < np.iinfo(np.int64).max])
+        victims = least_recent(self._changed, rows[rows >= 0], n, target)  # own keys stay
         # the new keys take the victims' places (nothing moves); more victims than new keys
         # only when already over the cap: the extra ones are dropped after
         victims, extra = victims[:fresh], victims[fresh:]
