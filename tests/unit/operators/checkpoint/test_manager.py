@@ -14,7 +14,7 @@ import pytest
 from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
 from operators.checkpoint.chain import CHAINS_FILE
 from operators.checkpoint.format import CheckpointKind
-from operators.checkpoint.manager import WRITE_LOG_CONSUMER, CheckpointManager
+from operators.checkpoint.manager import LOCK_FILE, WRITE_LOG_CONSUMER, CheckpointManager
 from operators.errors import CheckpointError, NoBaseCheckpointError
 from tests.unit.operators.conftest import train_step
 
@@ -196,3 +196,89 @@ def test_an_increment_whose_base_was_superseded_elsewhere_is_refused(tmp_path: P
             manager.write_incremental(store)
         assert manager.base is None and not manager.has_base(store)
     manager.close()
+
+
+ADMITTED = (TableConfig("t", 2, OptimizerConfig("sgd", lr=0.1), admit_after=3),)
+
+
+def test_compaction_in_the_background_keeps_rows_and_sightings(tmp_path: Path) -> None:
+    manager = CheckpointManager(str(tmp_path / "c"))
+    with EmbeddingStore(StoreConfig(str(tmp_path / "s"), ADMITTED, num_shards=2)) as store:
+        for k in range(3):
+            for s in range(3):
+                step(store, [1, 2, 100 + 10 * k + s])  # 1 and 2 get admitted, the rest sighted
+            (manager.write_full if k == 0 else manager.write_incremental)(store)
+        tip = manager.list()[-1]
+        future = manager.submit_compact()
+        compacted = future.result(30)
+        assert compacted.compacted_from == tip.id and not manager.busy
+        ids, rows = manager.read_table(compacted.id, "t")
+        want_ids, want_rows = manager.read_table(tip.id, "t")
+        assert np.array_equal(ids, want_ids) and np.array_equal(rows["emb"], want_rows["emb"])
+        entry = manager.reader(compacted.id).manifest().table("t")
+        tip_entry = manager.reader(tip.id).manifest().table("t")
+        assert entry is not None and tip_entry is not None
+        got = manager.reader(compacted.id).sightings(entry)
+        assert len(got) > 0
+        assert got.tobytes() == manager.reader(tip.id).sightings(tip_entry).tobytes()
+        with pytest.raises(CheckpointError) as err:
+            manager.read_table(compacted.id, "nope")
+        assert str(err.value).endswith("has no table 'nope'")
+    manager.close()
+
+
+def test_a_failed_background_write_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail(path: str) -> None:
+        raise OSError(28, "No space left on device", path)
+
+    manager = CheckpointManager(str(tmp_path / "c"), file_hook=fail)
+    with store_at(tmp_path / "s") as store:
+        step(store, [1])
+        with caplog.at_level(logging.ERROR, logger="operators.checkpoint.manager"):
+            handle = manager.submit_full(store)
+            manager.wait()
+        assert isinstance(handle.future.exception(), OSError | CheckpointError)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("background checkpoint write failed: ")
+    assert "No space left on device" in errors[0]
+    manager.close()
+
+
+def test_leftovers_of_dead_writers_are_removed_at_the_next_commit(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    manager = CheckpointManager(str(root))
+    with store_at(tmp_path / "s") as store:
+        step(store, [1])
+        first = manager.write_full(store)
+        chain_dir = root / first.relpath.split("/")[0]
+        (root / ".tmp-deadbeef").mkdir()
+        (chain_dir / "ckpt-0007").mkdir()  # never listed
+        (root / "chain-999999").mkdir()  # a chain the manifest does not know
+        (root / "notes.txt").write_text("kept")  # not a directory: not ours to judge
+        step(store, [2])
+        manager.write_incremental(store)
+        left = set(os.listdir(root)) - {LOCK_FILE}  # the root lock may stay
+        assert left == {CHAINS_FILE, chain_dir.name, "notes.txt"}
+        assert sorted(os.listdir(chain_dir)) == ["ckpt-0000", "ckpt-0001"]
+    manager.close()
+
+
+def test_verify_reports_a_chain_whose_parents_disagree(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    manager = CheckpointManager(str(root))
+    with store_at(tmp_path / "s") as store:
+        step(store, [1])
+        first = manager.write_full(store)
+        step(store, [2])
+        second = manager.write_incremental(store)
+    manager.close()
+    text = (root / CHAINS_FILE).read_text(encoding="utf-8")
+    (root / CHAINS_FILE).write_text(
+        text.replace(f'"parent": "{first.id}"', '"parent": "000009-0009"'), encoding="utf-8"
+    )
+    problems = CheckpointManager(str(root)).verify(second.id)
+    assert [(p.checkpoint, p.file, p.message) for p in problems] == [
+        (second.id, CHAINS_FILE, f"parent 000009-0009 != {first.id}")
+    ]
