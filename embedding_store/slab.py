@@ -12,7 +12,8 @@ One file per table and shard, ``capacity`` rows long, mapped into memory::
           dirty [  0 |  1 |  0 |  1 | ... ]   newer than the tier below (RocksDB)
           freq  [ .. | .. | -- | .. | ... ]   LFU count and its epoch, copied from the row,
           epoch [ .. | .. | -- | .. | ... ]   so choosing victims never reads the file
-          index: id -> slot (SlotIndex; stale entries validated against ids/live)
+          index: id -> slot (FixedSlotIndex: int32 buckets, keys read from ids; stale
+                 entries validated against ids/live)
           free:  a stack of freed slots, reused before fresh ones
 
 Reads and writes of a whole batch are one numpy gather or scatter over the mapping (no Python
@@ -57,7 +58,7 @@ import numpy.typing as npt
 
 from embedding_store.config import StoreConfig, TableConfig
 from embedding_store.errors import SlabFullError, StorageError, StoreClosedError
-from embedding_store.index import SlotIndex
+from embedding_store.index import FixedSlotIndex
 from embedding_store.rows import RowLayout
 from embedding_store.tier import RowBlock
 from embedding_store.types import BoolArray, FloatArray, IdArray, SlotArray
@@ -94,7 +95,7 @@ class SlabTier:
         self._raw: npt.NDArray[np.void] = np.empty(0, dtype=self._void)
         self._mm: mmap.mmap | None = None
         self._fd = -1
-        self._index = SlotIndex(16)
+        self._index = FixedSlotIndex(1)
         self._free = np.empty(0, dtype=np.int64)
         self._high = 0
         self._live_count = 0
@@ -136,7 +137,7 @@ class SlabTier:
         self.dirty = np.zeros(n, dtype=np.bool_)
         self.freq = np.zeros(n, dtype=np.float32)
         self.epoch = np.zeros(n, dtype=np.int32)
-        self._index = SlotIndex(min(n, 1 << 16))
+        self._index = FixedSlotIndex(n)
         self._opened = True
         return self
 
@@ -159,7 +160,7 @@ class SlabTier:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
-        self._index = SlotIndex(16)
+        self._index = FixedSlotIndex(1)
 
     def _check(self) -> None:
         if self._closed:
@@ -171,12 +172,7 @@ class SlabTier:
     def find(self, ids: IdArray) -> SlotArray:
         """The slot of each id, or -1."""
         self._check()
-        slots = self._index.lookup(ids)
-        hit = np.flatnonzero(slots >= 0)
-        cand = slots[hit]
-        bad = hit[~(self.live[cand] & (self.ids[cand] == ids[hit]))]
-        slots[bad] = -1
-        return slots
+        return self._index.lookup(ids, self.ids, self.live)
 
     def read(self, slots: SlotArray) -> RowBlock:
         """Rows at ``slots`` (one gather from the file's pages)."""
@@ -209,7 +205,7 @@ class SlabTier:
         self.ids[slots] = ids
         self.live[slots] = True
         self.write(slots, rows, dirty)
-        self._index.insert(ids, slots)
+        self._index.insert(ids, slots, self.ids, self.live)
         self._live_count += n
         return slots
 
@@ -222,9 +218,6 @@ class SlabTier:
         self.dirty[slots] = False
         self._free = np.concatenate([self._free, slots.astype(np.int64)])
         self._live_count -= len(slots)
-        if self._index.entries > 2 * max(self._live_count, 1024):
-            live = self.live_slots()
-            self._index.rebuild(self.ids[live], live)
 
     def live_slots(self) -> SlotArray:
         """Every slot in use."""
