@@ -230,8 +230,12 @@ def run_store_bench(
     out: Path, quick: bool = False, workload: Workload | None = None, timing: Timing | None = None,
     hot_fraction: float = 0.1, lookahead: int = 2, scratch: Path | None = None,
     profile: tuple[str, ...] = (), shards: int = 4, wide_fraction: float | None = 0.25,
+    only: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Run the four systems and the ceiling, write ``out`` (JSON) and its PNG; returns it."""
+    """Run the systems and the ceiling (or ``only`` those), write ``out`` (JSON) and its PNG.
+
+    Targets and ratios whose systems did not run are left out of the result.
+    """
     from benchmarks.plot import plot_store
     from benchmarks.report import write_json
 
@@ -251,6 +255,7 @@ def run_store_bench(
             if s.label in profile else s
             for s in system_specs(workload, timing, data, root, hot_fraction, lookahead, shards,
                                    wide_fraction)
+            if not only or s.label in only
         ]
         for spec in specs:
             if spec.kind == "freshet":
@@ -267,7 +272,9 @@ def run_store_bench(
         lookahead=lookahead,
         shards=shards,
         systems=systems,
-        targets=[t.check(systems) for t in TARGETS] + [headline(systems)],
+        targets=[t.check(systems) for t in TARGETS
+                 if t.numerator in systems and t.denominator in systems]
+        + ([headline(systems)] if DRAM in systems else []),
         ratios={
             name: _ratio(systems[a].get(metric), systems[b].get(metric))
             for name, a, b, metric in INFO_RATIOS
@@ -340,6 +347,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=[TIERED, DRAM, THREE, THREE_WIDE, TORCH, NAIVE, DENSE],
         help="sample these systems' training phase with py-spy (FILE.<system>.pyspy.txt)",
     )
+    parser.add_argument(
+        "--systems", nargs="+", default=[],
+        choices=[TIERED, DRAM, THREE, THREE_WIDE, TORCH, NAIVE, DENSE],
+        help="run only these systems (default: all); targets need both of their systems",
+    )
 
 
 def add_size_arguments(parser: argparse.ArgumentParser) -> None:
@@ -381,7 +393,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_store_bench(
         out, args.quick, workload, timing, args.hot_fraction, args.lookahead,
         Path(args.scratch) if args.scratch else None, tuple(args.profile), args.shards,
-        args.wide_fraction or None,
+        args.wide_fraction or None, tuple(args.systems),
     )
     print(format_store(result))
     for label in args.profile:
