@@ -109,6 +109,7 @@ def through_kafka(kind: str, events: list[Any], size: int, bootstrap: str) -> di
     import uuid
 
     import msgspec
+    import torch
 
     from pipeline.broker.embedded import ensure_topics
     from pipeline.events.replay import replay
@@ -131,7 +132,9 @@ def through_kafka(kind: str, events: list[Any], size: int, bootstrap: str) -> di
             }
         )
         store = config.store.model_copy(update={"path": str(Path(tmp) / "store")})
-        job = TrainJob(config.model_copy(update={"source": src, "store": store}).to_spec())
+        training = config.training.model_copy(update={"torch_threads": torch.get_num_threads()})
+        update = {"source": src, "store": store, "training": training}
+        job = TrainJob(config.model_copy(update=update).to_spec())
         with job:
             cpu0 = time.process_time()
             summary = job.run(max_events=len(events), idle_timeout_s=60)

@@ -244,6 +244,14 @@ class TrainingSection(_Section):
     )
     max_events: int | None = Field(default=None, ge=1, description="stop after this many")
     auc_window: int = Field(default=10_000, ge=10, le=10_000_000, description="sliding AUC")
+    torch_threads: int | None = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="torch intra-op threads of the trainer (null: torch's default, one per "
+        "core); 1 by default: at the batch sizes of online training a second thread made "
+        "every batch 2-5x slower on a shared 2-core machine (freshet bench batches)",
+    )
 
 
 class JobConfig(BaseSettings):
@@ -450,6 +458,7 @@ class JobConfig(BaseSettings):
                 idle_timeout_s=tr.idle_timeout_s,
                 max_events=tr.max_events,
                 auc_window=tr.auc_window,
+                torch_threads=tr.torch_threads,
             ),
             checkpoint=checkpoint,
             operators=operators,

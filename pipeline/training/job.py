@@ -265,6 +265,8 @@ class TrainJob:
         if self.store is not None:
             return self
         spec, world = self.spec, self.world
+        if spec.training.torch_threads is not None:  # process-wide: the trainer is the process
+            torch.set_num_threads(spec.training.torch_threads)
         layout = BatchLayout.from_spec(spec.features)
         self.events_trained, self.start_offsets, self.resumed = 0, {}, None
         self.checkpoints = JobCheckpoints(

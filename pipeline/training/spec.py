@@ -98,6 +98,8 @@ class TrainingSpec:
     idle_timeout_s: float = 0.0
     max_events: int | None = None
     auc_window: int = 10_000
+    torch_threads: int | None = 1
+    """torch intra-op threads (``torch.set_num_threads`` when the job opens); None: torch's."""
 
 
 @dataclass(frozen=True)

@@ -108,3 +108,34 @@ def test_shipped_configs_convert() -> None:
     for name in ("fraud.yaml", "ctr.yaml"):
         spec = JobConfig.from_yaml(REPO / "configs" / name).to_spec()
         assert spec.source.topic and spec.features.tables
+
+
+@pytest.mark.parametrize(
+    ("given", "want"), [({}, 1), ({"torch_threads": 3}, 3), ({"torch_threads": None}, None)]
+)
+def test_torch_threads_reach_the_spec_and_the_process(
+    tmp_path: Path, given: dict[str, object], want: int | None
+) -> None:
+    import torch
+
+    from pipeline.training.job import TrainJob
+
+    config = raw(tmp_path)
+    config["training"] = given
+    config["source"] = {"bootstrap_servers": ["k1:9092"], "topic": "clicks"}
+    spec = JobConfig.model_validate(config).to_spec()
+    assert spec.training.torch_threads == want
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with TrainJob(spec):  # opening applies it; None leaves torch's setting alone
+            assert torch.get_num_threads() == (2 if want is None else want)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_torch_threads_must_be_positive(tmp_path: Path) -> None:
+    config = raw(tmp_path)
+    config["training"] = {"torch_threads": 0}
+    with pytest.raises(ValueError, match="torch_threads"):
+        JobConfig.model_validate(config)
