@@ -57,7 +57,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedding_store.hash_index import int64_map
-from pipeline.features.entity_rows import least_recent
+from pipeline.features.entity_rows import least_recent, place_delta
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -403,29 +403,15 @@ class WindowedAggregate:
 
     def load_state_delta(self, delta: Mapping[str, npt.NDArray[np.generic]]) -> None:
         """Apply :meth:`dirty_state_since`'s output to the state at its mark (same places)."""
-        rows = np.asarray(delta["rows"], dtype=np.int64)
-        keys = np.asarray(delta["keys"], dtype=np.int64)
         generation, newest_bucket, evicted, n = (int(c) for c in np.asarray(delta["clock"]))
-        old = self.entities
-        if len(rows) and (rows.min() < 0 or rows.max() >= n):
-            raise ValueError(f"delta rows outside the {n} entities it keeps")
-        self._grow(n)
-        # keys whose place is overwritten or above the new end: moved (written again below) or gone
-        displaced = np.concatenate([self._keys[rows[rows < old]], self._keys[n:old]])
-        if n < old:
-            self._clear(n, old)
-        self._keys[rows] = keys
-        self._bucket[rows] = np.asarray(delta["bucket"], dtype=np.int64)
-        self._stats[rows] = np.asarray(delta["stats"], dtype=np.float64)
-        self._newest[rows] = np.asarray(delta["newest"], dtype=np.int64)
-        self._changed[rows] = np.asarray(delta["changed"], dtype=np.int64)
-        self._touched[rows] = generation
-        self.entities = n
-        if len(displaced):
-            self._index.map_keys_to_values(displaced, np.full(len(displaced), -1, np.int64))
-            self._tombstones += int((~np.isin(displaced, keys)).sum())
-        if len(keys):
-            self._index.map_keys_to_values(keys, rows)
+
+        def write(rows: npt.NDArray[np.int64]) -> None:
+            self._bucket[rows] = np.asarray(delta["bucket"], dtype=np.int64)
+            self._stats[rows] = np.asarray(delta["stats"], dtype=np.float64)
+            self._newest[rows] = np.asarray(delta["newest"], dtype=np.int64)
+            self._changed[rows] = np.asarray(delta["changed"], dtype=np.int64)
+
+        place_delta(self, delta, n, generation, write)
         self._rebuild_index_if_stale()
         self.generation, self.newest_bucket, self.evicted = generation, newest_bucket, evicted
 

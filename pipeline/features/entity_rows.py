@@ -39,8 +39,8 @@ a mark and :meth:`EntityRows.load_state_delta` rebuilds the same rows in the sam
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -69,6 +69,54 @@ def least_recent(changed: I64, own: I64, n: int, target: int) -> I64:
     priority[own] = np.iinfo(np.int64).max
     victims = np.argpartition(priority, n - target - 1)[: n - target]
     return np.sort(victims[priority[victims] < np.iinfo(np.int64).max])
+
+
+class PlacedRows(Protocol):
+    """What :func:`place_delta` needs of a keyed state: rows at places, an index of their keys."""
+
+    entities: int
+    _keys: I64
+    _touched: I64
+    _index: Any
+    _tombstones: int
+
+    def _grow(self, needed: int) -> None: ...
+
+    def _clear(self, start: int, stop: int) -> None: ...
+
+
+def place_delta(
+    state: PlacedRows,
+    delta: Mapping[str, npt.NDArray[Any]],
+    n: int,
+    generation: int,
+    write_columns: Callable[[I64], None],
+) -> None:
+    """Put a delta's rows back at their places (``EntityRows`` and the window aggregates).
+
+    The delta holds the rows written since a mark, with their places, and ``n``, the rows
+    kept. Keys a written place held before, and keys above the new end, are displaced: their
+    index entries become tombstones unless the same key comes back at another place.
+    ``write_columns(rows)`` writes the state's own columns for those places.
+    """
+    rows = np.asarray(delta["rows"], dtype=np.int64)
+    keys = np.asarray(delta["keys"], dtype=np.int64)
+    old = state.entities
+    if len(rows) and (rows.min() < 0 or rows.max() >= n):
+        raise ValueError(f"delta rows outside the {n} entities it keeps")
+    state._grow(n)
+    displaced = np.concatenate([state._keys[rows[rows < old]], state._keys[n:old]])
+    if n < old:
+        state._clear(n, old)
+    state._keys[rows] = keys
+    write_columns(rows)
+    state._touched[rows] = generation
+    state.entities = n
+    if len(displaced):
+        state._index.map_keys_to_values(displaced, np.full(len(displaced), -1, np.int64))
+        state._tombstones += int((~np.isin(displaced, keys)).sum())
+    if len(keys):
+        state._index.map_keys_to_values(keys, rows)
 
 
 class EntityRows:
@@ -283,28 +331,15 @@ class EntityRows:
 
     def load_state_delta(self, delta: Mapping[str, npt.NDArray[Any]]) -> None:
         """Apply :meth:`dirty_state_since`'s output to the state at its mark (same places)."""
-        rows = np.asarray(delta["rows"], dtype=np.int64)
-        keys = np.asarray(delta["keys"], dtype=np.int64)
         generation, evicted, n = (int(c) for c in np.asarray(delta["clock"]))
-        old = self.entities
-        if len(rows) and (rows.min() < 0 or rows.max() >= n):
-            raise ValueError(f"delta rows outside the {n} entities it keeps")
-        self._grow(n)
-        displaced = np.concatenate([self._keys[rows[rows < old]], self._keys[n:old]])
-        if n < old:
-            self._clear(n, old)
-        self._keys[rows] = keys
-        self._newest[rows] = np.asarray(delta["newest"], dtype=np.float64)
-        self._changed[rows] = np.asarray(delta["changed"], dtype=np.int64)
-        self._touched[rows] = generation
-        for name, (dtype, _) in self.spec.items():
-            self.columns[name][rows] = np.asarray(delta[name], dtype=dtype)
-        self.entities = n
-        if len(displaced):
-            self._index.map_keys_to_values(displaced, np.full(len(displaced), -1, np.int64))
-            self._tombstones += int((~np.isin(displaced, keys)).sum())
-        if len(keys):
-            self._index.map_keys_to_values(keys, rows)
+
+        def write(rows: I64) -> None:
+            self._newest[rows] = np.asarray(delta["newest"], dtype=np.float64)
+            self._changed[rows] = np.asarray(delta["changed"], dtype=np.int64)
+            for name, (dtype, _) in self.spec.items():
+                self.columns[name][rows] = np.asarray(delta[name], dtype=dtype)
+
+        place_delta(self, delta, n, generation, write)
         self._maybe_rebuild()
         self.generation, self.evicted = generation, evicted
         self.newest_time = float(np.asarray(delta["time"])[0])
