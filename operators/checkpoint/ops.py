@@ -16,7 +16,7 @@
 
 With ``background=True`` the rows are captured at the boundary and written on the manager's
 thread: the report says SUBMITTED with the rows captured, and a completion callback records
-``checkpoint_bytes_total``/``checkpoint_committed_total`` and logs the commit.
+``checkpoint_bytes_total``/``checkpoint_committed_total`` (the manager logs the commit).
 
 >>> import tempfile, numpy as np
 >>> from embedding_store import EmbeddingStore, StoreConfig, TableConfig
@@ -36,7 +36,6 @@ thread: the report says SUBMITTED with the rows captured, and a completion callb
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from concurrent.futures import Future
 from enum import Enum
@@ -45,8 +44,6 @@ from operators.base import Operator, OperatorContext, OperatorResult, Outcome
 from operators.checkpoint.chain import CheckpointInfo
 from operators.checkpoint.manager import CheckpointHandle, CheckpointManager
 from operators.metrics import MetricsRegistry
-
-log = logging.getLogger(__name__)
 
 
 def _on_commit(metrics: MetricsRegistry) -> Callable[[Future[CheckpointInfo]], None]:

@@ -37,7 +37,7 @@ from operators.errors import DenseStateError
 PATCH_PREFIX: Final = "patch/"
 """Dense names under this prefix are patch layers (``patch/<layer:04d>/<name>``)."""
 
-V = TypeVar("V")
+V = TypeVar("V")  # pragma: no mutate  (used only in annotations, never evaluated)
 
 
 class PatchSource(Protocol):
