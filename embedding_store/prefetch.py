@@ -47,6 +47,8 @@ class PrefetchTicket:
         self._pins: list[tuple[ShardTable, SlotArray]] = []
         self._released = False  # pragma: no mutate
         self.error: BaseException | None = None  # pragma: no mutate
+        self.loaded = 0
+        """Ids the request found outside DRAM (read from below, or new): 0 if all were hot."""
 
     @property
     def done(self) -> bool:
@@ -113,7 +115,9 @@ class Prefetcher:
             for i, st in enumerate(sts):
                 part = ids[shard == i]
                 if len(part):
+                    before = st.counters.cold_reads  # a concurrent lookup can only add to it
                     ticket._pins.append((st, st.prefetch(part)))
+                    ticket.loaded += st.counters.cold_reads - before
 
     def stop(self) -> None:
         """Finish queued requests and stop the worker."""

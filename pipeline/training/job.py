@@ -81,6 +81,7 @@ from pipeline.source.kafka import (
 )
 from pipeline.source.process import ProcessSource
 from pipeline.training.checkpoints import JobCheckpoints, Resumed, offsets_to_json
+from pipeline.training.lookahead import LookAhead
 from pipeline.training.models import BatchLayout, build_model, model_tables
 from pipeline.training.plugin import JobPlugin
 from pipeline.training.prequential import PrequentialMetrics
@@ -239,6 +240,7 @@ class TrainJob:
         self.metrics = MetricsRegistry()  # the scheduled operators' counters
         self._stop = threading.Event()
         self._tickets: dict[int, PrefetchTicket] = {}
+        self.lookahead = LookAhead()
         self._opened: list[JobPlugin] = []
         self._disk_failed = False
         self.disk_probes = 0  # failed writability probes while paused
@@ -677,7 +679,7 @@ class TrainJob:
         assert self.shared_store is not None and self.trainer is not None
         assert self.source is not None
         k = self.spec.training.prefetch_batches
-        if k:
+        if k and self.lookahead.due():
             for ahead in self.source.peek_ahead(k):
                 if ahead.seq not in self._tickets and ahead.events:
                     ids = self.trainer.sparse_ids(ahead.events)
@@ -685,6 +687,7 @@ class TrainJob:
         ticket = self._tickets.pop(batch.seq, None) if batch is not None else None
         if ticket is not None:
             ticket.wait()
+            self.lookahead.saw(ticket.loaded)
         events = batch.events if batch is not None else ()
         try:
             train = bool(events) or self.world.distributed  # N ranks: every rank steps

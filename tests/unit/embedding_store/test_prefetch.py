@@ -73,3 +73,22 @@ def test_a_failed_load_raises_from_wait_and_releases_nothing(tmp_path: Path) -> 
         assert again.done
         again.release()
         prefetcher.stop()
+
+
+def test_a_ticket_counts_the_ids_it_found_outside_dram(tmp_path: Path) -> None:
+    """``loaded``: rows read from below DRAM plus new ids, over every shard; 0 when all are hot."""
+    with _store(tmp_path) as store:
+        ids = np.arange(10, dtype=np.int64)
+        store.lookup("t", ids[:6])
+        store.end_step()
+        assert store.demote("t", 100) == 6  # 6 on disk only
+        store.lookup("t", ids[:2])  # 2 of them back in DRAM
+        store.end_step()
+        first = store.prefetch([{"t": ids}])  # 4 from disk, 4 new, 2 hot
+        first.wait(timeout=20)
+        assert first.loaded == 8
+        first.release()
+        again = store.prefetch([{"t": ids[:2]}])
+        again.wait(timeout=20)
+        assert again.loaded == 0
+        again.release()
