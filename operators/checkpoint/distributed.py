@@ -289,9 +289,11 @@ class WorldCheckpoints:
             try:
                 self._commit(entry)
                 committed = 1
-            except OSError as err:
+            except (OSError, OperatorError) as err:  # an unreadable world.json too: every
+                # rank must reach the all-reduce below, or the others wait in it forever
                 log.exception("rank 0: cannot write %s", WORLD_FILE)
-                problem = (0, f"cannot write {WORLD_FILE}: {err!r}")
+                cause = str(err) if isinstance(err, OperatorError) else repr(err)
+                problem = (0, f"cannot write {WORLD_FILE}: {cause}")
         committed = all_reduce_ints([committed], self.group)[0]
         if problem is not None:
             raise WorldCheckpointError(
