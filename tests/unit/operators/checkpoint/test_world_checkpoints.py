@@ -637,3 +637,49 @@ def test_a_reshard_logs_what_each_rank_got(
         f"rank 1 of 2: re-sharded world v1 (1 parts; patch layers are per rank and not carried "
         f"over): {{'t': {n}, 's': 0}}"
     ]
+
+
+def test_after_a_restore_increments_count_from_the_restore(tmp_path: Path) -> None:
+    root, _ = written(tmp_path, full_every=2)
+    ids = []
+    with single_process_group(), open_store(tmp_path / "r") as local:
+        world = WorldCheckpoints(str(root), 0, full_every=2)
+        world.restore(local, 1)
+        for step in range(3):
+            train(local, np.arange(step, step + 2, dtype=np.int64))
+            ids.append(world.write(local, {}, {}).parts[0].checkpoint)
+        world.close()
+    assert ids == ["000001-0001", "000001-0002", "000002-0000"]
+
+
+def test_rank_one_checks_the_part_of_rank_zero_it_takes_the_dense_state_from(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "c"
+    with two_ranks() as groups:
+
+        def write(rank: int) -> WorldCheckpoint:
+            with open_store(tmp_path / f"s{rank}") as store:
+                world = WorldCheckpoints(str(root), rank, group=groups[rank])
+                train(store, np.arange(4, dtype=np.int64))
+                try:
+                    return world.write(store, {"w": np.arange(3, dtype=np.float32)}, {})
+                finally:
+                    world.close()
+
+        got = on_both(write)
+    assert got[0] == got[1], got
+    dense = next((root / "rank-0000").rglob("dense.safetensors"))
+    data = bytearray(dense.read_bytes())
+    data[-1] ^= 0xFF  # the last byte of the last value
+    dense.write_bytes(bytes(data))
+    problem = CheckpointManager(str(root / "rank-0000")).verify("000001-0000")[0]
+    with open_store(tmp_path / "r") as local:
+        with pytest.raises(WorldCheckpointError) as err:
+            WorldCheckpoints(str(root), 1).restore(local, 2)
+        assert str(err.value) == (
+            f"checkpoint world (rank 0): part 000001-0000 is damaged: {problem}"
+        )
+        unchecked = WorldCheckpoints(str(root), 1).restore(local, 2, verify=False, clear=True)
+    assert unchecked.dense["w"].array.tolist()[:2] == [0.0, 1.0]
+    assert unchecked.dense["w"].array.tolist()[2] != 2.0  # what verify=False lets through
