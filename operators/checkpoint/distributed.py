@@ -289,9 +289,11 @@ class WorldCheckpoints:
             try:
                 self._commit(entry)
                 committed = 1
-            except OSError as err:
+            except (OSError, OperatorError) as err:  # an unreadable world.json too: every
+                # rank must reach the all-reduce below, or the others wait in it forever
                 log.exception("rank 0: cannot write %s", WORLD_FILE)
-                problem = (0, f"cannot write {WORLD_FILE}: {err!r}")
+                cause = str(err) if isinstance(err, OperatorError) else repr(err)
+                problem = (0, f"cannot write {WORLD_FILE}: {cause}")
         committed = all_reduce_ints([committed], self.group)[0]
         if problem is not None:
             raise WorldCheckpointError(
@@ -339,7 +341,7 @@ class WorldCheckpoints:
             state = self.manager.restore(local, part.checkpoint, clear=clear, verify=verify)
             rows = {t.name: _count_rows(local, t.name) for t in local.tables}
             dense = (
-                _dense_of(self.root, entry)
+                _dense_of(self.root, entry, verify)  # rank 0's part, checked as this rank's
                 if self.rank != 0
                 else {k: DenseArray(v, state.dense_dtypes.get(k)) for k, v in state.dense.items()}
             )
@@ -371,9 +373,9 @@ def _readers(root: str, part: WorldPart, verify: bool) -> list[CheckpointReader]
     return [CheckpointReader(part_root, c) for c in infos]
 
 
-def _dense_of(root: str, entry: WorldCheckpoint) -> dict[str, DenseArray]:
+def _dense_of(root: str, entry: WorldCheckpoint, verify: bool) -> dict[str, DenseArray]:
     part0 = next(p for p in entry.parts if p.rank == 0)
-    return split_layers(_readers(root, part0, verify=False)[-1].dense())[0]
+    return split_layers(_readers(root, part0, verify)[-1].dense())[0]
 
 
 def _count_rows(local: EmbeddingStore, table: str) -> int:
@@ -400,7 +402,6 @@ def restore_rank(
         raise WorldCheckpointError(rank, f"rank outside a world of {world_size}")
     root = os.path.abspath(root)
     ensure_empty(local, f"world v{entry.version}", clear=clear)
-    rows: dict[str, int] = {t.name: 0 for t in local.tables}
     state: Mapping[str, Any] | None = None
     dense: dict[str, DenseArray] = {}
     sightings: dict[str, list[SightingBlock]] = {}
@@ -433,8 +434,7 @@ def restore_rank(
             local.load_sightings(name, np.concatenate(blocks))
         local.load_state(state)
         local.flush()
-    for name in rows:
-        rows[name] = _count_rows(local, name)
+    rows = {t.name: _count_rows(local, t.name) for t in local.tables}
     log.info(
         "rank %d of %d: re-sharded world v%d (%d parts; patch layers are per rank and not "
         "carried over): %s",
