@@ -612,3 +612,19 @@ def test_a_leftover_that_cannot_be_removed_does_not_block_a_commit(
     assert [c.id for c in manager.chains()] == [second.chain]
     assert (root / ".tmp-dead" / "stuck").exists() and (chain_dir / "ckpt-0009").exists()
     manager.close()
+
+
+def test_a_table_without_rows_is_compacted_empty(tmp_path: Path) -> None:
+    tables = (*TABLES, TableConfig("u", 3, OptimizerConfig("sgd", lr=0.1)))
+    manager = CheckpointManager(str(tmp_path / "c"))
+    with EmbeddingStore(StoreConfig(str(tmp_path / "s"), tables, num_shards=2)) as store:
+        step(store, [1])
+        manager.write_full(store)
+        step(store, [2])
+        manager.write_incremental(store)
+        compacted = manager.compact()
+        ids, rows = manager.read_table(compacted.id, "u")
+        want = store.read_rows("u", np.empty(0, np.int64))[1]
+        assert len(ids) == 0 and ids.dtype == np.int64 and rows.dtype == want.dtype
+        assert len(rows) == 0 and manager.read_table(compacted.id, "t")[0].tolist() == [1, 2]
+    manager.close()
