@@ -13,7 +13,7 @@ from typing import Any, cast
 import numpy as np
 
 from embedding_store.rows import RowLayout
-from operators.checkpoint.chain_merge import apply_increment, merge_table
+from operators.checkpoint.chain_merge import _concat, apply_increment, merge_table
 from operators.checkpoint.format import TableEntry
 from operators.checkpoint.reader import CheckpointReader
 
@@ -98,3 +98,9 @@ def test_a_table_missing_or_empty_in_the_base_starts_empty() -> None:
     assert merged([Link(None), Link([([4], [4])])]) == ([4], [4])
     assert merged([Link([]), Link([([5, 4], [5, 4])])]) == ([4, 5], [4, 5])
     assert merged([Link([])]) == ([], [])
+
+
+def test_a_link_gives_as_many_rows_as_ids_even_when_empty() -> None:
+    for link, table in ((Link([([1], [1])]), "other"), (Link([]), "t"), (Link(None), "t")):
+        ids, out = _concat(cast(CheckpointReader, link), table, LAYOUT)
+        assert (len(ids), len(out), ids.dtype, out.dtype) == (0, 0, np.int64, LAYOUT.dtype)
