@@ -58,6 +58,21 @@ _LOG_COMPACT_AT = 64
 _SAMPLE = 4096
 
 
+def _same_bytes(a: RowBlock, b: RowBlock) -> npt.NDArray[np.bool_]:
+    """Per row, whether two blocks of rows hold the same bytes (NaNs compare equal).
+
+    >>> rows = np.zeros(2, dtype=[("emb", np.float32, 2)])
+    >>> other = rows.copy(); other["emb"][1, 0] = 1.0
+    >>> _same_bytes(rows, other).tolist(), _same_bytes(rows[:0], other[:0]).tolist()
+    ([True, False], [])
+    """
+    if not len(a):
+        return np.zeros(0, dtype=np.bool_)
+    x = np.ascontiguousarray(a).view(np.uint8).reshape(len(a), -1)
+    y = np.ascontiguousarray(b).view(np.uint8).reshape(len(b), -1)
+    return np.asarray((x == y).all(axis=1), dtype=np.bool_)
+
+
 def smallest(values: FloatArray, n: int) -> SlotArray:
     """Positions of the ``n`` smallest ``values`` (``0 < n <= len(values)``), in no order.
 
@@ -310,7 +325,8 @@ class ShardTable:
             live = self.hot.live_slots()
             marked = live[self.hot.evicting[live]]
             marked_ids = self.hot.ids[marked].copy()
-            dirty = marked[self.hot.dirty[marked]]
+            was_dirty = self.hot.dirty[marked]
+            dirty = marked[was_dirty]
             ids, rows = self.hot.ids[dirty].copy(), self.hot.rows[dirty].copy()
         self.cold.put(ids, rows)  # releases the GIL; rows stay readable in DRAM meanwhile
         with self.lock:
@@ -320,7 +336,12 @@ class ShardTable:
                 & (self.hot.ids[marked] == marked_ids)
                 & (self.hot.pins[marked] == 0)
             )
-            gone = marked[still]
+            # A step may have trained a row since its copy was taken (clearing its mark) and
+            # a later round marked it again: the tier below holds the older copy, so the row
+            # stays. Clean rows must still be clean; dirty ones must hold the bytes written.
+            unchanged = ~self.hot.dirty[marked]
+            unchanged[was_dirty] = _same_bytes(self.hot.rows[dirty], rows)
+            gone = marked[still & unchanged]
             self.hot.remove(gone)
             self.evict_generation += 1
             self.counters.evicted += len(gone)
