@@ -20,9 +20,10 @@ from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableC
 LR = 0.5
 
 
+@pytest.mark.parametrize("flushed", [False, True], ids=["dirty", "clean"])
 @pytest.mark.parametrize("slab_rows", [None, 8])
 def test_a_row_marked_again_while_written_back_is_not_freed_with_its_old_copy(
-    tmp_path: Path, slab_rows: int | None
+    tmp_path: Path, slab_rows: int | None, flushed: bool
 ) -> None:
     table = TableConfig(
         "t", 2, OptimizerConfig("sgd", lr=LR), seed=3, hot_rows=2, slab_rows=slab_rows
@@ -42,6 +43,9 @@ def test_a_row_marked_again_while_written_back_is_not_freed_with_its_old_copy(
         marked = st.hot.ids[st.hot.live_slots()[st.hot.evicting[st.hot.live_slots()]]]
         assert len(marked) and rounds == [st]
         x = int(marked[0])
+        if flushed:  # clean when copied: round 1 writes nothing and must see x trained since
+            store.flush()
+            assert not st.hot.dirty[st.hot.live_slots()].any()
 
         in_put, go = threading.Event(), threading.Event()
         below = st.cold
@@ -67,6 +71,9 @@ def test_a_row_marked_again_while_written_back_is_not_freed_with_its_old_copy(
         go.set()
         writer.join(20)
         assert not writer.is_alive()
+        others = np.array([int(i) for i in marked[1:]], dtype=np.int64)
+        assert (st.hot.find(others) < 0).all()  # the rest of round 1 did leave DRAM
+        assert st.hot.find(np.array([x], dtype=np.int64))[0] >= 0  # x stayed for round 2
         st.finish_eviction()  # round 2
         got = store.read_rows("t", np.array([x]))[1]["emb"]
         np.testing.assert_array_equal(got, after)
