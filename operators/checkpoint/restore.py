@@ -102,10 +102,11 @@ def ensure_empty(store: EmbeddingStore, checkpoint: str, clear: bool) -> None:
         # export_rows flushes DRAM first, so every row is among the ids it gives, once
         blocks = [block_ids for block_ids, _ in store.export_rows(t.name)]
         ids = np.unique(np.concatenate(blocks)) if blocks else np.empty(0, np.int64)
+        if not len(ids):  # only placeholders of prefetched ids never looked up: no stored row
+            continue
         if not clear:
             raise StoreNotEmptyError(checkpoint, t.name, len(ids))
-        if len(ids):
-            store.delete_rows(t.name, ids)
+        store.delete_rows(t.name, ids)
         log.info("cleared %d rows of table %r before restoring %s", len(ids), t.name, checkpoint)
 
 

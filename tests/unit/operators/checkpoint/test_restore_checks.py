@@ -4,6 +4,7 @@ second table."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from embedding_store import EmbeddingStore, OptimizerConfig, StoreConfig, TableConfig
 from operators.checkpoint.manager import CheckpointManager
+from operators.checkpoint.restore import RestoredState
 from operators.errors import IncompatibleCheckpointError, StoreNotEmptyError
 from tests.unit.operators.conftest import train_step
 
@@ -91,7 +93,38 @@ def test_a_row_in_dram_and_on_disk_is_counted_once(
             manager.restore(other)
         with caplog.at_level("INFO", logger="operators.checkpoint.restore"):
             manager.restore(other, clear=True)
-        assert "cleared 5 rows of table 't'" in caplog.text
+        tip = manager.list()[-1].id
+        assert [
+            r.getMessage() for r in caplog.records if r.name == "operators.checkpoint.restore"
+        ] == [f"cleared 5 rows of table 't' before restoring {tip}"]
         assert sorted(np.concatenate([b[0] for b in other.export_rows("t")]).tolist()) == list(
             range(6)
         )
+
+
+def test_a_store_that_only_prefetched_new_ids_is_empty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Prefetched ids never looked up have placeholder rows in DRAM and no stored row: the
+    restore neither refuses the store ("holds 0 rows") nor clears anything."""
+    manager = _checkpoint(tmp_path)
+    with EmbeddingStore(_cfg(tmp_path / "o", TableConfig("t", 2, SGD))) as other:
+        ticket = other.prefetch([{"t": np.arange(3, 9, dtype=np.int64)}])
+        ticket.wait(timeout=20)
+        ticket.release()
+        assert other.stats("t", count_cold=True).hot_rows == 6
+        with caplog.at_level("INFO", logger="operators.checkpoint.restore"):
+            state = manager.restore(other)
+        assert state.version == 1
+        assert not [r for r in caplog.records if "cleared" in r.getMessage()]
+        with EmbeddingStore(_cfg(tmp_path / "src", TableConfig("t", 2, SGD))) as source:
+            want = source.read_rows("t", np.arange(6, dtype=np.int64))[1]["emb"]
+        got = other.lookup("t", np.arange(6, dtype=np.int64), pin=False).numpy()
+        np.testing.assert_array_equal(got, want)  # the placeholders did not shadow the rows
+
+
+def test_restored_state_is_frozen_and_has_no_patches_by_default() -> None:
+    state = RestoredState("c", 1, {}, {}, {}, "", {}, {})
+    assert state.patches == ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.version = 2  # type: ignore[misc]
