@@ -128,3 +128,16 @@ def test_restored_state_is_frozen_and_has_no_patches_by_default() -> None:
     assert state.patches == ()
     with pytest.raises(dataclasses.FrozenInstanceError):
         state.version = 2  # type: ignore[misc]
+
+
+def test_a_table_of_placeholders_does_not_hide_a_later_table_with_rows(tmp_path: Path) -> None:
+    manager = _checkpoint(tmp_path)
+    tables = (TableConfig("a", 2, SGD), TableConfig("t", 2, SGD))
+    with EmbeddingStore(_cfg(tmp_path / "o", *tables)) as other:
+        ticket = other.prefetch([{"a": np.arange(3, dtype=np.int64)}])
+        ticket.wait(timeout=20)
+        ticket.release()
+        train_step(other, "t", np.arange(100, 105, dtype=np.int64))
+        other.end_step()
+        with pytest.raises(StoreNotEmptyError, match="table 't' holds 5 rows"):
+            manager.restore(other)
