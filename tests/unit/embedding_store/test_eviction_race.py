@@ -77,3 +77,39 @@ def test_a_row_marked_again_while_written_back_is_not_freed_with_its_old_copy(
         st.finish_eviction()  # round 2
         got = store.read_rows("t", np.array([x]))[1]["emb"]
         np.testing.assert_array_equal(got, after)
+
+
+def test_a_row_prefetched_while_written_back_stays_pinned_in_dram(tmp_path: Path) -> None:
+    """A prefetch pins a marked row without changing it: the write-back must not free it."""
+    table = TableConfig("t", 2, OptimizerConfig("sgd", lr=LR), seed=3, hot_rows=2)
+    with EmbeddingStore(StoreConfig(str(tmp_path), (table,), num_shards=1)) as store:
+        st = store._shard_tables("t")[0]
+        store._writeback.submit = lambda _: None  # type: ignore[method-assign]
+        arr = np.array([1, 2, 3], dtype=np.int64)
+        store.lookup("t", arr)
+        store.apply_gradients("t", arr, np.ones((3, 2), np.float32))
+        store.end_step()
+        live = st.hot.live_slots()
+        marked = st.hot.ids[live[st.hot.evicting[live]]]
+        x = np.array([int(marked[0])], dtype=np.int64)
+        in_put, go = threading.Event(), threading.Event()
+        put = st.cold.put
+
+        def slow_put(ids: np.ndarray, rows: np.ndarray) -> None:
+            in_put.set()
+            assert go.wait(20)
+            put(ids, rows)
+
+        st.cold.put = slow_put  # type: ignore[method-assign]
+        writer = threading.Thread(target=st.finish_eviction)
+        writer.start()
+        assert in_put.wait(20)
+        st.cold.put = put  # type: ignore[method-assign]
+        ticket = store.prefetch([{"t": x}])
+        ticket.wait(timeout=20)
+        go.set()
+        writer.join(20)
+        slot = int(st.hot.find(x)[0])
+        assert slot >= 0 and st.hot.pins[slot] == 1  # still in DRAM, pinned by the ticket
+        ticket.release()
+        assert st.hot.pins[slot] == 0
