@@ -16,13 +16,12 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.record.default_records import DefaultRecordBatch
 
-from configs.job import JobConfig
 from pipeline.events.kinds import CtrEvent
 from pipeline.events.replay import encode_value
+from pipeline.testing.jobs import shipped_job
 from pipeline.training.job import TrainJob
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 CODECS = ("gzip", "snappy", "lz4", "zstd")  # partition p is written with CODECS[p]
 CODEC_IDS = {"gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 
@@ -77,20 +76,8 @@ def test_a_topic_with_every_codec_trains_each_event_once(
     fetched = _codecs_fetched(bootstrap, topic, monkeypatch)
     assert set(fetched) == {CODEC_IDS[c] for c in CODECS}  # the broker kept every codec
 
-    base = JobConfig.from_yaml(REPO / "configs" / "ctr.yaml")
-    config = base.model_copy(
-        update={
-            "source": base.source.model_copy(
-                update={
-                    "bootstrap_servers": [bootstrap],
-                    "topic": topic,
-                    "group_id": "t-compressed",
-                    "session_timeout_ms": 6000,
-                    "max_events": 256,
-                }
-            ),
-            "store": base.store.model_copy(update={"path": str(tmp_path / "store")}),
-        }
+    config = shipped_job(
+        "ctr", bootstrap, topic, tmp_path / "store", group_id="t-compressed", max_events=256
     )
     keys: list[int] = []
     job = TrainJob(config.to_spec())

@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs.job import JobConfig
 from pipeline.events.generators import generate
 from pipeline.events.replay import replay
+from pipeline.testing.jobs import shipped_job
 from pipeline.training.job import TrainJob
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 EXTREME = ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"]
 
 
@@ -34,21 +33,14 @@ def test_extreme_timestamps_train_in_every_decode_mode(
         records[i] = {**records[i], "timestamp": stamp}
     topic = new_topic(1)
     assert replay(bootstrap, topic, ((None, r) for r in records), progress=False) == 200
-    base = JobConfig.from_yaml(REPO / "configs" / "fraud.yaml")
-    config = base.model_copy(
-        update={
-            "source": base.source.model_copy(
-                update={
-                    "bootstrap_servers": [bootstrap],
-                    "topic": topic,
-                    "group_id": f"extreme-{decode_in}",
-                    "session_timeout_ms": 6000,
-                    "max_events": 64,
-                    "decode_in": decode_in,
-                }
-            ),
-            "store": base.store.model_copy(update={"path": str(tmp_path / "store")}),
-        }
+    config = shipped_job(
+        "fraud",
+        bootstrap,
+        topic,
+        tmp_path / "store",
+        group_id=f"extreme-{decode_in}",
+        max_events=64,
+        decode_in=decode_in,
     )
     stamps: list[float] = []
     job = TrainJob(config.to_spec())

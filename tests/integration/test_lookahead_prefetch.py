@@ -9,34 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from configs.job import JobConfig
 from pipeline.events.kinds import CtrEvent
 from pipeline.events.replay import replay
+from pipeline.testing.jobs import shipped_job
 from pipeline.training.job import TrainJob
 from pipeline.training.lookahead import LookAhead
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 
 
 def run(
     bootstrap: str, topic: str, path: Path, n: int, always: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor], LookAhead]:
-    base = JobConfig.from_yaml(REPO / "configs" / "ctr.yaml")
-    config = base.model_copy(
-        update={
-            "source": base.source.model_copy(
-                update={
-                    "bootstrap_servers": [bootstrap],
-                    "topic": topic,
-                    "group_id": f"g-{path.name}",
-                    "session_timeout_ms": 6000,
-                    "max_events": 16,
-                }
-            ),
-            "store": base.store.model_copy(update={"path": str(path)}),
-        }
-    )
+    config = shipped_job("ctr", bootstrap, topic, path, group_id=f"g-{path.name}", max_events=16)
     job = TrainJob(config.to_spec())
     if always:
         job.lookahead = LookAhead(quiet_after=10**9)

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs.job import JobConfig
 from pipeline.events.kinds import CtrEvent
 from pipeline.events.replay import replay
+from pipeline.testing.jobs import shipped_job
 from pipeline.training.job import TrainJob
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 
 BAD: list[bytes] = [
     b"{not json",
@@ -42,20 +41,8 @@ def test_criteo_trained_in_order_exactly_once_with_dead_letters(
             bad_sent += 1
     assert replay(bootstrap, topic, messages, progress=False) == len(messages)
 
-    base = JobConfig.from_yaml(REPO / "configs" / "ctr.yaml")
-    config = base.model_copy(
-        update={
-            "source": base.source.model_copy(
-                update={
-                    "bootstrap_servers": [bootstrap],
-                    "topic": topic,
-                    "group_id": "t-train",
-                    "session_timeout_ms": 6000,
-                    "max_events": 256,
-                }
-            ),
-            "store": base.store.model_copy(update={"path": str(tmp_path / "store")}),
-        }
+    config = shipped_job(
+        "ctr", bootstrap, topic, tmp_path / "store", group_id="t-train", max_events=256
     )
     keys: list[bytes | None] = []
     labels: list[float] = []
