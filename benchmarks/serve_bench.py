@@ -145,10 +145,11 @@ def _replica_process(
     from pipeline.serving.replica import Replica, ReplicaSettings
     from pipeline.testing.replicas import transaction_specs
 
-    if server_kind == "uvicorn":  # as freshet serve does (serve.gil_switch_interval_ms)
+    if server_kind == "uvicorn":  # as freshet serve does (gil_switch_interval_ms, torch_threads)
         from configs.serving import ServeConfig
+        from pipeline.cli.serve import tune_process
 
-        sys.setswitchinterval(ServeConfig().gil_switch_interval_ms / 1000)
+        tune_process(ServeConfig())
     fspec, mspec = transaction_specs(embedding_dim=embedding_dim)
     replica = Replica(
         Blueprint(fspec, mspec, num_shards=2),

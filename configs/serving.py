@@ -206,6 +206,13 @@ class ServeConfig(_DeltaTopic):
         description="the replica process's interpreter switch interval (Python's default: 5): "
         "the event loop waits at most this long for the lock a delta being applied holds",
     )
+    torch_threads: int | None = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="torch intra-op threads of the replica process (null: torch's default, a "
+        "thread per core); the scoring workers already run requests in parallel",
+    )
     security: SecurityConfig = Field(
         default_factory=SecurityConfig,
         description="TLS / SASL of the delta consumer (the same keys as source.security)",

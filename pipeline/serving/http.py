@@ -102,7 +102,7 @@ class ReplicaHttpServer:
         config = uvicorn.Config(
             app,
             http=protocol,
-            loop="asyncio",
+            loop="auto",  # uvloop where it is installed (the "standard" extra), else asyncio
             lifespan="off",
             log_config=None,
             access_log=False,

@@ -110,3 +110,30 @@ def test_bad_settings_are_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.startswith("freshet serve: configuration error: ") and words in err, err
     assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(("threads", "switch_ms"), [(1, 1.0), (2, 3.0)])
+def test_tune_process_sets_the_switch_interval_and_torch_threads(
+    threads: int, switch_ms: float
+) -> None:
+    import sys
+
+    import torch
+
+    from configs.serving import ServeConfig
+
+    before = (sys.getswitchinterval(), torch.get_num_threads())
+    try:
+        serve_cmd.tune_process(ServeConfig(torch_threads=threads, gil_switch_interval_ms=switch_ms))
+        assert torch.get_num_threads() == threads
+        assert sys.getswitchinterval() == pytest.approx(switch_ms / 1000)
+    finally:
+        sys.setswitchinterval(before[0])
+        torch.set_num_threads(before[1])
+
+
+def test_the_replica_defaults_to_one_torch_thread() -> None:
+    from configs.serving import ServeConfig
+
+    assert ServeConfig().torch_threads == 1
+    assert ServeConfig(torch_threads=None).torch_threads is None
